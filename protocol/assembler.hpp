@@ -1,0 +1,64 @@
+// assembler.hpp: turns a byte stream (read in any pieces) plus the fds that arrived with it
+// into whole frames. No I/O here: the socket code feeds it what recvmsg returned.
+//
+// Three outcomes, kept distinct (architecture.md):
+//  - frame:    a complete message with its fds;
+//  - rejected: the header was readable but the frame is not acceptable (too large). Its body
+//              is drained without being stored, so the stream stays in sync, and the layer
+//              above answers with an error reply (E2BIG) if it was a command;
+//  - fatal:    the stream can no longer be trusted (size < 16, bad type bits, too many fds).
+// Body bytes are never parsed as a header. Nothing is allocated before the header's size
+// has been checked against `max_frame`.
+//
+// fd attribution (checked on Linux 6.x, caf-0.17.md section 6): one recvmsg returns queued
+// data up to and including an fd-carrying sendmsg's bytes, so the fds of a read belong to
+// the frame that contains the read's LAST byte.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "protocol/errc.hpp"
+#include "protocol/frame.hpp"
+
+namespace vfu::proto {
+
+class frame_assembler {
+ public:
+  struct event {
+    enum kind_t { frame_ready, rejected, fatal } kind;
+    frame f;         ///< frame_ready: the frame
+    header hdr{};    ///< rejected: the header of the drained frame
+    error err;       ///< rejected / fatal: why
+  };
+
+  explicit frame_assembler(uint32_t max_frame) : max_frame_(max_frame) {}
+
+  /// Largest msg_size accepted; takes effect from the next header.
+  void set_max_frame(uint32_t n) noexcept { max_frame_ = n; }
+  uint32_t max_frame() const noexcept { return max_frame_; }
+
+  /// Feeds one read's bytes and fds. Events are appended to `out`. After a fatal event the
+  /// assembler stays failed and ignores (closes) everything fed to it.
+  void feed(const uint8_t* data, size_t n, fd_list fds, std::vector<event>& out);
+
+  /// True when some bytes of a frame have been consumed: EOF now is "EOF mid-frame".
+  bool mid_frame() const noexcept { return hdr_have_ > 0 || in_body_ || draining_; }
+  bool failed() const noexcept { return failed_; }
+
+ private:
+  void fail(std::vector<event>& out, error e);
+
+  uint32_t max_frame_;
+  uint8_t hdr_buf_[header_size]{};
+  size_t hdr_have_ = 0;
+  bool in_body_ = false;
+  bool draining_ = false;
+  uint64_t drain_left_ = 0;
+  header drain_hdr_{};
+  frame cur_;
+  size_t body_have_ = 0;
+  bool failed_ = false;
+};
+
+}  // namespace vfu::proto
