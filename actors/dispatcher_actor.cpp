@@ -1,0 +1,137 @@
+#define CAF_LOG_COMPONENT "vfu"
+#include "actors/dispatcher_actor.hpp"
+
+namespace vfu {
+
+conn_limits limits_from(const proto::negotiated& n) {
+  conn_limits l;
+  uint64_t recv = n.recv_max_data();
+  l.max_frame = uint32_t(std::min<uint64_t>(recv + proto::limits::frame_overhead, UINT32_MAX));
+  l.max_frame = std::max(l.max_frame, proto::limits::max_version_frame);
+  l.decode.max_data_xfer = recv;
+  l.send_max_fds = n.send_max_fds();
+  l.send_max_data = n.send_max_data();
+  return l;
+}
+
+namespace {
+
+using self_t = caf::stateful_actor<dispatcher_state>*;
+
+void reply(self_t self, const caf::actor& sock, const proto::header& req, outbound& out) {
+  if (req.no_reply()) return;
+  proto::frame f = out.err ? proto::make_error_reply(req, out.err)
+                           : out.reply ? proto::make_frame(req.msg_id, *out.reply, 0, std::move(out.fds))
+                                       : proto::make_error_reply(req, EIO);
+  self->send(sock, send_atom::value, make_frame_ptr(std::move(f)));
+}
+
+void error_reply(self_t self, const caf::actor& sock, const proto::header& req, int err) {
+  if (req.no_reply()) return;
+  self->send(sock, send_atom::value, make_frame_ptr(proto::make_error_reply(req, err)));
+}
+
+// Server role: VERSION negotiation.
+void serve_version(self_t self, const caf::actor& sock, const proto::header& h, const proto::version_request& v) {
+  auto& st = self->state;
+  auto caps = proto::parse_capabilities(v.caps_json.value_or(""));
+  if (!caps) {
+    CAF_LOG_WARNING("VERSION from client rejected: " << caps.err().message());
+    error_reply(self, sock, h, proto::to_wire_errno(caps.err()));
+    self->send(sock, close_atom::value);
+    return;
+  }
+  auto n = proto::server_negotiate(v.major, v.minor, *caps, st.cfg.offer);
+  if (!n) {
+    CAF_LOG_WARNING("VERSION negotiation failed: " << n.err().message());
+    error_reply(self, sock, h, proto::to_wire_errno(n.err()));
+    self->send(sock, close_atom::value);
+    return;
+  }
+  auto lim = limits_from(*n);
+  st.limits = lim.decode;
+  st.negotiated = true;
+  // The new frame limit must be in force before the client can send anything else, i.e.
+  // before it sees the reply: the socket actor handles these two messages in this order.
+  self->send(sock, limits_atom::value, lim);
+  proto::version_reply rep;
+  rep.major = n->major;
+  rep.minor = n->minor;
+  rep.caps_json = proto::to_json(n->ours, true);
+  self->send(sock, send_atom::value, make_frame_ptr(proto::make_frame(h.msg_id, rep)));
+  if (st.cfg.supervisor) self->send(st.cfg.supervisor, connup_atom::value, *n, sock);
+  if (st.device) self->send(st.device, connup_atom::value, *n);
+}
+
+}  // namespace
+
+caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,
+                               caf::actor correlation) {
+  self->state.cfg = std::move(cfg);
+  self->state.correlation = std::move(correlation);
+  return {
+      [=](handler_atom, uint16_t cmd, caf::actor& h) {
+        if (cmd == 0) self->state.device = h;
+        else self->state.by_command[cmd] = h;
+      },
+      [=](attach_atom, caf::actor& sup) { self->state.cfg.supervisor = sup; },
+      [=](limits_atom, const conn_limits& l) {
+        self->state.limits = l.decode;
+        self->state.negotiated = true;
+      },
+      [=](connlost_atom) {
+        self->state.negotiated = false;
+        self->state.limits = proto::decode_limits{};
+      },
+      [=](inbound_atom, frame_ptr& f) {
+        auto& st = self->state;
+        auto sock = caf::actor_cast<caf::actor>(self->current_sender());
+        auto h = f->hdr();
+        auto m = proto::decode(*f, st.cfg.quirks, st.limits);
+        if (!m) {
+          ++st.decode_errors;
+          CAF_LOG_WARNING("bad request " << proto::describe(h, f->fds.size()) << ": " << m.err().message());
+          error_reply(self, sock, h, proto::to_wire_errno(m.err()));
+          return;  // the frame's fds close with it
+        }
+        if (st.cfg.role == role::server) {
+          if (auto* v = std::get_if<proto::version_request>(&*m)) {
+            serve_version(self, sock, h, *v);
+            return;
+          }
+          if (!st.negotiated) {
+            CAF_LOG_WARNING("first command is not VERSION: " << proto::describe(h, f->fds.size()));
+            error_reply(self, sock, h, EINVAL);
+            self->send(sock, close_atom::value);
+            return;
+          }
+        }
+        caf::actor target = st.device;
+        if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = it->second;
+        if (!target) {
+          error_reply(self, sock, h, ENOTSUP);
+          return;
+        }
+        auto in = std::make_shared<inbound>();
+        in->hdr = h;
+        in->msg = std::move(*m);
+        in->fds = std::move(f->fds);
+        in->correlation = st.correlation;
+        ++st.served;
+        self->request(target, st.cfg.handler_timeout, inbound_atom::value, std::move(in))
+            .await(
+                [=](outbound_ptr& out) {
+                  if (out) reply(self, sock, h, *out);
+                  else error_reply(self, sock, h, EIO);
+                  if (out && out->close_after) self->send(sock, close_atom::value);
+                },
+                [=](caf::error& e) {
+                  CAF_LOG_WARNING("handler failed for " << proto::describe(h, 0) << ": " << render(e));
+                  error_reply(self, sock, h, EIO);
+                });
+      },
+      [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
+  };
+}
+
+}  // namespace vfu

@@ -1,0 +1,58 @@
+// dispatcher_actor.hpp: delivers inbound requests, in arrival order, to the device actor
+// registered for their command (or to the whole-device handler), and sends back the
+// device's reply or error reply with the request's id. NO_REPLY requests get no reply.
+//
+// Errnos it answers with itself:
+//  - a request that fails decoding: the codec's errno (EINVAL, E2BIG, ...);
+//  - a command number we do not know: ENOSYS ("no such operation", as QEMU answers unknown
+//    server->client commands), so a peer can tell "not implemented" from "malformed";
+//  - a known command with no handler registered: ENOTSUP;
+//  - a handler that failed or vanished: EIO.
+// In the server role it also answers VERSION itself (negotiation), and closes a connection
+// whose first command is not VERSION (the spec requires VERSION first).
+//
+// Order: it waits (await) for each handler's answer before taking the next request, so a
+// posted write is applied before a later read, whichever device actor serves them. Requests
+// in the other direction go through the correlation actor, so a server's DMA_READ is
+// answered while the client's thread is blocked on its REGION_READ: no deadlock.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <map>
+
+#include "actors/types.hpp"
+
+namespace vfu {
+
+enum class role : uint8_t { client, server };
+
+struct dispatcher_config {
+  vfu::role role = role::server;
+  proto::quirks quirks;
+  proto::server_offer offer;            ///< server role: what VERSION answers
+  std::chrono::milliseconds handler_timeout{60000};
+  caf::actor supervisor;                ///< told (connup_atom, negotiated) after VERSION
+};
+
+struct dispatcher_state {
+  dispatcher_config cfg;
+  std::map<uint16_t, caf::actor> by_command;
+  caf::actor device;                    ///< whole-device handler (command 0)
+  caf::actor correlation;
+  proto::decode_limits limits;
+  bool negotiated = false;
+  uint64_t served = 0, decode_errors = 0;
+  static inline const char* name = "vfu.dispatcher";
+};
+
+/// Messages: (handler_atom, uint16_t cmd, actor) registers a handler (cmd 0 = whole
+/// device); (inbound_atom, frame_ptr) from a socket actor; (limits_atom, conn_limits) after
+/// a client-side negotiation; (connlost_atom) resets negotiation state.
+caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,
+                               caf::actor correlation);
+
+/// Connection limits after a negotiation, for the socket actor and the codec.
+conn_limits limits_from(const proto::negotiated& n);
+
+}  // namespace vfu

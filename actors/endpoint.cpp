@@ -1,0 +1,505 @@
+#define CAF_LOG_COMPONENT "vfu"
+#include "actors/endpoint.hpp"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+
+#include "actors/socket_actor.hpp"
+#include "actors/socket_io.hpp"
+
+namespace vfu {
+
+namespace asio = boost::asio;
+using fd_box = std::shared_ptr<proto::unique_fd>;
+
+const char* to_string(conn_state s) noexcept {
+  switch (s) {
+    case conn_state::connecting: return "connecting";
+    case conn_state::negotiating: return "negotiating";
+    case conn_state::ready: return "ready";
+    case conn_state::recovering: return "recovering";
+    case conn_state::closed: return "closed";
+  }
+  return "?";
+}
+
+proto::capabilities endpoint_config::default_client_caps() {
+  proto::capabilities c;
+  c.max_msg_fds = proto::limits::our_max_msg_fds;
+  c.max_data_xfer_size = proto::limits::our_max_data_xfer;
+  c.present = {"max_msg_fds", "max_data_xfer_size"};
+  return c;
+}
+
+/// State shared by the API object (any thread) and the supervisor actor.
+struct endpoint_status {
+  mutable std::mutex m;
+  mutable std::condition_variable cv;
+  conn_state state = conn_state::connecting;
+  proto::negotiated neg;
+  proto::error last_error;
+  uint64_t generation = 0;
+  caf::actor socket;
+  std::function<void(conn_state, const proto::error&)> cb;
+
+  void set(conn_state s, const proto::error& e = {}) {
+    std::function<void(conn_state, const proto::error&)> f;
+    {
+      std::lock_guard<std::mutex> g(m);
+      if (state == s && !e) return;
+      state = s;
+      if (e) last_error = e;
+      f = cb;
+    }
+    cv.notify_all();
+    if (f) f(s, e);
+  }
+};
+
+namespace {
+
+// Accepts clients on a listening socket, one at a time, on the io thread.
+class listener : public std::enable_shared_from_this<listener> {
+ public:
+  listener(asio::io_context& io, proto::unique_fd fd) : acc_(io) {
+    boost::system::error_code ec;
+    acc_.assign(asio::local::stream_protocol(), fd.release(), ec);
+  }
+  void accept_one(caf::actor sup) {
+    auto self = shared_from_this();
+    asio::post(acc_.get_executor(), [self, sup] {
+      self->acc_.async_accept([self, sup](const boost::system::error_code& ec, asio::local::stream_protocol::socket s) {
+        if (ec == asio::error::operation_aborted) return;
+        if (ec) {
+          caf::anon_send(sup, ioerr_atom::value, proto::error(proto::errc::io_error, ec.value(), "accept: " + ec.message()));
+          return;
+        }
+        int fd = s.release();
+        ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+        caf::anon_send(sup, accepted_atom::value, std::make_shared<proto::unique_fd>(fd));
+      });
+    });
+  }
+  void close() {
+    auto self = shared_from_this();
+    asio::post(acc_.get_executor(), [self] {
+      boost::system::error_code ec;
+      self->acc_.close(ec);
+    });
+  }
+
+ private:
+  asio::local::stream_protocol::acceptor acc_;
+};
+
+struct supervisor_state {
+  runtime* rt = nullptr;
+  role r = role::client;
+  endpoint_config cfg;
+  std::shared_ptr<endpoint_status> status;
+  caf::actor corr, disp, handler;
+  std::string path;                    // client: where to reconnect
+  std::shared_ptr<listener> lst;       // server: where clients come from
+  caf::actor socket;
+  std::chrono::milliseconds backoff{0};
+  bool ever_ready = false;
+  bool closing = false;
+  static inline const char* name = "vfu.supervisor";
+};
+using sup_t = caf::stateful_actor<supervisor_state>*;
+
+proto::result<proto::unique_fd> dial(const std::string& path) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sa.sun_path) return proto::error(proto::errc::bad_value, "socket path too long: " + path);
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  proto::unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return proto::error(proto::errc::io_error, errno, "socket");
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
+    return proto::error(proto::errc::not_connected, errno, "connect " + path + ": " + std::strerror(errno));
+  return fd;
+}
+
+void start_connection(sup_t self, proto::unique_fd fd);
+
+void negotiate_client(sup_t self) {
+  auto& st = self->state;
+  proto::version_request v;
+  v.major = proto::our_major;
+  v.minor = proto::our_minor;
+  v.caps_json = proto::to_json(st.cfg.client_caps, true);
+  auto f = make_frame_ptr(proto::make_frame(0, v));
+  auto sock = st.socket;
+  self->request(st.corr, caf::infinite, request_atom::value, f, uint32_t(0))
+      .then([=](call_result& r) {
+        auto& st = self->state;
+        if (sock != st.socket) return;  // an older connection's answer
+        auto fail = [&](const proto::error& e) {
+          CAF_LOG_WARNING("VERSION negotiation failed: " << e.message());
+          st.status->set(conn_state::recovering, e);
+          self->send_exit(sock, caf::exit_reason::user_shutdown);
+        };
+        if (auto f2 = r.failure()) return fail(f2);
+        auto m = proto::decode(*r.reply, st.cfg.quirks);
+        if (!m) return fail(m.err());
+        auto* vr = std::get_if<proto::version_reply>(&*m);
+        if (!vr) return fail(proto::error(proto::errc::protocol_violation, "VERSION answered with another message"));
+        auto caps = proto::parse_capabilities(vr->caps_json.value_or(""));
+        if (!caps) return fail(caps.err());
+        auto n = proto::client_check_reply(proto::our_major, proto::our_minor, st.cfg.client_caps, vr->major,
+                                           vr->minor, *caps, r.reply->fds.size());
+        if (!n) return fail(n.err());
+        auto lim = limits_from(*n);
+        self->send(sock, limits_atom::value, lim);
+        self->send(st.disp, limits_atom::value, lim);
+        {
+          std::lock_guard<std::mutex> g(st.status->m);
+          st.status->neg = *n;
+        }
+        st.backoff = std::chrono::milliseconds(0);
+        st.ever_ready = true;
+        if (st.handler) self->send(st.handler, connup_atom::value, *n);
+        st.status->set(conn_state::ready);
+      });
+}
+
+void try_reconnect(sup_t self) {
+  auto& st = self->state;
+  if (st.closing) return;
+  auto fd = dial(st.path);
+  if (!fd) {
+    if (!st.ever_ready) {  // the first attempt failed: report instead of retrying forever
+      st.status->set(conn_state::closed, fd.err());
+      return;
+    }
+    st.backoff = std::min(st.cfg.backoff_max, std::max(st.cfg.backoff_min, st.backoff * 2));
+    CAF_LOG_INFO("reconnect to " << st.path << " failed (" << fd.err().message() << "), next in "
+                                 << st.backoff.count() << " ms");
+    self->delayed_send(self, st.backoff, reconnect_atom::value);
+    return;
+  }
+  start_connection(self, std::move(*fd));
+}
+
+void start_connection(sup_t self, proto::unique_fd fd) {
+  auto& st = self->state;
+  auto tr = std::make_shared<stream_transport>(st.rt->io(), std::move(fd), proto::limits::max_version_frame);
+  st.socket = self->spawn<caf::monitored>(socket_actor, tr, st.corr, st.disp);
+  {
+    std::lock_guard<std::mutex> g(st.status->m);
+    st.status->socket = st.socket;
+    ++st.status->generation;
+  }
+  self->send(st.corr, attach_atom::value, st.socket);
+  st.status->set(conn_state::negotiating);
+  if (st.r == role::client) negotiate_client(self);
+}
+
+caf::behavior supervisor_actor(sup_t self, runtime* rt, role r, endpoint_config cfg,
+                               std::shared_ptr<endpoint_status> status, caf::actor corr, caf::actor disp,
+                               caf::actor handler) {
+  auto& st = self->state;
+  st.rt = rt;
+  st.r = r;
+  st.cfg = std::move(cfg);
+  st.status = std::move(status);
+  st.corr = std::move(corr);
+  st.disp = std::move(disp);
+  st.handler = std::move(handler);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& st = self->state;
+    if (dm.source != st.socket.address()) return;
+    st.socket = nullptr;
+    proto::error why(proto::errc::peer_gone, "connection lost: " + render(dm.reason));
+    CAF_LOG_INFO(why.message());
+    self->send(st.disp, connlost_atom::value);
+    if (st.handler) self->send(st.handler, connlost_atom::value);
+    if (st.closing) return;
+    if (st.r == role::server) {
+      if (st.lst) {
+        st.status->set(conn_state::connecting, why);
+        st.lst->accept_one(self);
+      } else {
+        st.status->set(conn_state::closed, why);
+      }
+      return;
+    }
+    if (!st.cfg.reconnect || st.path.empty()) {
+      st.status->set(conn_state::closed, why);
+      return;
+    }
+    st.status->set(conn_state::recovering, why);
+    st.backoff = st.cfg.backoff_min;
+    self->delayed_send(self, st.backoff, reconnect_atom::value);
+  });
+  return {
+      [=](attach_atom, fd_box& fd) { start_connection(self, std::move(*fd)); },          // initial fd
+      [=](attach_atom, const std::string& path) {                                         // client: dial
+        self->state.path = path;
+        try_reconnect(self);
+      },
+      [=](attach_atom, std::shared_ptr<listener>& l) {                                    // server: listen
+        self->state.lst = l;
+        self->state.status->set(conn_state::connecting);
+        l->accept_one(self);
+      },
+      [=](accepted_atom, fd_box& fd) {
+        if (self->state.closing) return;
+        start_connection(self, std::move(*fd));
+      },
+      [=](ioerr_atom, proto::error& e) {  // the listener failed
+        self->state.status->set(conn_state::closed, e);
+      },
+      [=](reconnect_atom) { try_reconnect(self); },
+      [=](connup_atom, const proto::negotiated& n, caf::actor& sock) {  // server: VERSION done
+        auto& st = self->state;
+        if (sock != st.socket) return;
+        {
+          std::lock_guard<std::mutex> g(st.status->m);
+          st.status->neg = n;
+        }
+        st.ever_ready = true;
+        st.status->set(conn_state::ready);
+      },
+      [=](close_atom) {
+        auto& st = self->state;
+        st.closing = true;
+        if (st.lst) st.lst->close();
+        if (st.socket) self->send_exit(st.socket, caf::exit_reason::user_shutdown);
+        self->send_exit(st.corr, caf::exit_reason::user_shutdown);
+        self->send_exit(st.disp, caf::exit_reason::user_shutdown);
+        st.status->set(conn_state::closed);
+        self->quit();
+      },
+  };
+}
+
+}  // namespace
+
+}  // namespace vfu
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<vfu::listener>)
+
+namespace vfu {
+
+endpoint::endpoint(runtime& rt, endpoint_config cfg, role r)
+    : rt_(rt), cfg_(std::move(cfg)), role_(r), status_(std::make_shared<endpoint_status>()) {}
+
+endpoint::~endpoint() { close(); }
+
+void endpoint::start_actors(caf::actor handler) {
+  auto& sys = rt_.system();
+  corr_ = sys.spawn(correlation_actor, cfg_.correlation);
+  dispatcher_config dc;
+  dc.role = role_;
+  dc.quirks = cfg_.quirks;
+  dc.offer = cfg_.offer;
+  dc.handler_timeout = cfg_.handler_timeout;
+  // The supervisor needs the dispatcher and the dispatcher tells the supervisor about
+  // VERSION: spawn the dispatcher, then the supervisor, then introduce them.
+  disp_ = sys.spawn(dispatcher_actor, dc, corr_);
+  sup_ = sys.spawn(supervisor_actor, &rt_, role_, cfg_, status_, corr_, disp_, handler);
+  caf::anon_send(disp_, attach_atom::value, sup_);
+  if (handler) caf::anon_send(disp_, handler_atom::value, uint16_t(0), handler);
+}
+
+namespace {
+template <class T>
+proto::result<T> wait_ready(std::shared_ptr<endpoint_status> st, std::chrono::milliseconds timeout, T ep) {
+  std::unique_lock<std::mutex> g(st->m);
+  bool ok = st->cv.wait_for(g, timeout, [&] { return st->state == conn_state::ready || st->state == conn_state::closed; });
+  if (!ok) return proto::error(proto::errc::timeout, "no VERSION exchange within the timeout");
+  if (st->state == conn_state::closed) {
+    auto e = st->last_error ? st->last_error : proto::error(proto::errc::not_connected, "connection closed");
+    g.unlock();
+    return e;
+  }
+  return ep;
+}
+}  // namespace
+
+proto::result<std::unique_ptr<endpoint>> endpoint::connect(runtime& rt, const std::string& path, endpoint_config cfg,
+                                                            caf::actor handler, std::chrono::milliseconds ready_timeout) {
+  std::unique_ptr<endpoint> ep(new endpoint(rt, std::move(cfg), role::client));
+  ep->start_actors(handler);
+  caf::anon_send(ep->sup_, attach_atom::value, path);
+  auto st = ep->status_;
+  return wait_ready(st, ready_timeout, std::move(ep));
+}
+
+proto::result<std::unique_ptr<endpoint>> endpoint::connect_fd(runtime& rt, proto::unique_fd fd, endpoint_config cfg,
+                                                               caf::actor handler, std::chrono::milliseconds ready_timeout) {
+  if (!fd) return proto::error(proto::errc::bad_value, "invalid fd");
+  cfg.reconnect = false;
+  std::unique_ptr<endpoint> ep(new endpoint(rt, std::move(cfg), role::client));
+  ep->start_actors(handler);
+  caf::anon_send(ep->sup_, attach_atom::value, std::make_shared<proto::unique_fd>(std::move(fd)));
+  auto st = ep->status_;
+  return wait_ready(st, ready_timeout, std::move(ep));
+}
+
+proto::result<std::unique_ptr<endpoint>> endpoint::listen(runtime& rt, const std::string& path, endpoint_config cfg,
+                                                           caf::actor device) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof sa.sun_path)
+    return proto::error(proto::errc::bad_value, "socket path empty or longer than 107 bytes: " + path);
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  // Replace a stale socket file, but never delete anything that is not a socket.
+  struct stat stbuf;
+  if (::lstat(path.c_str(), &stbuf) == 0) {
+    if (!S_ISSOCK(stbuf.st_mode)) return proto::error(proto::errc::bad_value, path + " exists and is not a socket");
+    ::unlink(path.c_str());
+  }
+  proto::unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return proto::error(proto::errc::io_error, errno, "socket");
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
+    return proto::error(proto::errc::io_error, errno, "bind " + path + ": " + std::strerror(errno));
+  if (::listen(fd.get(), 64) != 0) return proto::error(proto::errc::io_error, errno, "listen: " + std::string(std::strerror(errno)));
+  return serve_fd(rt, std::move(fd), std::move(cfg), std::move(device));
+}
+
+proto::result<std::unique_ptr<endpoint>> endpoint::serve_fd(runtime& rt, proto::unique_fd fd, endpoint_config cfg,
+                                                             caf::actor device) {
+  if (!fd) return proto::error(proto::errc::bad_value, "invalid fd");
+  int listening = 0;
+  socklen_t len = sizeof listening;
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0)
+    return proto::error(proto::errc::bad_value, errno, "fd is not a socket");
+  int type = 0;
+  len = sizeof type;
+  ::getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &len);
+  if (type != SOCK_STREAM) return proto::error(proto::errc::bad_value, "fd is not a stream socket");
+  std::unique_ptr<endpoint> ep(new endpoint(rt, std::move(cfg), role::server));
+  ep->start_actors(device);
+  if (listening) {
+    auto l = std::make_shared<listener>(rt.io(), std::move(fd));
+    caf::anon_send(ep->sup_, attach_atom::value, l);
+  } else {
+    caf::anon_send(ep->sup_, attach_atom::value, std::make_shared<proto::unique_fd>(std::move(fd)));
+  }
+  return ep;
+}
+
+call_result endpoint::call(const proto::message& m, proto::fd_list fds, std::chrono::milliseconds timeout) {
+  auto slot = std::make_shared<call_slot>();
+  auto guard = std::make_shared<call_guard>(slot);
+  auto f = make_frame_ptr(proto::make_frame(0, m, 0, std::move(fds)));
+  caf::anon_send(corr_, call_atom::value, std::move(f), std::move(guard), uint32_t(timeout.count()));
+  // The correlation actor completes the slot on every path; the extra margin only guards
+  // against a wedged scheduler.
+  auto limit = timeout.count() ? timeout : std::max(cfg_.correlation.short_timeout, cfg_.correlation.long_timeout);
+  return slot->wait(limit + std::chrono::seconds(5));
+}
+
+proto::result<proto::message> endpoint::call_decoded(const proto::message& m, proto::fd_list fds,
+                                                     std::chrono::milliseconds timeout) {
+  proto::fd_list ignored;
+  return call_decoded(m, std::move(fds), ignored, timeout);
+}
+
+proto::result<proto::message> endpoint::call_decoded(const proto::message& m, proto::fd_list fds,
+                                                     proto::fd_list& reply_fds, std::chrono::milliseconds timeout) {
+  auto r = call(m, std::move(fds), timeout);
+  if (auto e = r.failure()) return e;
+  proto::decode_limits lim;
+  {
+    std::lock_guard<std::mutex> g(status_->m);
+    lim.max_data_xfer = status_->neg.ours.max_data_xfer_size;
+  }
+  auto d = proto::decode(*r.reply, cfg_.quirks, lim);
+  if (d) reply_fds = std::move(r.reply->fds);
+  return d;
+}
+
+void endpoint::post(const proto::message& m, proto::fd_list fds) {
+  caf::anon_send(corr_, post_atom::value, make_frame_ptr(proto::make_frame(0, m, 0, std::move(fds))));
+}
+
+void endpoint::post_noreply(const proto::message& m) {
+  caf::anon_send(corr_, noreply_atom::value, make_frame_ptr(proto::make_frame(0, m, proto::hflags::no_reply)));
+}
+
+call_result endpoint::wait_posted(std::chrono::milliseconds timeout) {
+  caf::scoped_actor self{rt_.system()};
+  call_result out{nullptr, proto::error(proto::errc::timeout, "wait for posted requests timed out")};
+  self->request(corr_, timeout, waitpost_atom::value)
+      .receive([&](call_result& r) { out = std::move(r); },
+               [&](caf::error& e) { out.err = proto::error(proto::errc::timeout, render(e)); });
+  return out;
+}
+
+conn_state endpoint::state() const {
+  std::lock_guard<std::mutex> g(status_->m);
+  return status_->state;
+}
+
+bool endpoint::wait_state(conn_state s, std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> g(status_->m);
+  return status_->cv.wait_for(g, timeout, [&] { return status_->state == s; });
+}
+
+proto::negotiated endpoint::negotiated() const {
+  std::lock_guard<std::mutex> g(status_->m);
+  return status_->neg;
+}
+
+proto::error endpoint::last_error() const {
+  std::lock_guard<std::mutex> g(status_->m);
+  return status_->last_error;
+}
+
+uint64_t endpoint::generation() const {
+  std::lock_guard<std::mutex> g(status_->m);
+  return status_->generation;
+}
+
+void endpoint::on_state(std::function<void(conn_state, const proto::error&)> cb) {
+  std::lock_guard<std::mutex> g(status_->m);
+  status_->cb = std::move(cb);
+}
+
+void endpoint::set_handler(uint16_t command, caf::actor h) {
+  caf::anon_send(disp_, handler_atom::value, command, std::move(h));
+}
+
+std::string endpoint::stats() {
+  caf::scoped_actor self{rt_.system()};
+  std::string out;
+  caf::actor sock;
+  {
+    std::lock_guard<std::mutex> g(status_->m);
+    sock = status_->socket;
+  }
+  if (sock)
+    self->request(sock, std::chrono::seconds(1), stats_atom::value)
+        .receive([&](std::string& s) { out = s; }, [&](caf::error&) {});
+  self->request(corr_, std::chrono::seconds(1), stats_atom::value)
+      .receive(
+          [&](correlation_stats& c) {
+            out += (out.empty() ? "" : " ") + std::string("sent=") + std::to_string(c.sent) +
+                   " completed=" + std::to_string(c.completed) + " timeouts=" + std::to_string(c.timeouts) +
+                   " error_replies=" + std::to_string(c.error_replies) + " unexpected=" + std::to_string(c.unexpected) +
+                   " pending_high_water=" + std::to_string(c.pending_high_water);
+          },
+          [&](caf::error&) {});
+  return out;
+}
+
+void endpoint::close() {
+  if (closed_) return;
+  closed_ = true;
+  {
+    std::lock_guard<std::mutex> g(status_->m);
+    status_->cb = nullptr;
+  }
+  caf::anon_send(sup_, close_atom::value);
+  wait_state(conn_state::closed, std::chrono::seconds(5));
+}
+
+}  // namespace vfu

@@ -1,0 +1,138 @@
+// endpoint.hpp: the embedding API. One endpoint = one vfio-user connection slot in either
+// role, with its supervisor, correlation, dispatcher and (per connection) socket actor.
+//
+//   vfu::runtime rt;                                   // actor system + io thread
+//   auto ep = vfu::endpoint::connect(rt, "/tmp/dev.sock", cfg);   // client: connect+VERSION
+//   auto r = (*ep)->call(proto::region_read_request{{0, 7, 4}});  // blocks this thread
+//
+// Threading rules:
+//  - call(), call_decoded(), post(), post_noreply(), wait_posted(), state(), wait_state(),
+//    negotiated() and close() may be called from any non-CAF thread (an emulator's vCPU or
+//    main thread), concurrently.
+//  - From inside an actor, never block: send (request_atom, frame_ptr, timeout_ms) to
+//    correlation() and use .then(). A blocking call from a CAF worker can deadlock the
+//    scheduler (one worker by default).
+//  - on_state callbacks run on a CAF worker: they must not block on this endpoint.
+//  - The runtime must outlive every endpoint.
+//
+// Supervision: when the socket actor dies (EOF, bad header, socket error) every pending
+// request fails at once with the cause, device actors get (connlost_atom), and the
+// supervisor restarts: a client reconnects with bounded exponential backoff and renegotiates
+// VERSION; a server accepts its next client (one client at a time; others wait in the
+// listen backlog). The state is observable: connecting, negotiating, ready, recovering,
+// closed.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "actors/correlation_actor.hpp"
+#include "actors/dispatcher_actor.hpp"
+#include "actors/runtime.hpp"
+#include "actors/types.hpp"
+
+namespace vfu {
+
+enum class conn_state : uint8_t { connecting, negotiating, ready, recovering, closed };
+const char* to_string(conn_state s) noexcept;
+
+struct endpoint_config {
+  proto::quirks quirks;
+  correlation_config correlation;
+  std::chrono::milliseconds handler_timeout{60000};
+  // Client role.
+  proto::capabilities client_caps = default_client_caps();
+  bool reconnect = true;
+  std::chrono::milliseconds backoff_min{10};
+  std::chrono::milliseconds backoff_max{2000};
+  // Server role.
+  proto::server_offer offer;
+
+  static proto::capabilities default_client_caps();
+};
+
+struct endpoint_status;  // shared between the API object and its supervisor
+
+class endpoint {
+ public:
+  ~endpoint();
+  endpoint(const endpoint&) = delete;
+  endpoint& operator=(const endpoint&) = delete;
+
+  /// Client: connects to `path`, negotiates VERSION, and returns once ready (or the first
+  /// attempt's error). `handler` serves the server's requests (DMA_READ/DMA_WRITE).
+  static proto::result<std::unique_ptr<endpoint>> connect(runtime& rt, const std::string& path,
+                                                          endpoint_config cfg = {}, caf::actor handler = {},
+                                                          std::chrono::milliseconds ready_timeout = std::chrono::seconds(5));
+  /// Client over an already-connected socket (no reconnect: there is nothing to dial).
+  static proto::result<std::unique_ptr<endpoint>> connect_fd(runtime& rt, proto::unique_fd fd,
+                                                             endpoint_config cfg = {}, caf::actor handler = {},
+                                                             std::chrono::milliseconds ready_timeout = std::chrono::seconds(5));
+  /// Server: listens on `path` (a stale socket file is replaced) and serves `device`.
+  static proto::result<std::unique_ptr<endpoint>> listen(runtime& rt, const std::string& path,
+                                                         endpoint_config cfg, caf::actor device);
+  /// Server on an fd: a listening socket (accepts clients) or a connected one (serves it).
+  static proto::result<std::unique_ptr<endpoint>> serve_fd(runtime& rt, proto::unique_fd fd,
+                                                           endpoint_config cfg, caf::actor device);
+
+  /// Sends a request and blocks until it completes (reply, error reply, timeout, or loss).
+  /// `timeout` 0 = the command class's timeout.
+  call_result call(const proto::message& m, proto::fd_list fds = {},
+                   std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+  /// call() and decode the reply; an error reply becomes errc::remote_error with its errno.
+  proto::result<proto::message> call_decoded(const proto::message& m, proto::fd_list fds = {},
+                                             std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+  /// Like call_decoded, and hands over the reply's fds.
+  proto::result<proto::message> call_decoded(const proto::message& m, proto::fd_list fds,
+                                             proto::fd_list& reply_fds,
+                                             std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+  /// No-wait: sent in order, a reply is expected but nobody waits; failures are logged.
+  void post(const proto::message& m, proto::fd_list fds = {});
+  /// NO_REPLY: the peer sends nothing back (posted region writes).
+  void post_noreply(const proto::message& m);
+  /// Waits for the youngest no-wait request to complete.
+  call_result wait_posted(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+  conn_state state() const;
+  /// Waits until the state is `s` (true) or the timeout passes (false).
+  bool wait_state(conn_state s, std::chrono::milliseconds timeout) const;
+  proto::negotiated negotiated() const;
+  /// The error that ended the last connection (if any).
+  proto::error last_error() const;
+  /// Called on every state change (on a CAF worker; must not block on this endpoint).
+  void on_state(std::function<void(conn_state, const proto::error&)> cb);
+  /// Connections made so far (1 after the first; a reconnect or next client adds one).
+  uint64_t generation() const;
+
+  caf::actor correlation() const { return corr_; }
+  caf::actor dispatcher() const { return disp_; }
+  caf::actor supervisor() const { return sup_; }
+  runtime& rt() { return rt_; }
+  const endpoint_config& config() const { return cfg_; }
+
+  /// Registers a handler for one command (0 = every command without its own handler).
+  void set_handler(uint16_t command, caf::actor h);
+  /// "frames_in=.. frames_out=.." for the current connection plus correlation stats.
+  std::string stats();
+
+  void close();
+
+ private:
+  endpoint(runtime& rt, endpoint_config cfg, role r);
+  void start_actors(caf::actor handler);
+
+  runtime& rt_;
+  endpoint_config cfg_;
+  role role_;
+  std::shared_ptr<endpoint_status> status_;
+  caf::actor corr_, disp_, sup_;
+  bool closed_ = false;
+};
+
+}  // namespace vfu
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<vfu::proto::unique_fd>)

@@ -1,0 +1,61 @@
+#include "actors/runtime.hpp"
+
+#include <cstdio>
+
+#include "actors/types.hpp"
+
+namespace vfu {
+
+struct runtime::config : caf::actor_system_config {
+  explicit config(const runtime_options& o) {
+    set("scheduler.policy", caf::atom("sharing"));
+    set("scheduler.max-threads", o.workers);
+    set("logger.console", caf::atom("none"));
+    set("logger.component-blacklist", std::vector<caf::atom_value>{caf::atom("caf_flow")});
+    add_error_category(caf::atom("vfu"), [](uint8_t code, caf::atom_value, const caf::message& ctx) -> std::string {
+      std::string s = "vfu::";
+      s += proto::to_string(static_cast<proto::errc>(code));
+      if (!ctx.empty()) s += caf::to_string(ctx);
+      return s;
+    });
+  }
+};
+
+bool runtime::is_caf_arg(const std::string& a) {
+  return a.rfind("--logger.", 0) == 0 || a.rfind("--scheduler.", 0) == 0 || a.rfind("--caf#", 0) == 0 ||
+         a.rfind("--config-file", 0) == 0;
+}
+
+std::vector<std::string> runtime::filter_caf_args(int argc, char** argv, std::vector<std::string>& rest) {
+  std::vector<std::string> caf;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    (is_caf_arg(a) ? caf : rest).push_back(a);
+  }
+  return caf;
+}
+
+runtime::runtime(const std::vector<std::string>& caf_args, runtime_options opts)
+    : cfg_(std::make_unique<config>(opts)) {
+  if (!caf_args.empty()) {
+    std::vector<std::string> argv_store{"vfu"};
+    argv_store.insert(argv_store.end(), caf_args.begin(), caf_args.end());
+    std::vector<char*> argv;
+    for (auto& s : argv_store) argv.push_back(s.data());
+    cfg_->parse(int(argv.size()), argv.data());
+  }
+  // When logging is asked for on the console without a format, use a compact one.
+  sys_ = std::make_unique<caf::actor_system>(*cfg_);
+  guard_ = std::make_unique<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>(
+      io_.get_executor());
+  io_thread_ = std::thread([this] { io_.run(); });
+}
+
+runtime::~runtime() {
+  guard_.reset();
+  io_.stop();
+  if (io_thread_.joinable()) io_thread_.join();
+  sys_.reset();  // waits for every actor to terminate
+}
+
+}  // namespace vfu

@@ -1,0 +1,106 @@
+#define CAF_LOG_COMPONENT "vfu"
+#include "actors/socket_actor.hpp"
+
+namespace vfu {
+
+namespace {
+
+void flush(caf::stateful_actor<socket_state>* self) {
+  auto& st = self->state;
+  while (!st.outq.empty()) {
+    auto& f = *st.outq.front();
+    ssize_t r = send_some(st.transport->fd(), f.bytes, st.out_off, f.fds);
+    if (r < 0) {
+      self->quit(to_caf(proto::error(proto::errc::io_error, int(-r), std::string("sendmsg: ") + std::strerror(int(-r)))));
+      return;
+    }
+    if (size_t(r) < f.bytes.size()) {
+      st.out_off = size_t(r);
+      if (!st.waiting_writable) {
+        st.waiting_writable = true;
+        st.transport->notify_writable();
+      }
+      return;
+    }
+    st.queued_bytes -= f.bytes.size();
+    st.bytes_out += f.bytes.size();
+    ++st.frames_out;
+    st.out_off = 0;
+    st.outq.pop_front();  // closes our copies of the sent fds; the peer has its own
+  }
+}
+
+void enqueue(caf::stateful_actor<socket_state>* self, frame_ptr f) {
+  auto& st = self->state;
+  CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));
+  st.queued_bytes += f->bytes.size();
+  st.outq.push_back(std::move(f));
+  if (st.queued_bytes > max_send_queue) {
+    self->quit(to_caf(proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB")));
+    return;
+  }
+  if (!st.waiting_writable) flush(self);
+}
+
+}  // namespace
+
+caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_ptr<stream_transport> tr,
+                           caf::actor correlation, caf::actor dispatcher) {
+  self->state.transport = tr;
+  self->state.correlation = std::move(correlation);
+  self->state.dispatcher = std::move(dispatcher);
+  self->attach_functor([tr](const caf::error&) { tr->close(); });
+  tr->start(caf::actor_cast<caf::actor>(self));
+  return {
+      [=](frames_atom, event_batch& batch) {
+        auto& st = self->state;
+        for (auto& ev : *batch) {
+          switch (ev.kind) {
+            case proto::frame_assembler::event::frame_ready: {
+              auto fp = make_frame_ptr(std::move(ev.f));
+              auto h = fp->hdr();
+              CAF_LOG_DEBUG("recv " << proto::describe(h, fp->fds.size()));
+              if (h.is_reply())
+                self->send(st.correlation, reply_atom::value, std::move(fp));
+              else
+                self->send(st.dispatcher, inbound_atom::value, std::move(fp));
+              break;
+            }
+            case proto::frame_assembler::event::rejected: {
+              ++st.rejected;
+              CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
+              if (ev.hdr.is_reply())
+                self->send(st.correlation, reject_atom::value, ev.hdr, ev.err);
+              else if (!ev.hdr.no_reply())
+                enqueue(self, make_frame_ptr(proto::make_error_reply(ev.hdr, proto::to_wire_errno(ev.err))));
+              break;
+            }
+            case proto::frame_assembler::event::fatal:
+              CAF_LOG_WARNING("fatal stream error: " << ev.err.message());
+              self->quit(to_caf(ev.err));
+              return;
+          }
+        }
+      },
+      [=](ioerr_atom, proto::error& e) {
+        CAF_LOG_INFO("connection ends: " << e.message());
+        self->quit(to_caf(e));
+      },
+      [=](send_atom, frame_ptr& f) { enqueue(self, std::move(f)); },
+      [=](writable_atom) {
+        self->state.waiting_writable = false;
+        flush(self);
+      },
+      [=](limits_atom, const conn_limits& l) { self->state.transport->set_max_frame(l.max_frame); },
+      [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
+      [=](stats_atom) -> std::string {
+        auto& st = self->state;
+        return "frames_in=" + std::to_string(st.transport->frames_in.load()) +
+               " frames_out=" + std::to_string(st.frames_out) +
+               " bytes_in=" + std::to_string(st.transport->bytes_in.load()) +
+               " bytes_out=" + std::to_string(st.bytes_out) + " rejected=" + std::to_string(st.rejected);
+      },
+  };
+}
+
+}  // namespace vfu

@@ -1,0 +1,77 @@
+#include "actors/types.hpp"
+
+namespace vfu {
+
+proto::error call_result::failure() const {
+  if (err) return err;
+  if (!reply) return proto::error(proto::errc::peer_gone, "no reply");
+  auto h = reply->hdr();
+  if (h.is_error())
+    return proto::error(proto::errc::remote_error, int(h.error_no ? h.error_no : EINVAL),
+                        std::string(proto::command_name(h.command)) + " failed on the peer");
+  return {};
+}
+
+void call_slot::complete(call_result r) {
+  {
+    std::lock_guard<std::mutex> g(m_);
+    if (done_) return;
+    done_ = true;
+    result_ = std::move(r);
+  }
+  cv_.notify_one();
+}
+
+call_result call_slot::wait(std::chrono::milliseconds limit) {
+  std::unique_lock<std::mutex> g(m_);
+  if (!cv_.wait_for(g, limit, [&] { return done_; }))
+    return call_result{nullptr, proto::error(proto::errc::timeout, "no completion from the broker")};
+  return std::move(result_);
+}
+
+bool call_slot::done() {
+  std::lock_guard<std::mutex> g(m_);
+  return done_;
+}
+
+call_guard::~call_guard() {
+  if (!completed_ && slot_)
+    slot_->complete(call_result{nullptr, proto::error(proto::errc::not_connected, "request dropped: connection gone")});
+}
+
+void call_guard::complete(call_result r) {
+  if (completed_) return;
+  completed_ = true;
+  slot_->complete(std::move(r));
+}
+
+timeout_class classify(uint16_t command) noexcept {
+  switch (proto::command(command)) {
+    case proto::command::device_reset:
+    case proto::command::device_feature:
+    case proto::command::mig_data_read:
+    case proto::command::mig_data_write:
+    case proto::command::dma_map:    // a server may need to mmap and pin a large window
+    case proto::command::dma_unmap:  // must wait for in-flight DMA
+      return timeout_class::long_op;
+    default:
+      return timeout_class::short_op;
+  }
+}
+
+std::string render(const caf::error& e) {
+  if (!e) return "none";
+  if (e.category() == caf::atom("vfu")) {
+    std::string s = "vfu::";
+    s += proto::to_string(static_cast<proto::errc>(e.code()));
+    auto ctx = e.context();
+    if (ctx.match_elements<std::string>()) s += "(" + ctx.get_as<std::string>(0) + ")";
+    else if (!ctx.empty()) s += caf::to_string(ctx);
+    return s;
+  }
+  return caf::to_string(e);
+}
+
+caf::error to_caf(const proto::error& e) { return caf::make_error(e.code, e.message()); }
+
+}  // namespace vfu

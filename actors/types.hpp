@@ -1,0 +1,163 @@
+// types.hpp: every message type and atom that crosses an actor boundary in vfu-broker, in
+// one place (style lesson 6).
+//
+// Lifecycle of a frame (architecture.md): the io thread reads bytes and fds, the assembler
+// makes frames, and a batch travels to the connection's socket actor; replies go on to the
+// correlation actor, requests to the dispatcher. Frames and fds are move-only, and CAF 0.17
+// messages must be copyable, so they travel inside shared_ptrs: the buffer is never copied,
+// and the fds close when the last holder drops the message (also when CAF drops a message
+// sent to a dead actor).
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+
+#include "protocol/assembler.hpp"
+#include "protocol/capabilities.hpp"
+#include "protocol/errc.hpp"
+#include "protocol/frame.hpp"
+#include "protocol/messages.hpp"
+
+namespace vfu {
+
+using frame_ptr = std::shared_ptr<proto::frame>;
+using event_batch = std::shared_ptr<std::vector<proto::frame_assembler::event>>;
+
+inline frame_ptr make_frame_ptr(proto::frame f) { return std::make_shared<proto::frame>(std::move(f)); }
+
+/// What a request ends with: the reply frame (possibly an error reply), or an error that
+/// happened on our side (timeout, connection lost, ...). Exactly one of the two is set.
+struct call_result {
+  frame_ptr reply;
+  proto::error err;
+  bool ok() const { return !err && reply; }
+  /// The error as seen by the caller: ours, or the peer's error reply as remote_error.
+  proto::error failure() const;
+};
+
+/// A blocked thread's completion slot. The correlation actor completes it exactly once.
+class call_slot {
+ public:
+  void complete(call_result r);
+  /// Waits up to `limit`; returns the result (a timeout error if the limit passed, which
+  /// only happens if the broker itself is wedged: every path completes the slot).
+  call_result wait(std::chrono::milliseconds limit);
+  bool done();
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  call_result result_;
+};
+
+/// Travels with a blocking request. If it is destroyed before it completed its slot (the
+/// message was dropped because the actor died, or the pending table was destroyed), it
+/// completes the slot with an error: no blocked thread ever waits for a dead actor.
+class call_guard {
+ public:
+  explicit call_guard(std::shared_ptr<call_slot> s) : slot_(std::move(s)) {}
+  call_guard(const call_guard&) = delete;
+  call_guard& operator=(const call_guard&) = delete;
+  ~call_guard();
+  void complete(call_result r);
+
+ private:
+  std::shared_ptr<call_slot> slot_;
+  bool completed_ = false;
+};
+using call_guard_ptr = std::shared_ptr<call_guard>;
+
+/// An inbound request after decoding, handed to a device actor.
+struct inbound {
+  proto::header hdr;
+  proto::message msg;
+  proto::fd_list fds;
+  caf::actor correlation;  ///< for requests back to the peer (server DMA_READ/WRITE)
+};
+using inbound_ptr = std::shared_ptr<inbound>;
+
+/// A device actor's answer: an errno, or a reply message with optional fds.
+struct outbound {
+  int err = 0;
+  std::optional<proto::message> reply;
+  proto::fd_list fds;
+  /// Set by the VERSION handler: the connection's negotiated parameters take effect.
+  std::optional<proto::negotiated> negotiated;
+  /// Set when the handler wants the connection closed after this reply (e.g. VERSION
+  /// negotiation failed).
+  bool close_after = false;
+
+  static std::shared_ptr<outbound> error(int e) {
+    auto o = std::make_shared<outbound>();
+    o->err = e;
+    return o;
+  }
+  static std::shared_ptr<outbound> of(proto::message m, proto::fd_list fds = {}) {
+    auto o = std::make_shared<outbound>();
+    o->reply = std::move(m);
+    o->fds = std::move(fds);
+    return o;
+  }
+};
+using outbound_ptr = std::shared_ptr<outbound>;
+
+/// Connection parameters that change after VERSION.
+struct conn_limits {
+  uint32_t max_frame = proto::limits::max_version_frame;
+  proto::decode_limits decode;
+  uint32_t send_max_fds = 1;
+  uint64_t send_max_data = proto::limits::default_max_data_xfer;
+};
+
+/// Request classes: each has its own timeout (correlation actor).
+enum class timeout_class : uint8_t { short_op = 0, long_op = 1 };
+timeout_class classify(uint16_t command) noexcept;
+
+// Atoms (0.17: at most 10 characters).
+using frames_atom = caf::atom_constant<caf::atom("frames")>;
+using ioerr_atom = caf::atom_constant<caf::atom("ioerr")>;
+using writable_atom = caf::atom_constant<caf::atom("writable")>;
+using send_atom = caf::atom_constant<caf::atom("send")>;
+using call_atom = caf::atom_constant<caf::atom("call")>;
+using request_atom = caf::atom_constant<caf::atom("request")>;
+using post_atom = caf::atom_constant<caf::atom("post")>;
+using noreply_atom = caf::atom_constant<caf::atom("noreply")>;
+using waitpost_atom = caf::atom_constant<caf::atom("waitpost")>;
+using reply_atom = caf::atom_constant<caf::atom("reply")>;
+using reject_atom = caf::atom_constant<caf::atom("reject")>;
+using inbound_atom = caf::atom_constant<caf::atom("inbound")>;
+using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
+using attach_atom = caf::atom_constant<caf::atom("attach")>;
+using limits_atom = caf::atom_constant<caf::atom("limits")>;
+using connlost_atom = caf::atom_constant<caf::atom("connlost")>;
+using connup_atom = caf::atom_constant<caf::atom("connup")>;
+using handler_atom = caf::atom_constant<caf::atom("handler")>;
+using stats_atom = caf::atom_constant<caf::atom("stats")>;
+using accepted_atom = caf::atom_constant<caf::atom("accepted")>;
+using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
+using close_atom = caf::atom_constant<caf::atom("close")>;
+using failall_atom = caf::atom_constant<caf::atom("failall")>;
+
+/// Renders a CAF error (including our "vfu" category) as text.
+std::string render(const caf::error& e);
+/// Makes the caf::error for a proto::error (category "vfu", context = message).
+caf::error to_caf(const proto::error& e);
+
+}  // namespace vfu
+
+CAF_ERROR_CODE_ENUM(vfu::proto::errc, "vfu")
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::frame_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::event_batch)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::call_guard_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::call_result)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::inbound_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::outbound_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::conn_limits)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::proto::header)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::proto::error)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::proto::negotiated)

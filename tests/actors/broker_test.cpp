@@ -1,0 +1,498 @@
+// Broker core over real sockets: socket, correlation, dispatcher and supervisor actors.
+// No test sleeps to prove that something did not happen; waits are on explicit events.
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <gtest/gtest.h>
+#include <thread>
+
+#include "actors/endpoint.hpp"
+#include "actors/handler.hpp"
+#include "tests/test_support.hpp"
+
+namespace {
+
+using namespace vfu;
+using namespace std::chrono_literals;
+using proto::errc;
+
+// A device that answers REGION_READ with bytes (offset + i) and REGION_WRITE with an echo.
+outbound_ptr pattern_device(inbound& in) {
+  if (auto* r = std::get_if<proto::region_read_request>(&in.msg)) {
+    proto::region_read_reply rep{*r, {}};
+    rep.data.resize(r->count);
+    for (uint32_t i = 0; i < r->count; ++i) rep.data[i] = uint8_t(r->offset + i);
+    return outbound::of(rep);
+  }
+  if (auto* w = std::get_if<proto::region_write_request>(&in.msg))
+    return outbound::of(proto::region_write_reply{{w->offset, w->region, w->count}});
+  return outbound::error(ENOTSUP);
+}
+
+proto::region_read_request rr(uint64_t off, uint32_t count, uint32_t region = 0) {
+  proto::region_read_request r;
+  r.offset = off;
+  r.region = region;
+  r.count = count;
+  return r;
+}
+
+class BrokerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { fds_before_ = test::count_open_fds(); }
+  void TearDown() override {
+    server_.reset();
+    client_.reset();
+    rt_.reset();
+    EXPECT_EQ(test::count_open_fds(), fds_before_) << "file descriptors leaked";
+  }
+  // Server endpoint on one end of a socketpair; returns the other end.
+  proto::unique_fd start_server(handler_fn fn, endpoint_config cfg = {}) {
+    auto [a, b] = test::socket_pair();
+    auto dev = spawn_handler(rt_->system(), std::move(fn));
+    auto ep = endpoint::serve_fd(*rt_, std::move(a), cfg, dev);
+    EXPECT_TRUE(ep.ok());
+    server_ = std::move(ep.value());
+    return std::move(b);
+  }
+  void start_pair(handler_fn server_fn, handler_fn client_fn = nullptr, endpoint_config ccfg = {}) {
+    auto fd = start_server(std::move(server_fn));
+    caf::actor ch;
+    if (client_fn) ch = spawn_handler(rt_->system(), std::move(client_fn));
+    auto ep = endpoint::connect_fd(*rt_, std::move(fd), ccfg, ch);
+    ASSERT_TRUE(ep.ok()) << ep.err().message();
+    client_ = std::move(ep.value());
+  }
+
+  int fds_before_ = 0;
+  std::unique_ptr<runtime> rt_ = std::make_unique<runtime>();
+  std::unique_ptr<endpoint> server_, client_;
+};
+
+TEST_F(BrokerTest, NegotiatesAndRoundTripsARead) {
+  start_pair(pattern_device);
+  EXPECT_EQ(client_->state(), conn_state::ready);
+  ASSERT_TRUE(server_->wait_state(conn_state::ready, 5s));
+  EXPECT_EQ(client_->negotiated().minor, proto::our_minor);
+  EXPECT_EQ(client_->negotiated().theirs.max_msg_fds, proto::limits::our_max_msg_fds);
+  auto r = client_->call_decoded(rr(0x10, 4));
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  auto& rep = std::get<proto::region_read_reply>(*r);
+  EXPECT_EQ(rep.data, (std::vector<uint8_t>{0x10, 0x11, 0x12, 0x13}));
+}
+
+TEST_F(BrokerTest, PeerWritingOneByteAtATimeIsServed) {
+  test::raw_peer peer(start_server(pattern_device));
+  std::vector<uint8_t> stream;
+  proto::version_request v;
+  v.caps_json = "{\"capabilities\":{\"max_msg_fds\":4}}";
+  for (auto* f : {new proto::frame(proto::make_frame(7, v)), new proto::frame(proto::make_frame(8, rr(3, 2)))}) {
+    stream.insert(stream.end(), f->bytes.begin(), f->bytes.end());
+    delete f;
+  }
+  for (uint8_t b : stream) ASSERT_TRUE(peer.send_bytes(&b, 1));
+  auto v1 = peer.recv();
+  ASSERT_TRUE(v1);
+  EXPECT_EQ(v1->hdr().msg_id, 7);
+  EXPECT_EQ(v1->hdr().command, uint16_t(proto::command::version));
+  auto r1 = peer.recv();
+  ASSERT_TRUE(r1);
+  EXPECT_EQ(r1->hdr().msg_id, 8);
+  auto m = proto::decode(*r1);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(std::get<proto::region_read_reply>(*m).data, (std::vector<uint8_t>{3, 4}));
+}
+
+TEST_F(BrokerTest, ManyFramesInOneWriteAreAllAnswered) {
+  test::raw_peer peer(start_server(pattern_device));
+  ASSERT_TRUE(peer.version());
+  std::vector<uint8_t> stream;
+  for (uint16_t i = 0; i < 100; ++i) {
+    auto f = proto::make_frame(i, rr(i, 1));
+    stream.insert(stream.end(), f.bytes.begin(), f.bytes.end());
+  }
+  ASSERT_TRUE(peer.send_bytes(stream.data(), stream.size()));
+  for (uint16_t i = 0; i < 100; ++i) {
+    auto f = peer.recv();
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->hdr().msg_id, i);  // in arrival order
+    auto m = proto::decode(*f);
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(std::get<proto::region_read_reply>(*m).data[0], uint8_t(i));
+  }
+}
+
+TEST_F(BrokerTest, TenThousandRequestsInterleavedInBothDirections) {
+  // The client serves the server's DMA_READs while both sides pipeline requests.
+  auto client_mem = [](inbound& in) -> outbound_ptr {
+    if (auto* r = std::get_if<proto::dma_read_request>(&in.msg)) {
+      proto::dma_read_reply rep{*r, std::vector<uint8_t>(r->count, uint8_t(r->addr))};
+      return outbound::of(rep);
+    }
+    return outbound::error(EINVAL);
+  };
+  start_pair(pattern_device, client_mem);
+  ASSERT_TRUE(server_->wait_state(conn_state::ready, 5s));
+  constexpr int n = 5000;
+  std::atomic<int> ok_c2s{0}, ok_s2c{0};
+  std::thread s2c([&] {
+    for (int i = 0; i < n; ++i) {
+      proto::dma_read_request d;
+      d.addr = uint64_t(i);
+      d.count = 8;
+      auto r = server_->call_decoded(d);
+      if (r.ok() && std::get<proto::dma_read_reply>(*r).data == std::vector<uint8_t>(8, uint8_t(i))) ++ok_s2c;
+    }
+  });
+  for (int i = 0; i < n; ++i) client_->post(rr(uint64_t(i), 4));  // pipelined, no-wait
+  auto last = client_->wait_posted(30s);
+  EXPECT_TRUE(last.ok()) << last.failure().message();
+  for (int i = 0; i < n; ++i)
+    if (client_->call_decoded(rr(uint64_t(i), 4)).ok()) ++ok_c2s;
+  s2c.join();
+  EXPECT_EQ(ok_c2s.load(), n);
+  EXPECT_EQ(ok_s2c.load(), n);
+}
+
+TEST_F(BrokerTest, PassedFdsAreUsable) {
+  // DMA_MAP carries a memfd the device writes through; SET_IRQS an eventfd it signals.
+  start_pair([](inbound& in) -> outbound_ptr {
+    if (auto* m = std::get_if<proto::dma_map_request>(&in.msg)) {
+      if (in.fds.size() != 1) return outbound::error(EINVAL);
+      void* p = ::mmap(nullptr, m->size, PROT_READ | PROT_WRITE, MAP_SHARED, in.fds[0].get(), off_t(m->offset));
+      if (p == MAP_FAILED) return outbound::error(errno);
+      std::memcpy(p, "written by the device", 21);
+      ::munmap(p, m->size);
+      return outbound::of(proto::dma_map_reply{});
+    }
+    if (std::get_if<proto::set_irqs_request>(&in.msg)) {
+      if (in.fds.size() != 1) return outbound::error(EINVAL);
+      uint64_t one = 1;
+      if (::write(in.fds[0].get(), &one, 8) != 8) return outbound::error(errno);
+      return outbound::of(proto::set_irqs_reply{});
+    }
+    return outbound::error(ENOTSUP);
+  });
+  proto::unique_fd mem(::memfd_create("guest", MFD_CLOEXEC));
+  ASSERT_EQ(::ftruncate(mem.get(), 4096), 0);
+  proto::dma_map_request map;
+  map.flags = proto::dma_flags::read | proto::dma_flags::write;
+  map.size = 4096;
+  proto::fd_list fds;
+  fds.push_back(mem.dup());
+  auto r = client_->call_decoded(map, std::move(fds));
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  char buf[21];
+  ASSERT_EQ(::pread(mem.get(), buf, 21, 0), 21);
+  EXPECT_EQ(std::string(buf, 21), "written by the device");
+
+  proto::unique_fd efd(::eventfd(0, EFD_CLOEXEC));
+  proto::set_irqs_request irq;
+  irq.flags = proto::irq_set_flags::data_eventfd | proto::irq_set_flags::action_trigger;
+  irq.index = proto::irq_index::msix;
+  irq.count = 1;
+  proto::fd_list ifds;
+  ifds.push_back(efd.dup());
+  ASSERT_TRUE(client_->call_decoded(irq, std::move(ifds)).ok());
+  uint64_t v = 0;
+  ASSERT_EQ(::read(efd.get(), &v, 8), 8);
+  EXPECT_EQ(v, 1u);
+}
+
+TEST_F(BrokerTest, UnexpectedAndDuplicateRepliesAreDroppedWithoutDesync) {
+  auto [a, b] = test::socket_pair();
+  test::raw_peer server(std::move(b));
+  std::thread srv([&] {
+    auto v = server.recv();
+    proto::version_reply vr;
+    vr.caps_json = "{\"capabilities\":{}}";
+    server.send(vr, v->hdr().msg_id);
+    auto req = server.recv();
+    auto id = req->hdr().msg_id;
+    proto::region_read_reply rep{rr(0, 1), {0xaa}};
+    server.send(rep, uint16_t(id + 100));  // nobody asked for this id
+    server.send(rep, id);                  // the real reply
+    server.send(rep, id);                  // a duplicate
+    auto req2 = server.recv();
+    rep.data = {0xbb};
+    server.send(rep, req2->hdr().msg_id);
+  });
+  auto ep = endpoint::connect_fd(*rt_, std::move(a));
+  ASSERT_TRUE(ep.ok());
+  client_ = std::move(ep.value());
+  auto r1 = client_->call_decoded(rr(0, 1));
+  ASSERT_TRUE(r1.ok());
+  EXPECT_EQ(std::get<proto::region_read_reply>(*r1).data[0], 0xaa);
+  auto r2 = client_->call_decoded(rr(0, 1));
+  ASSERT_TRUE(r2.ok()) << r2.err().message();
+  EXPECT_EQ(std::get<proto::region_read_reply>(*r2).data[0], 0xbb);
+  srv.join();
+  EXPECT_NE(client_->stats().find("unexpected=2"), std::string::npos) << client_->stats();
+}
+
+TEST_F(BrokerTest, ReplyForAnotherCommandFailsTheRequest) {
+  auto [a, b] = test::socket_pair();
+  test::raw_peer server(std::move(b));
+  std::thread srv([&] {
+    auto v = server.recv();
+    proto::version_reply vr;
+    server.send(vr, v->hdr().msg_id);
+    auto req = server.recv();
+    server.send(proto::reset_reply{}, req->hdr().msg_id);
+  });
+  client_ = std::move(endpoint::connect_fd(*rt_, std::move(a)).value());
+  auto r = client_->call(rr(0, 1));
+  srv.join();
+  EXPECT_EQ(r.failure().code, errc::protocol_violation);
+}
+
+TEST_F(BrokerTest, TimeoutCompletesAndLateReplyIsDropped) {
+  auto [a, b] = test::socket_pair();
+  test::raw_peer server(std::move(b));
+  std::thread srv([&] {
+    auto v = server.recv();
+    server.send(proto::version_reply{}, v->hdr().msg_id);
+  });
+  client_ = std::move(endpoint::connect_fd(*rt_, std::move(a)).value());
+  srv.join();
+  auto r = client_->call(rr(0, 1), {}, 50ms);
+  EXPECT_EQ(r.failure().code, errc::timeout);
+  EXPECT_EQ(r.failure().errnum, ETIMEDOUT);
+  auto late = server.recv();
+  ASSERT_TRUE(late);
+  server.send(proto::region_read_reply{rr(0, 1), {1}}, late->hdr().msg_id);  // too late
+  std::thread srv2([&] {
+    auto req = server.recv();
+    server.send(proto::region_read_reply{rr(0, 1), {2}}, req->hdr().msg_id);
+  });
+  auto r2 = client_->call_decoded(rr(0, 1));
+  srv2.join();
+  ASSERT_TRUE(r2.ok()) << r2.err().message();
+  EXPECT_EQ(std::get<proto::region_read_reply>(*r2).data[0], 2);
+}
+
+TEST_F(BrokerTest, ErrorReplyCarriesThePeersErrno) {
+  start_pair(pattern_device);
+  auto r = client_->call_decoded(proto::reset_request{});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.err().code, errc::remote_error);
+  EXPECT_EQ(r.err().errnum, ENOTSUP);
+}
+
+TEST_F(BrokerTest, PeerDeathAtEveryByteOfAReplyFailsPendingAtOnce) {
+  auto reply = proto::make_frame(0, proto::region_read_reply{rr(0, 8), std::vector<uint8_t>(8, 7)});
+  for (size_t cut = 0; cut < reply.bytes.size(); ++cut) {
+    SCOPED_TRACE("cut at byte " + std::to_string(cut));
+    auto [a, b] = test::socket_pair();
+    test::raw_peer server(std::move(b));
+    std::thread srv([&] {
+      auto v = server.recv();
+      server.send(proto::version_reply{}, v->hdr().msg_id);
+      auto req = server.recv();
+      auto f = proto::make_frame(req->hdr().msg_id, proto::region_read_reply{rr(0, 8), std::vector<uint8_t>(8, 7)});
+      server.send_bytes(f.bytes.data(), cut);
+      server.close();
+    });
+    endpoint_config cfg;
+    cfg.correlation.short_timeout = 60s;  // a timeout would mean the death went unnoticed
+    auto ep = endpoint::connect_fd(*rt_, std::move(a), cfg);
+    ASSERT_TRUE(ep.ok());
+    auto r = (*ep)->call(rr(0, 8));
+    srv.join();
+    EXPECT_EQ(r.failure().code, errc::peer_gone) << r.failure().message();
+    EXPECT_TRUE((*ep)->wait_state(conn_state::closed, 5s));
+  }
+}
+
+TEST_F(BrokerTest, OversizedRequestGetsE2bigAndTheStreamStaysInSync) {
+  endpoint_config cfg;
+  cfg.offer.max_data_xfer_size = 4096;
+  test::raw_peer peer(start_server(pattern_device, cfg));
+  ASSERT_TRUE(peer.version());
+  proto::region_write_request w;
+  w.count = 64 * 1024;
+  w.data.assign(w.count, 0x5a);
+  ASSERT_TRUE(peer.send(w, 1));
+  auto e = peer.recv();
+  ASSERT_TRUE(e);
+  EXPECT_TRUE(e->hdr().is_error());
+  EXPECT_EQ(e->hdr().error_no, uint32_t(E2BIG));
+  ASSERT_TRUE(peer.send(rr(5, 1), 2));
+  auto ok = peer.recv();
+  ASSERT_TRUE(ok);
+  EXPECT_FALSE(ok->hdr().is_error());
+  EXPECT_EQ(ok->hdr().msg_id, 2);
+}
+
+TEST_F(BrokerTest, MalformedRequestsGetTheRightErrno) {
+  test::raw_peer peer(start_server(pattern_device));
+  ASSERT_TRUE(peer.version());
+  struct { std::vector<uint8_t> bytes; uint32_t err; } cases[] = {
+      // unknown command 99
+      {{1, 0, 99, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ENOSYS},
+      // REGION_READ with a 4-byte payload
+      {{2, 0, 9, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4}, EINVAL},
+      // DEVICE_RESET with a reserved flag bit
+      {{3, 0, 13, 0, 16, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0}, EINVAL},
+  };
+  uint16_t id = 1;
+  for (auto& c : cases) {
+    ASSERT_TRUE(peer.send_bytes(c.bytes.data(), c.bytes.size()));
+    auto f = peer.recv();
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->hdr().msg_id, id++);
+    EXPECT_TRUE(f->hdr().is_error());
+    EXPECT_EQ(f->hdr().error_no, c.err);
+  }
+}
+
+TEST_F(BrokerTest, BadHeaderClosesTheConnection) {
+  test::raw_peer peer(start_server(pattern_device));
+  ASSERT_TRUE(peer.version());
+  uint8_t bad[16] = {1, 0, 9, 0, 8, 0, 0, 0};  // msg_size 8 < 16
+  ASSERT_TRUE(peer.send_bytes(bad, sizeof bad));
+  EXPECT_TRUE(peer.wait_eof());
+}
+
+TEST_F(BrokerTest, FirstCommandMustBeVersion) {
+  test::raw_peer peer(start_server(pattern_device));
+  ASSERT_TRUE(peer.send(rr(0, 1), 1));
+  auto f = peer.recv();
+  ASSERT_TRUE(f);
+  EXPECT_TRUE(f->hdr().is_error());
+  EXPECT_TRUE(peer.wait_eof());
+}
+
+TEST_F(BrokerTest, CrossedRequestsDoNotDeadlock) {
+  // The server answers REGION_READ only after its own DMA_READ to the client completed,
+  // while the client's thread is blocked on the REGION_READ.
+  auto [a, b] = test::socket_pair();
+  struct crossing_state {};
+  auto dev = rt_->system().spawn([](caf::event_based_actor* self) -> caf::behavior {
+    return {
+        [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> {
+          auto* r = std::get_if<proto::region_read_request>(&in->msg);
+          if (!r) return outbound::error(ENOTSUP);
+          auto rp = self->make_response_promise<outbound_ptr>();
+          proto::dma_read_request d;
+          d.addr = 0x1000;
+          d.count = r->count;
+          auto req = *r;
+          self->request(in->correlation, caf::infinite, request_atom::value,
+                        make_frame_ptr(proto::make_frame(0, d)), uint32_t(0))
+              .then([=](call_result& cr) mutable {
+                if (cr.failure()) {
+                  rp.deliver(outbound::error(EIO));
+                  return;
+                }
+                auto m = proto::decode(*cr.reply);
+                auto& dr = std::get<proto::dma_read_reply>(*m);
+                rp.deliver(outbound::of(proto::region_read_reply{req, dr.data}));
+              });
+          return rp;
+        },
+        [](connup_atom, const proto::negotiated&) {},
+        [](connlost_atom) {},
+    };
+  });
+  auto ep = endpoint::serve_fd(*rt_, std::move(a), {}, dev);
+  ASSERT_TRUE(ep.ok());
+  server_ = std::move(ep.value());
+  auto mem = spawn_handler(rt_->system(), [](inbound& in) -> outbound_ptr {
+    auto& d = std::get<proto::dma_read_request>(in.msg);
+    return outbound::of(proto::dma_read_reply{d, std::vector<uint8_t>(d.count, 0x42)});
+  });
+  client_ = std::move(endpoint::connect_fd(*rt_, std::move(b), {}, mem).value());
+  auto r = client_->call_decoded(rr(0, 16));
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(std::get<proto::region_read_reply>(*r).data, std::vector<uint8_t>(16, 0x42));
+}
+
+TEST_F(BrokerTest, BackPressureBoundsOutstandingRequests) {
+  auto [a, b] = test::socket_pair();
+  test::raw_peer server(std::move(b));
+  std::thread srv([&] {
+    auto v = server.recv();
+    server.send(proto::version_reply{}, v->hdr().msg_id);
+  });
+  endpoint_config cfg;
+  cfg.correlation.max_outstanding = 4;
+  client_ = std::move(endpoint::connect_fd(*rt_, std::move(a), cfg).value());
+  srv.join();
+  for (int i = 0; i < 10; ++i) client_->post(rr(uint64_t(i), 1));
+  // Exactly 4 reach the wire; each answer lets one more through.
+  std::vector<proto::frame> got;
+  for (int i = 0; i < 4; ++i) got.push_back(*server.recv());
+  for (int done = 0; done < 10; ++done) {
+    auto& f = got[size_t(done)];
+    server.send(proto::region_read_reply{rr(0, 1), {0}}, f.hdr().msg_id);
+    if (done + 4 < 10) got.push_back(*server.recv());
+  }
+  EXPECT_TRUE(client_->wait_posted(5s).ok());
+  // The correlation actor never had more than 4 on the wire.
+  EXPECT_NE(client_->stats().find("pending_high_water=4"), std::string::npos) << client_->stats();
+}
+
+TEST_F(BrokerTest, ClientReconnectsAndRenegotiatesAfterServerRestart) {
+  char dir[] = "/tmp/vfu-test-XXXXXX";
+  ASSERT_TRUE(::mkdtemp(dir));
+  std::string path = std::string(dir) + "/s.sock";
+  auto dev = spawn_handler(rt_->system(), pattern_device);
+  auto s1 = endpoint::listen(*rt_, path, {}, dev);
+  ASSERT_TRUE(s1.ok());
+  endpoint_config cfg;
+  cfg.backoff_min = 5ms;
+  cfg.backoff_max = 50ms;
+  auto c = endpoint::connect(*rt_, path, cfg);
+  ASSERT_TRUE(c.ok()) << c.err().message();
+  client_ = std::move(c.value());
+  ASSERT_TRUE(client_->call_decoded(rr(1, 1)).ok());
+  (*s1)->close();
+  s1.value().reset();
+  ASSERT_TRUE(client_->wait_state(conn_state::recovering, 5s));
+  auto r = client_->call(rr(1, 1));  // during the outage: fails fast
+  EXPECT_EQ(r.failure().code, errc::not_connected);
+  auto s2 = endpoint::listen(*rt_, path, {}, dev);
+  ASSERT_TRUE(s2.ok());
+  server_ = std::move(s2.value());
+  ASSERT_TRUE(client_->wait_state(conn_state::ready, 10s));
+  EXPECT_EQ(client_->generation(), 2u);
+  auto r2 = client_->call_decoded(rr(2, 1));
+  ASSERT_TRUE(r2.ok()) << r2.err().message();
+  server_->close();
+  client_->close();
+  ::unlink(path.c_str());
+  ::rmdir(dir);
+}
+
+TEST_F(BrokerTest, ServerAcceptsTheNextClientAfterADisconnect) {
+  char dir[] = "/tmp/vfu-test-XXXXXX";
+  ASSERT_TRUE(::mkdtemp(dir));
+  std::string path = std::string(dir) + "/s.sock";
+  auto s = endpoint::listen(*rt_, path, {}, spawn_handler(rt_->system(), pattern_device));
+  ASSERT_TRUE(s.ok());
+  server_ = std::move(s.value());
+  for (int i = 0; i < 3; ++i) {
+    endpoint_config cfg;
+    cfg.reconnect = false;
+    auto c = endpoint::connect(*rt_, path, cfg);
+    ASSERT_TRUE(c.ok()) << c.err().message();
+    EXPECT_TRUE((*c)->call_decoded(rr(uint64_t(i), 1)).ok());
+    (*c)->close();
+    ASSERT_TRUE(server_->wait_state(conn_state::connecting, 5s));
+  }
+  EXPECT_EQ(server_->generation(), 3u);
+  server_->close();
+  ::unlink(path.c_str());
+  ::rmdir(dir);
+}
+
+TEST_F(BrokerTest, ConnectToNothingFailsWithAClearError) {
+  auto c = endpoint::connect(*rt_, "/tmp/vfu-no-such-socket-here.sock");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.err().code, errc::not_connected);
+  EXPECT_EQ(c.err().errnum, ENOENT);
+}
+
+}  // namespace

@@ -1,0 +1,140 @@
+// Helpers shared by the socket-level tests: fd counting, socketpairs, and a raw peer that
+// speaks frames over a socket with plain blocking calls (the "other implementation").
+#pragma once
+
+#include <dirent.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include "protocol/assembler.hpp"
+#include "protocol/messages.hpp"
+
+namespace vfu::test {
+
+inline int count_open_fds() {
+  int n = 0;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (auto* e = ::readdir(d))
+      if (e->d_name[0] != '.') ++n;
+    ::closedir(d);
+  }
+  return n - 1;  // the DIR's own fd
+}
+
+inline std::pair<proto::unique_fd, proto::unique_fd> socket_pair() {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::abort();
+  return {proto::unique_fd(sv[0]), proto::unique_fd(sv[1])};
+}
+
+/// A peer that reads and writes frames on a socket with blocking calls.
+class raw_peer {
+ public:
+  explicit raw_peer(proto::unique_fd fd) : fd_(std::move(fd)), asm_(64u << 20) {}
+  int fd() const { return fd_.get(); }
+
+  bool send_bytes(const uint8_t* p, size_t n) {
+    while (n) {
+      ssize_t w = ::send(fd_.get(), p, n, MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return false;
+      }
+      p += w;
+      n -= size_t(w);
+    }
+    return true;
+  }
+  bool send(const proto::frame& f) {
+    if (f.fds.empty()) return send_bytes(f.bytes.data(), f.bytes.size());
+    iovec iov{const_cast<uint8_t*>(f.bytes.data()), f.bytes.size()};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 16)];
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * f.fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * f.fds.size());
+    for (size_t i = 0; i < f.fds.size(); ++i) {
+      int v = f.fds[i].get();
+      std::memcpy(CMSG_DATA(c) + i * sizeof(int), &v, sizeof v);
+    }
+    return ::sendmsg(fd_.get(), &mh, MSG_NOSIGNAL) == ssize_t(f.bytes.size());
+  }
+  bool send(const proto::message& m, uint16_t id, uint32_t flags = 0) { return send(proto::make_frame(id, m, flags)); }
+
+  /// Next frame, or nullopt on EOF, error or timeout.
+  std::optional<proto::frame> recv(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      if (!ready_.empty()) {
+        auto f = std::move(ready_.front());
+        ready_.erase(ready_.begin());
+        return f;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      pollfd p{fd_.get(), POLLIN, 0};
+      if (::poll(&p, 1, int(left.count())) <= 0) return std::nullopt;
+      uint8_t buf[65536];
+      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 64)];
+      iovec iov{buf, sizeof buf};
+      msghdr mh{};
+      mh.msg_iov = &iov;
+      mh.msg_iovlen = 1;
+      mh.msg_control = cbuf;
+      mh.msg_controllen = sizeof cbuf;
+      ssize_t n = ::recvmsg(fd_.get(), &mh, MSG_CMSG_CLOEXEC);
+      if (n <= 0) return std::nullopt;
+      proto::fd_list fds;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t k = 0; k < cnt; ++k) {
+          int v;
+          std::memcpy(&v, CMSG_DATA(c) + k * sizeof(int), sizeof v);
+          fds.emplace_back(v);
+        }
+      }
+      std::vector<proto::frame_assembler::event> evs;
+      asm_.feed(buf, size_t(n), std::move(fds), evs);
+      for (auto& e : evs)
+        if (e.kind == proto::frame_assembler::event::frame_ready) ready_.push_back(std::move(e.f));
+    }
+  }
+  /// True if the peer closed the connection (EOF) within the timeout.
+  bool wait_eof(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    pollfd p{fd_.get(), POLLIN, 0};
+    if (::poll(&p, 1, int(timeout.count())) <= 0) return false;
+    char c;
+    return ::recv(fd_.get(), &c, 1, MSG_PEEK) == 0;
+  }
+  /// Client side of VERSION: sends it and reads the reply.
+  std::optional<proto::version_reply> version(const std::string& json = "{\"capabilities\":{}}") {
+    proto::version_request v;
+    v.major = 0;
+    v.minor = 2;
+    v.caps_json = json;
+    if (!send(v, 0)) return std::nullopt;
+    auto r = recv();
+    if (!r) return std::nullopt;
+    auto m = proto::decode(*r);
+    if (!m) return std::nullopt;
+    if (auto* vr = std::get_if<proto::version_reply>(&*m)) return *vr;
+    return std::nullopt;
+  }
+  void close() { fd_.reset(); }
+
+ private:
+  proto::unique_fd fd_;
+  proto::frame_assembler asm_;
+  std::vector<proto::frame> ready_;
+};
+
+}  // namespace vfu::test
