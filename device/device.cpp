@@ -1,0 +1,483 @@
+#define CAF_LOG_COMPONENT "vfu"
+#include "device/device.hpp"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "protocol/limits.hpp"
+
+namespace vfu::dev {
+
+namespace {
+
+using namespace proto;
+
+struct window {
+  uint64_t addr = 0, size = 0;
+  uint32_t prot = 0;        ///< dma_flags: what the device may do
+  uint8_t* map = nullptr;   ///< nullptr: message-based DMA
+  int inflight = 0;         ///< message-based transfers in progress
+};
+
+struct irq_vec {
+  unique_fd efd;
+  bool masked = false;
+  bool pending = false;
+};
+
+struct shared_region {
+  unique_fd fd;
+  uint8_t* mem = nullptr;
+  uint64_t size = 0;
+};
+
+struct device_state;
+using self_t = caf::stateful_actor<device_state>*;
+
+struct device_state : device_context {
+  self_t self = nullptr;
+  std::shared_ptr<device_model> model;
+  std::unique_ptr<pci_config> cfg;
+  proto::quirks quirks;
+  std::array<std::vector<irq_vec>, irq_index::count> irqs;
+  std::array<shared_region, 9> shm;
+  std::vector<uint8_t> msix_table;  ///< 16 bytes per vector
+  std::map<uint64_t, window> windows;
+  std::vector<std::pair<caf::response_promise, outbound_ptr>> unmap_waiters;
+  caf::actor correlation;
+  uint64_t send_max_data = limits::default_max_data_xfer;
+  uint64_t max_dma_maps = limits::default_max_dma_maps;
+  static inline const char* name = "vfu.device";
+
+  ~device_state() override { drop_connection_state(); for (auto& s : shm) if (s.mem) ::munmap(s.mem, s.size); }
+
+  const device_spec& spec() const { return model->spec(); }
+  uint64_t region_size(uint32_t r) const {
+    if (r == region_index::config) return pci_config::size;
+    if (r <= region_index::bar5) return spec().bars[r].size;
+    if (r < region_index::num_pci) return spec().regions[r].size;
+    return 0;
+  }
+
+  // ---- IRQs ---------------------------------------------------------------------------
+  bool msix_vector_masked(uint32_t v) const {
+    if (v * 16 + 16 > msix_table.size()) return true;
+    return msix_table[v * 16 + 12] & 1;
+  }
+  void fire(uint32_t index, uint32_t v) {
+    auto& iv = irqs[index][v];
+    bool masked = iv.masked;
+    if (index == irq_index::msix) masked = masked || cfg->msix_function_masked() || msix_vector_masked(v);
+    if (masked || !iv.efd) {
+      iv.pending = true;
+      return;
+    }
+    iv.pending = false;
+    uint64_t one = 1;
+    if (::write(iv.efd.get(), &one, sizeof one) != sizeof one) CAF_LOG_WARNING("eventfd write failed");
+  }
+  void trigger(uint32_t index, uint32_t vector) override {
+    if (index >= irq_index::count || vector >= irqs[index].size()) return;
+    fire(index, vector);
+  }
+  void retry_pending(uint32_t index) {
+    for (uint32_t v = 0; v < irqs[index].size(); ++v)
+      if (irqs[index][v].pending) fire(index, v);
+  }
+
+  // ---- DMA ----------------------------------------------------------------------------
+  window* find_window(uint64_t addr, uint64_t len) {
+    uint64_t end;
+    if (__builtin_add_overflow(addr, len, &end)) return nullptr;
+    auto it = windows.upper_bound(addr);
+    if (it == windows.begin()) return nullptr;
+    --it;
+    auto& w = it->second;
+    if (addr < w.addr || end > w.addr + w.size) return nullptr;
+    return &w;
+  }
+  void release(uint64_t window_addr) {
+    auto it = windows.find(window_addr);
+    if (it != windows.end()) --it->second.inflight;
+    // Windows unmapped while busy (size 0) go when their last transfer ends; deferred
+    // unmap replies go when no such window is left.
+    bool busy = false;
+    for (auto i = windows.begin(); i != windows.end();) {
+      if (i->second.size == 0 && i->second.inflight == 0) {
+        i = windows.erase(i);
+        continue;
+      }
+      busy = busy || i->second.size == 0;
+      ++i;
+    }
+    if (busy) return;
+    for (auto& [rp, out] : unmap_waiters) rp.deliver(out);
+    unmap_waiters.clear();
+  }
+  void dma_read(uint64_t addr, uint64_t len, std::function<void(int, std::vector<uint8_t>)> cb) override {
+    auto* w = find_window(addr, len);
+    if (!w || !(w->prot & dma_flags::read)) return cb(EFAULT, {});
+    if (!cfg->bus_master()) return cb(EPERM, {});
+    if (w->map) {
+      std::vector<uint8_t> out(w->map + (addr - w->addr), w->map + (addr - w->addr) + len);
+      return cb(0, std::move(out));
+    }
+    if (!correlation) return cb(ENOTCONN, {});
+    auto acc = std::make_shared<std::vector<uint8_t>>();
+    acc->reserve(len);
+    w->inflight++;
+    chunked_read(w->addr, addr, len, acc, std::move(cb));
+  }
+  void chunked_read(uint64_t waddr, uint64_t addr, uint64_t left, std::shared_ptr<std::vector<uint8_t>> acc,
+                    std::function<void(int, std::vector<uint8_t>)> cb) {
+    uint64_t n = std::min(left, send_max_data);
+    dma_read_request req;
+    req.addr = addr;
+    req.count = n;
+    auto q = quirks;
+    self->request(correlation, caf::infinite, request_atom::value, make_frame_ptr(make_frame(0, req)), uint32_t(0))
+        .then([=](call_result& r) {
+          auto fail = [&](int e) { release(waddr); cb(e, {}); };
+          if (auto f = r.failure()) return fail(f.errnum ? f.errnum : EIO);
+          auto m = decode(*r.reply, q);
+          auto* rep = m ? std::get_if<dma_read_reply>(&*m) : nullptr;
+          if (!rep || rep->count != n || rep->data.size() != n) return fail(EIO);
+          acc->insert(acc->end(), rep->data.begin(), rep->data.end());
+          if (left > n) return chunked_read(waddr, addr + n, left - n, acc, cb);
+          release(waddr);
+          cb(0, std::move(*acc));
+        });
+  }
+  void dma_write(uint64_t addr, std::vector<uint8_t> data, std::function<void(int)> cb) override {
+    auto* w = find_window(addr, data.size());
+    if (!w || !(w->prot & dma_flags::write)) return cb(EFAULT);
+    if (!cfg->bus_master()) return cb(EPERM);
+    if (w->map) {
+      std::memcpy(w->map + (addr - w->addr), data.data(), data.size());
+      return cb(0);
+    }
+    if (!correlation) return cb(ENOTCONN);
+    w->inflight++;
+    chunked_write(w->addr, addr, std::make_shared<std::vector<uint8_t>>(std::move(data)), 0, std::move(cb));
+  }
+  void chunked_write(uint64_t waddr, uint64_t addr, std::shared_ptr<std::vector<uint8_t>> data, uint64_t done,
+                     std::function<void(int)> cb) {
+    uint64_t n = std::min<uint64_t>(data->size() - done, send_max_data);
+    dma_write_request req;
+    req.addr = addr + done;
+    req.count = n;
+    req.layout = quirks.qemu_dma_layout ? dma_layout::qemu : dma_layout::spec;
+    req.data.assign(data->begin() + long(done), data->begin() + long(done + n));
+    auto q = quirks;
+    self->request(correlation, caf::infinite, request_atom::value, make_frame_ptr(make_frame(0, req)), uint32_t(0))
+        .then([=](call_result& r) {
+          if (auto f = r.failure()) {
+            release(waddr);
+            return cb(f.errnum ? f.errnum : EIO);
+          }
+          auto m = decode(*r.reply, q);
+          if (!m || !std::holds_alternative<dma_write_reply>(*m)) {
+            release(waddr);
+            return cb(EIO);
+          }
+          if (done + n < data->size()) return chunked_write(waddr, addr, data, done + n, cb);
+          release(waddr);
+          cb(0);
+        });
+  }
+  pci_config& config() override { return *cfg; }
+  uint8_t* region_memory(uint32_t r) override { return r < shm.size() ? shm[r].mem : nullptr; }
+
+  void drop_connection_state() {
+    for (auto& [a, w] : windows)
+      if (w.map) ::munmap(w.map, w.size ? w.size : 0);
+    windows.clear();
+    for (auto& idx : irqs)
+      for (auto& v : idx) v.efd.reset();
+  }
+};
+
+// ---- region access ------------------------------------------------------------------------
+int check_access(device_state& st, uint32_t region, uint64_t off, uint32_t count, bool write) {
+  if (region >= region_index::num_pci) return EINVAL;
+  uint64_t size = st.region_size(region), end;
+  if (__builtin_add_overflow(off, uint64_t(count), &end) || end > size) return EINVAL;
+  if (region != region_index::config) {
+    auto& rs = st.spec().regions[region];
+    if (write ? !rs.writable : !rs.readable) return EINVAL;
+  }
+  return 0;
+}
+
+bool in_range(uint64_t off, uint32_t count, uint64_t start, uint64_t len) { return off >= start && off + count <= start + len; }
+
+int region_access(device_state& st, uint32_t region, uint64_t off, uint8_t* buf, uint32_t count, bool write) {
+  if (int e = check_access(st, region, off, count, write)) return e;
+  if (region == region_index::config) {
+    bool was_enabled = st.cfg->msix_enabled() && !st.cfg->msix_function_masked();
+    if (write) st.cfg->write(uint32_t(off), buf, count);
+    else st.cfg->read(uint32_t(off), buf, count);
+    if (write && !was_enabled && st.cfg->msix_enabled() && !st.cfg->msix_function_masked())
+      st.retry_pending(irq_index::msix);
+    return 0;
+  }
+  auto& mx = st.spec().msix;
+  if (mx.vectors && region == mx.bar) {
+    uint64_t tlen = uint64_t(mx.vectors) * 16, plen = (uint64_t(mx.vectors) + 63) / 64 * 8;
+    if (in_range(off, count, mx.table_offset, tlen)) {
+      uint8_t* t = st.msix_table.data() + (off - mx.table_offset);
+      if (!write) {
+        std::memcpy(buf, t, count);
+      } else {
+        std::memcpy(t, buf, count);
+        st.retry_pending(irq_index::msix);  // a vector may have been unmasked
+      }
+      return 0;
+    }
+    if (in_range(off, count, mx.pba_offset, plen)) {
+      if (write) return 0;  // PBA is read-only
+      std::vector<uint8_t> pba(plen, 0);
+      for (uint32_t v = 0; v < st.irqs[irq_index::msix].size(); ++v)
+        if (st.irqs[irq_index::msix][v].pending) pba[v / 8] |= uint8_t(1u << (v % 8));
+      std::memcpy(buf, pba.data() + (off - mx.pba_offset), count);
+      return 0;
+    }
+  }
+  if (uint8_t* mem = st.shm[region].mem) {
+    if (write) std::memcpy(mem + off, buf, count);
+    else std::memcpy(buf, mem + off, count);
+    return 0;
+  }
+  return write ? st.model->region_write(region, off, buf, count) : st.model->region_read(region, off, buf, count);
+}
+
+// ---- command handlers -------------------------------------------------------------------
+outbound_ptr on_region_info(device_state& st, const region_info_request& req) {
+  if (req.index >= region_index::num_pci) return outbound::error(EINVAL);
+  region_info_reply rep;
+  rep.index = req.index;
+  rep.size = st.region_size(req.index);
+  if (rep.size) {
+    if (req.index == region_index::config) rep.flags = region_flags::read | region_flags::write;
+    else {
+      auto& rs = st.spec().regions[req.index];
+      rep.flags = (rs.readable ? region_flags::read : 0) | (rs.writable ? region_flags::write : 0);
+    }
+  }
+  fd_list fds;
+  auto& sh = st.shm[req.index];
+  if (sh.mem) {
+    rep.flags |= region_flags::mmap;
+    region_cap cap;
+    cap.id = region_cap_id::sparse_mmap;
+    cap.version = 1;
+    auto& rs = st.spec().regions[req.index];
+    cap.areas = rs.sparse.empty() ? std::vector<sparse_area>{{0, rep.size}} : rs.sparse;
+    uint32_t needed = uint32_t(32 + 16 + 16 * cap.areas.size());
+    rep.argsz = needed;
+    // The fd goes only with the reply that carries the caps (as libvfio-user does): a
+    // client probing with argsz 32 learns the size it needs and asks again.
+    if (req.argsz >= needed) {
+      rep.flags |= region_flags::caps;
+      rep.cap_offset = 32;
+      rep.caps.push_back(std::move(cap));
+      fds.push_back(sh.fd.dup());
+    }
+  }
+  return outbound::of(std::move(rep), std::move(fds));
+}
+
+outbound_ptr on_irq_info(device_state& st, const irq_info_request& req) {
+  if (req.index >= irq_index::count) return outbound::error(EINVAL);
+  irq_info_reply rep;
+  rep.index = req.index;
+  rep.count = uint32_t(st.irqs[req.index].size());
+  rep.flags = irq_info_flags::eventfd;
+  if (req.index == irq_index::intx || req.index == irq_index::msix) rep.flags |= irq_info_flags::maskable;
+  if (req.index == irq_index::msi || req.index == irq_index::msix) rep.flags |= irq_info_flags::noresize;
+  return outbound::of(rep);
+}
+
+outbound_ptr on_set_irqs(device_state& st, const set_irqs_request& req, fd_list& fds) {
+  using namespace irq_set_flags;
+  if (req.index >= irq_index::count) return outbound::error(EINVAL);
+  auto& vecs = st.irqs[req.index];
+  uint32_t data = req.flags & data_mask, action = req.flags & action_mask_all;
+  if (req.count == 0) {
+    if (req.start != 0 || data != data_none || action != action_trigger) return outbound::error(EINVAL);
+    for (auto& v : vecs) v.efd.reset();  // disable every vector of the index
+    return outbound::of(set_irqs_reply{});
+  }
+  if (req.start >= vecs.size() || req.start + req.count > vecs.size()) return outbound::error(EINVAL);
+  if ((req.index == irq_index::err || req.index == irq_index::req) && (action != action_trigger || req.count > 1))
+    return outbound::error(EINVAL);
+  bool maskable = req.index == irq_index::intx || req.index == irq_index::msix;
+  if (action != action_trigger && (!maskable || data == data_eventfd)) return outbound::error(EINVAL);
+  for (uint32_t i = 0; i < req.count; ++i) {
+    uint32_t v = req.start + i;
+    bool sel = data != data_bool || req.bools[i];
+    if (action == action_trigger) {
+      if (data == data_eventfd) vecs[v].efd = fds.empty() ? unique_fd() : std::move(fds[i]);
+      else if (sel) st.fire(req.index, v);
+    } else if (sel) {
+      vecs[v].masked = action == action_mask;
+      if (action == action_unmask && vecs[v].pending) st.fire(req.index, v);
+    }
+  }
+  return outbound::of(set_irqs_reply{});
+}
+
+outbound_ptr on_dma_map(device_state& st, const dma_map_request& req, fd_list& fds) {
+  if (st.windows.size() >= st.max_dma_maps) return outbound::error(ENOSPC);
+  uint64_t end = req.addr + req.size;  // decode checked overflow
+  auto it = st.windows.lower_bound(req.addr);
+  if (it != st.windows.end() && it->second.size && it->first < end) return outbound::error(EEXIST);
+  if (it != st.windows.begin()) {
+    auto p = std::prev(it);
+    if (p->second.size && p->first + p->second.size > req.addr) return outbound::error(EEXIST);
+  }
+  window w;
+  w.addr = req.addr;
+  w.size = req.size;
+  w.prot = req.flags;
+  if (!fds.empty()) {
+    int prot = ((req.flags & dma_flags::read) ? PROT_READ : 0) | ((req.flags & dma_flags::write) ? PROT_WRITE : 0);
+    void* p = ::mmap(nullptr, req.size, prot ? prot : PROT_NONE, MAP_SHARED, fds[0].get(), off_t(req.offset));
+    if (p == MAP_FAILED) return outbound::error(errno);
+    w.map = static_cast<uint8_t*>(p);
+  }
+  st.windows.emplace(req.addr, w);
+  return outbound::of(dma_map_reply{});
+}
+
+caf::result<outbound_ptr> on_dma_unmap(self_t self, const dma_unmap_request& req) {
+  auto& st = self->state;
+  if (req.bitmap) return outbound::error(ENOTSUP);  // legacy dirty tracking is not offered
+  dma_unmap_reply rep;
+  rep.argsz = 24;
+  rep.flags = req.flags;
+  rep.addr = req.addr;
+  rep.size = req.size;
+  auto out = outbound::of(rep);
+  bool busy = false;
+  auto drop = [&](window& w) {
+    if (w.map) ::munmap(w.map, w.size);
+    w.map = nullptr;
+    busy = busy || w.inflight > 0;
+    w.size = 0;  // marked: erased when its last transfer completes
+  };
+  if (req.flags & dma_flags::unmap_all) {
+    for (auto& [a, w] : st.windows) drop(w);
+  } else {
+    auto it = st.windows.find(req.addr);
+    if (it == st.windows.end() || it->second.size != req.size) return outbound::error(ENOENT);
+    drop(it->second);
+  }
+  for (auto i = st.windows.begin(); i != st.windows.end();)
+    i = (i->second.size == 0 && i->second.inflight == 0) ? st.windows.erase(i) : std::next(i);
+  if (!busy) return out;
+  // The spec: the server drops every reference, in-flight DMA included, before replying.
+  auto rp = self->make_response_promise<outbound_ptr>();
+  st.unmap_waiters.emplace_back(rp, out);
+  return rp;
+}
+
+}  // namespace
+
+caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> model, proto::quirks quirks) {
+  return sys.spawn([model, quirks](caf::stateful_actor<device_state>* self) -> caf::behavior {
+    auto& st = self->state;
+    st.self = self;
+    st.model = model;
+    st.quirks = quirks;
+    model->ctx = &st;
+    const auto& sp = model->spec();
+    st.cfg = std::make_unique<pci_config>(sp.ids, sp.bars, sp.msi_vectors, sp.msix, sp.io_bit_on_unused_bars);
+    st.irqs[irq_index::intx].resize(sp.intx_vectors);
+    st.irqs[irq_index::msi].resize(sp.msi_vectors);
+    st.irqs[irq_index::msix].resize(sp.msix.vectors);
+    st.irqs[irq_index::err].resize(1);
+    st.irqs[irq_index::req].resize(1);
+    st.msix_table.assign(size_t(sp.msix.vectors) * 16, 0);
+    for (uint32_t v = 0; v < sp.msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;  // masked at reset
+    for (uint32_t r = 0; r < region_index::num_pci; ++r) {
+      if (r == region_index::config || !sp.regions[r].shared_memory) continue;
+      uint64_t size = st.region_size(r);
+      unique_fd fd(::memfd_create("vfu-region", MFD_CLOEXEC));
+      if (!fd || ::ftruncate(fd.get(), off_t(size)) != 0) continue;
+      void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+      if (p == MAP_FAILED) continue;
+      st.shm[r] = shared_region{std::move(fd), static_cast<uint8_t*>(p), size};
+    }
+    return {
+        [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> {
+          auto& st = self->state;
+          st.correlation = in->correlation;
+          auto& m = in->msg;
+          if (std::holds_alternative<device_info_request>(m)) {
+            device_info_reply rep;
+            rep.flags = device_info_flags::reset | device_info_flags::pci;
+            rep.num_regions = region_index::num_pci;
+            rep.num_irqs = irq_index::count;
+            return outbound::of(rep);
+          }
+          if (auto* r = std::get_if<region_info_request>(&m)) return on_region_info(st, *r);
+          if (auto* r = std::get_if<irq_info_request>(&m)) return on_irq_info(st, *r);
+          if (auto* r = std::get_if<set_irqs_request>(&m)) return on_set_irqs(st, *r, in->fds);
+          if (auto* r = std::get_if<dma_map_request>(&m)) return on_dma_map(st, *r, in->fds);
+          if (auto* r = std::get_if<dma_unmap_request>(&m)) return on_dma_unmap(self, *r);
+          if (auto* r = std::get_if<region_read_request>(&m)) {
+            region_read_reply rep{*r, std::vector<uint8_t>(r->count)};
+            if (int e = region_access(st, r->region, r->offset, rep.data.data(), r->count, false)) return outbound::error(e);
+            return outbound::of(std::move(rep));
+          }
+          if (auto* w = std::get_if<region_write_request>(&m)) {
+            if (int e = region_access(st, w->region, w->offset, w->data.data(), w->count, true)) return outbound::error(e);
+            return outbound::of(region_write_reply{{w->offset, w->region, w->count}});
+          }
+          if (auto* w = std::get_if<write_multi_request>(&m)) {
+            for (auto& e : w->writes) {
+              auto d = e.data;
+              if (int err = region_access(st, e.region, e.offset, d.data(), e.count, true)) return outbound::error(err);
+            }
+            return outbound::of(write_multi_reply{w->writes.size()});
+          }
+          if (auto* io = std::get_if<io_fds_request>(&m)) {
+            if (io->index >= region_index::num_pci) return outbound::error(EINVAL);
+            io_fds_reply rep;
+            rep.index = io->index;
+            return outbound::of(rep);  // no ioeventfds: count 0
+          }
+          if (std::holds_alternative<reset_request>(m)) {
+            st.cfg->reset();
+            for (auto& idx : st.irqs)
+              for (auto& v : idx) { v.masked = false; v.pending = false; }
+            for (uint32_t v = 0; v < st.spec().msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;
+            st.model->reset();
+            return outbound::of(reset_reply{});
+          }
+          // Migration is not offered by these devices: DEVICE_FEATURE and MIG_DATA_* get
+          // ENOTSUP, which is what a client probes for.
+          return outbound::error(ENOTSUP);
+        },
+        [=](connup_atom, const proto::negotiated& n) {
+          self->state.send_max_data = n.send_max_data();
+          self->state.max_dma_maps = n.ours.max_dma_maps;
+          self->state.model->attached();
+        },
+        [=](connlost_atom) {
+          // The client is gone: its windows and eventfds go, the device state stays.
+          auto& st = self->state;
+          st.drop_connection_state();
+          st.correlation = nullptr;
+          for (auto& [rp, out] : st.unmap_waiters) rp.deliver(out);
+          st.unmap_waiters.clear();
+          st.model->detached();
+        },
+    };
+  });
+}
+
+}  // namespace vfu::dev

@@ -1,0 +1,87 @@
+// device.hpp: the server-role framework. A PCI device is a device_model (what the device
+// does) inside a device actor (what the protocol needs): config space, regions, IRQs, DMA
+// windows, reset, and connection loss. The actor answers every command the dispatcher hands
+// it, so a device author writes only register semantics.
+//
+// Threading: every device_model hook and every device_context call runs on the device
+// actor, one at a time; no locks are needed in a model.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <array>
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "actors/types.hpp"
+#include "device/pci_config.hpp"
+
+namespace vfu::dev {
+
+struct region_spec {
+  uint64_t size = 0;
+  bool readable = true;
+  bool writable = true;
+  /// Backed by shared memory (memfd) that the framework owns; offered as mmap-able.
+  bool shared_memory = false;
+  /// Sparse-mmap areas; empty = the whole region (when shared_memory).
+  std::vector<proto::sparse_area> sparse;
+};
+
+struct device_spec {
+  pci_ids ids;
+  std::array<bar_spec, 6> bars{};
+  /// Regions 0-5 (BARs; size comes from bars[]), 6 ROM, 8 VGA. Region 7 is the config space.
+  std::array<region_spec, 9> regions{};
+  uint16_t msi_vectors = 0;
+  msix_spec msix;
+  uint32_t intx_vectors = 1;
+  /// libvfio-user sets bit 0 (I/O) in BARs it does not use; gpio mimics it.
+  bool io_bit_on_unused_bars = false;
+};
+
+class device_context;
+
+/// What a device does. Return 0 or a positive errno from the access hooks.
+class device_model {
+ public:
+  virtual ~device_model() = default;
+  virtual const device_spec& spec() const = 0;
+  virtual int region_read(uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count) {
+    (void)region; (void)offset; (void)buf; (void)count;
+    return EINVAL;
+  }
+  virtual int region_write(uint32_t region, uint64_t offset, const uint8_t* buf, uint32_t count) {
+    (void)region; (void)offset; (void)buf; (void)count;
+    return EINVAL;
+  }
+  /// DEVICE_RESET (and nothing else: a disconnect keeps device state).
+  virtual void reset() {}
+  virtual void attached() {}
+  virtual void detached() {}
+
+  device_context* ctx = nullptr;  ///< set by the framework before any hook runs
+};
+
+/// What a model may ask of the framework.
+class device_context {
+ public:
+  virtual ~device_context() = default;
+  /// Raises vector `vector` of IRQ `index` (irq_index::*): signals its eventfd, or sets its
+  /// pending bit while masked.
+  virtual void trigger(uint32_t index, uint32_t vector) = 0;
+  /// Reads guest memory: through an mmapped window when the client gave an fd, otherwise
+  /// with DMA_READ messages. The callback runs later on the device actor.
+  virtual void dma_read(uint64_t addr, uint64_t len, std::function<void(int err, std::vector<uint8_t> data)> cb) = 0;
+  virtual void dma_write(uint64_t addr, std::vector<uint8_t> data, std::function<void(int err)> cb) = 0;
+  virtual pci_config& config() = 0;
+  /// The shared memory behind a shared_memory region (nullptr otherwise).
+  virtual uint8_t* region_memory(uint32_t region) = 0;
+};
+
+/// Spawns the device actor that serves `model` (hand it to endpoint::listen/serve_fd).
+caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> model, proto::quirks quirks = {});
+
+}  // namespace vfu::dev

@@ -1,0 +1,94 @@
+// remote_device.hpp: the client role, what an emulator does with a vfio-user device:
+// negotiate, enumerate (device info, regions with caps and mmap, IRQs), access regions,
+// map guest memory for DMA and serve the server's DMA_READ/DMA_WRITE, wire IRQ eventfds,
+// and reset. Defends against a hostile server: counts, sizes and chains are bounded by the
+// codec and limits.hpp, and unexpected fds are closed.
+//
+// Threading: every method may be called from any non-CAF thread; they block.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "actors/endpoint.hpp"
+
+namespace vfu::dev {
+
+/// Guest memory the host exposes to the device: IOVA ranges backed by host memory. The
+/// client serves DMA_READ/DMA_WRITE from it, bounds-checked against the mapped windows.
+class guest_memory {
+ public:
+  void add(uint64_t iova, uint64_t size, uint8_t* host, uint32_t prot);
+  void remove(uint64_t iova);
+  /// 0, or EFAULT when [iova, iova+len) is not inside one window with that permission.
+  int read(uint64_t iova, uint8_t* out, uint64_t len);
+  int write(uint64_t iova, const uint8_t* in, uint64_t len);
+
+ private:
+  struct win { uint64_t size; uint8_t* host; uint32_t prot; };
+  uint8_t* find(uint64_t iova, uint64_t len, uint32_t need);
+  std::mutex m_;
+  std::map<uint64_t, win> wins_;
+};
+
+struct remote_region {
+  proto::region_info_reply info;
+  proto::unique_fd fd;        ///< mmap fd from the server, if any
+  uint8_t* map = nullptr;     ///< whole-region mapping when every sparse area could be mapped
+  std::vector<std::pair<proto::sparse_area, uint8_t*>> areas;  ///< mapped sparse areas
+};
+
+class remote_device {
+ public:
+  ~remote_device();
+  /// Connects to `path` and negotiates. DMA requests from the server are served from `mem`.
+  static proto::result<std::unique_ptr<remote_device>> open(runtime& rt, const std::string& path,
+                                                            std::shared_ptr<guest_memory> mem = nullptr,
+                                                            endpoint_config cfg = {});
+  /// Device info, every region (with argsz retry and mmap of the sparse areas), every IRQ.
+  proto::status probe();
+
+  const proto::device_info_reply& info() const { return info_; }
+  const std::vector<remote_region>& regions() const { return regions_; }
+  const std::vector<proto::irq_info_reply>& irqs() const { return irqs_; }
+
+  /// Region access of any size: split at the server's max_data_xfer_size, or done directly
+  /// through an mmapped sparse area when the whole range lies in one.
+  proto::status read(uint32_t region, uint64_t offset, void* buf, uint64_t count);
+  proto::status write(uint32_t region, uint64_t offset, const void* buf, uint64_t count);
+  /// Posted write (NO_REPLY); stays ordered with later requests.
+  void write_posted(uint32_t region, uint64_t offset, const void* buf, uint32_t count);
+
+  /// DMA windows: with an fd (the server may mmap it) or without (DMA by messages).
+  proto::status dma_map(uint64_t iova, uint64_t size, uint32_t prot, const proto::unique_fd* fd = nullptr,
+                        uint64_t fd_offset = 0);
+  proto::status dma_unmap(uint64_t iova, uint64_t size);
+  proto::status dma_unmap_all();
+
+  /// Wires eventfds to vectors [start, start+n) of IRQ `index`, in chunks of the server's
+  /// max_msg_fds.
+  proto::status set_irq_eventfds(uint32_t index, uint32_t start, const std::vector<int>& efds);
+  proto::status irq_action(uint32_t index, uint32_t start, uint32_t count, uint32_t action);
+  proto::status irq_disable(uint32_t index);
+
+  proto::status reset();
+  endpoint& ep() { return *ep_; }
+
+ private:
+  remote_device() = default;
+  proto::status fetch_region(uint32_t index);
+
+  std::unique_ptr<endpoint> ep_;
+  std::shared_ptr<guest_memory> mem_;
+  proto::device_info_reply info_;
+  std::vector<remote_region> regions_;
+  std::vector<proto::irq_info_reply> irqs_;
+};
+
+/// The device actor a client registers to serve DMA_READ/DMA_WRITE from `mem`.
+caf::actor spawn_guest_memory_server(caf::actor_system& sys, std::shared_ptr<guest_memory> mem, proto::quirks q);
+
+}  // namespace vfu::dev

@@ -1,0 +1,131 @@
+#include "device/samples.hpp"
+
+#include <cstring>
+
+namespace vfu::dev {
+
+namespace {
+
+// ---- gpio: libvfio-user samples/gpio-pci-idio-16.c semantics ------------------------------
+class gpio_device : public device_model {
+ public:
+  gpio_device() {
+    spec_.ids.vendor = 0x494f;
+    spec_.ids.device = 0x0dc8;
+    spec_.ids.interrupt_pin = 1;
+    spec_.bars[2] = bar_spec{0x100, true, false, false};
+    spec_.regions[2].size = 0x100;
+    spec_.io_bit_on_unused_bars = true;
+  }
+  const device_spec& spec() const override { return spec_; }
+  // Reads dispatch on the start offset: 1 returns pins 0-7, 5 pins 8-15, each bit set when
+  // that pin's write count is a multiple of 3; every other byte reads 0.
+  int region_read(uint32_t region, uint64_t off, uint8_t* buf, uint32_t n) override {
+    if (region != 2) return EINVAL;
+    std::memset(buf, 0, n);
+    if (off == 1 || off == 5) {
+      uint8_t v = 0;
+      for (int i = 0; i < 8; ++i)
+        if (pin_[(off == 5 ? 8 : 0) + i] % 3 == 0) v |= uint8_t(1u << i);
+      buf[0] = v;
+    }
+    return 0;
+  }
+  // Writes at offset 0 count each set bit of the first byte against pins 0-7, at 4 against
+  // pins 8-15; other offsets are accepted and ignored.
+  int region_write(uint32_t region, uint64_t off, const uint8_t* buf, uint32_t n) override {
+    if (region != 2) return EINVAL;
+    if (n && (off == 0 || off == 4))
+      for (int i = 0; i < 8; ++i)
+        if (buf[0] & (1u << i)) ++pin_[(off == 4 ? 8 : 0) + i];
+    return 0;
+  }
+
+ private:
+  device_spec spec_;
+  int pin_[16] = {};
+};
+
+// ---- dma-test ---------------------------------------------------------------------------
+class dma_test_device : public device_model {
+ public:
+  dma_test_device() {
+    using namespace dmatest;
+    spec_.ids = pci_ids{vendor, device, vendor, 0x0100, 0x088000 /* system peripheral, other */, 1, 1};
+    spec_.bars[0] = bar_spec{bar0_size, false, false, false};
+    spec_.regions[0].size = bar0_size;
+    spec_.bars[1] = bar_spec{0x1000, false, false, false};  // MSI-X table and PBA
+    spec_.regions[1].size = 0x1000;
+    spec_.bars[2] = bar_spec{0x10000, false, true, true};   // 64 KiB shared memory
+    spec_.regions[2].size = 0x10000;
+    spec_.regions[2].shared_memory = true;
+    spec_.regions[2].sparse = {{0, 0x8000}, {0x8000, 0x8000}};
+    spec_.msi_vectors = 1;
+    spec_.msix = msix_spec{msix_vectors, 1, 0x0, 0x800};
+  }
+  const device_spec& spec() const override { return spec_; }
+
+  int region_read(uint32_t region, uint64_t off, uint8_t* buf, uint32_t n) override {
+    if (region != 0) return EINVAL;
+    uint8_t regs[dmatest::bar0_size] = {};
+    put(regs, dmatest::src, src_);
+    put(regs, dmatest::dst, dst_);
+    put(regs, dmatest::len, len_);
+    put(regs, dmatest::status, status_);
+    put(regs, dmatest::error, err_);
+    put(regs, dmatest::copies, copies_);
+    std::memcpy(buf, regs + off, n);
+    return 0;
+  }
+  int region_write(uint32_t region, uint64_t off, const uint8_t* buf, uint32_t n) override {
+    if (region != 0) return EINVAL;
+    uint8_t regs[dmatest::bar0_size] = {};
+    put(regs, dmatest::src, src_);
+    put(regs, dmatest::dst, dst_);
+    put(regs, dmatest::len, len_);
+    std::memcpy(regs + off, buf, n);
+    std::memcpy(&src_, regs + dmatest::src, 8);
+    std::memcpy(&dst_, regs + dmatest::dst, 8);
+    std::memcpy(&len_, regs + dmatest::len, 4);
+    if (off <= dmatest::doorbell && off + n > dmatest::doorbell) ring();
+    return 0;
+  }
+  void reset() override { src_ = dst_ = 0; len_ = status_ = err_ = copies_ = 0; }
+
+ private:
+  template <class T>
+  static void put(uint8_t* regs, uint32_t off, T v) { std::memcpy(regs + off, &v, sizeof v); }
+
+  void finish(int err) {
+    status_ = dmatest::status_done | (err ? dmatest::status_error : 0);
+    err_ = uint32_t(err);
+    if (!err) ++copies_;
+    ctx->trigger(2 /* MSI-X */, 0);
+  }
+  void ring() {
+    if (status_ & dmatest::status_busy) return;  // one copy at a time
+    if (len_ == 0 || len_ > dmatest::max_len) return finish(EINVAL);
+    status_ = dmatest::status_busy;
+    uint64_t dst = dst_;
+    ctx->dma_read(src_, len_, [this, dst](int err, std::vector<uint8_t> data) {
+      if (err) return finish(err);
+      ctx->dma_write(dst, std::move(data), [this](int err2) { finish(err2); });
+    });
+  }
+
+  device_spec spec_;
+  uint64_t src_ = 0, dst_ = 0;
+  uint32_t len_ = 0, status_ = 0, err_ = 0, copies_ = 0;
+};
+
+}  // namespace
+
+std::shared_ptr<device_model> make_gpio() { return std::make_shared<gpio_device>(); }
+std::shared_ptr<device_model> make_dma_test() { return std::make_shared<dma_test_device>(); }
+std::shared_ptr<device_model> make_sample(const std::string& name) {
+  if (name == "gpio") return make_gpio();
+  if (name == "dma-test") return make_dma_test();
+  return nullptr;
+}
+
+}  // namespace vfu::dev

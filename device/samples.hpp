@@ -1,0 +1,39 @@
+// samples.hpp: the sample devices served by vfu-serve.
+//
+//  gpio:     libvfio-user's gpio-pci-idio-16 sample, bit for bit where a client can see it
+//            (IDs 494f:0dc8, BAR2 = 256 bytes of I/O, same read/write semantics), so a
+//            client written for that sample works unchanged.
+//  dma-test: a copy engine. BAR0 holds registers; ringing the doorbell copies LEN bytes of
+//            guest memory from SRC to DST (through mmapped windows or DMA messages) and
+//            raises MSI-X vector 0. BAR2 is 64 KiB of shared memory (mmap-able).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "device/device.hpp"
+
+namespace vfu::dev {
+
+/// dma-test register map (BAR0, little-endian).
+namespace dmatest {
+inline constexpr uint16_t vendor = 0x7675, device = 0x0001;   // "vu", not a registered vendor
+inline constexpr uint32_t src = 0x00;       ///< u64 guest address to read
+inline constexpr uint32_t dst = 0x08;       ///< u64 guest address to write
+inline constexpr uint32_t len = 0x10;       ///< u32 bytes to copy (at most max_len)
+inline constexpr uint32_t status = 0x14;    ///< u32: bit0 busy, bit1 done, bit2 error (read-only)
+inline constexpr uint32_t doorbell = 0x18;  ///< u32: write anything to start
+inline constexpr uint32_t error = 0x1c;     ///< u32 errno of the last failed copy
+inline constexpr uint32_t copies = 0x20;    ///< u32 completed copies
+inline constexpr uint32_t bar0_size = 0x1000;
+inline constexpr uint32_t max_len = 1u << 20;
+inline constexpr uint32_t status_busy = 1, status_done = 2, status_error = 4;
+inline constexpr uint16_t msix_vectors = 4;
+}  // namespace dmatest
+
+std::shared_ptr<device_model> make_gpio();
+std::shared_ptr<device_model> make_dma_test();
+/// "gpio" or "dma-test"; nullptr for anything else.
+std::shared_ptr<device_model> make_sample(const std::string& name);
+
+}  // namespace vfu::dev

@@ -1,0 +1,114 @@
+// vfu-serve: serves sample devices over vfio-user, following the spec's backend-program
+// conventions: --socket-path=PATH or --fd=N, no daemonizing, SIGTERM/SIGINT shut down
+// cleanly (the socket file is removed). CAF's --logger.* options pass through.
+//
+//   vfu-serve --device=dma-test --socket-path=/tmp/dma.sock
+//   vfu-serve --device=gpio --socket-path=/tmp/a.sock --device=dma-test --socket-path=/tmp/b.sock
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "actors/endpoint.hpp"
+#include "device/samples.hpp"
+
+using namespace vfu;
+
+namespace {
+
+int usage(const char* msg) {
+  if (msg) std::fprintf(stderr, "vfu-serve: %s\n", msg);
+  std::fprintf(msg ? stderr : stdout,
+               "usage: vfu-serve --device=gpio|dma-test (--socket-path=PATH | --fd=N) [...]\n"
+               "                 [--quirks=spec|qemu|libvfio-user] [--logger.* CAF options]\n"
+               "  Repeat --device/--socket-path pairs to serve several devices from one process.\n");
+  return msg ? 2 : 0;
+}
+
+bool parse_value(const std::string& a, const char* key, std::string& out) {
+  std::string k = std::string(key) + "=";
+  if (a.rfind(k, 0) != 0) return false;
+  out = a.substr(k.size());
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> rest;
+  auto caf_args = runtime::filter_caf_args(argc, argv, rest);
+  std::vector<std::string> devices, paths;
+  std::vector<int> fds;
+  proto::quirks quirks;
+  for (auto& a : rest) {
+    std::string v;
+    if (a == "--help" || a == "-h") return usage(nullptr);
+    if (parse_value(a, "--device", v)) {
+      if (!dev::make_sample(v)) return usage(("unknown device '" + v + "' (gpio or dma-test)").c_str());
+      devices.push_back(v);
+    } else if (parse_value(a, "--socket-path", v)) {
+      if (v.empty()) return usage("--socket-path needs a path");
+      paths.push_back(v);
+    } else if (parse_value(a, "--fd", v)) {
+      char* end = nullptr;
+      long n = std::strtol(v.c_str(), &end, 10);
+      if (v.empty() || *end || n < 0 || n > 65535) return usage(("--fd needs a file descriptor number, got '" + v + "'").c_str());
+      fds.push_back(int(n));
+    } else if (parse_value(a, "--quirks", v)) {
+      if (v == "qemu") quirks = proto::quirks::qemu();
+      else if (v == "libvfio-user") quirks = proto::quirks::libvfio_user();
+      else if (v != "spec") return usage(("unknown quirks '" + v + "'").c_str());
+    } else {
+      return usage(("unknown argument '" + a + "'").c_str());
+    }
+  }
+  if (devices.empty()) return usage("--device is required");
+  if (paths.size() + fds.size() != devices.size())
+    return usage("give exactly one --socket-path or --fd per --device");
+
+  // Signals are taken synchronously by this thread; every other thread inherits the mask.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+  runtime rt(caf_args);
+  std::vector<std::unique_ptr<endpoint>> eps;
+  std::vector<std::string> owned_paths;
+  endpoint_config cfg;
+  cfg.quirks = quirks;
+  size_t pi = 0, fi = 0;
+  for (size_t i = 0; i < devices.size(); ++i) {
+    auto dev_actor = dev::spawn_device(rt.system(), dev::make_sample(devices[i]), quirks);
+    proto::result<std::unique_ptr<endpoint>> ep = proto::error(proto::errc::bad_value, "");
+    std::string where;
+    if (pi < paths.size()) {
+      where = paths[pi];
+      ep = endpoint::listen(rt, paths[pi++], cfg, dev_actor);
+      if (ep) owned_paths.push_back(where);
+    } else {
+      where = "fd " + std::to_string(fds[fi]);
+      ep = endpoint::serve_fd(rt, proto::unique_fd(fds[fi++]), cfg, dev_actor);
+    }
+    if (!ep) {
+      std::fprintf(stderr, "vfu-serve: %s: %s\n", where.c_str(), ep.err().message().c_str());
+      caf::anon_send_exit(dev_actor, caf::exit_reason::user_shutdown);
+      for (auto& e : eps) e->close();
+      for (auto& p : owned_paths) ::unlink(p.c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "vfu-serve: %s device on %s\n", devices[i].c_str(), where.c_str());
+    eps.push_back(std::move(ep.value()));
+  }
+  int sig = 0;
+  sigwait(&set, &sig);
+  std::fprintf(stderr, "vfu-serve: %s, shutting down\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  for (auto& e : eps) e->close();
+  for (auto& p : owned_paths) ::unlink(p.c_str());
+  eps.clear();
+  return 0;
+}
