@@ -1,0 +1,364 @@
+// Server role over real sockets: our client (remote_device) against our device framework
+// serving the sample devices.
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+#include <gtest/gtest.h>
+#include <thread>
+
+#include "device/remote_device.hpp"
+#include "device/samples.hpp"
+#include "tests/test_support.hpp"
+
+namespace {
+
+using namespace vfu;
+using namespace vfu::proto;
+using namespace std::chrono_literals;
+namespace dt = vfu::dev::dmatest;
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fds_before_ = test::count_open_fds();
+    char d[] = "/tmp/vfu-srv-XXXXXX";
+    ASSERT_TRUE(::mkdtemp(d));
+    dir_ = d;
+    path_ = dir_ + "/dev.sock";
+  }
+  void TearDown() override {
+    client_.reset();
+    server_.reset();
+    rt_.reset();
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+    EXPECT_EQ(test::count_open_fds(), fds_before_) << "file descriptors leaked";
+  }
+  void serve(const std::string& name) {
+    auto dev = dev::spawn_device(rt_->system(), dev::make_sample(name));
+    auto ep = endpoint::listen(*rt_, path_, {}, dev);
+    ASSERT_TRUE(ep.ok()) << ep.err().message();
+    server_ = std::move(ep.value());
+  }
+  std::unique_ptr<dev::remote_device> open(std::shared_ptr<dev::guest_memory> mem = nullptr) {
+    endpoint_config cfg;
+    cfg.reconnect = false;
+    auto d = dev::remote_device::open(*rt_, path_, mem, cfg);
+    EXPECT_TRUE(d.ok()) << d.err().message();
+    if (!d) return nullptr;
+    auto s = (*d)->probe();
+    EXPECT_TRUE(s.ok()) << s.err().message();
+    return std::move(d.value());
+  }
+  uint32_t cfg32(dev::remote_device& d, uint32_t off) {
+    uint32_t v = 0;
+    EXPECT_TRUE(d.read(region_index::config, off, &v, 4).ok());
+    return v;
+  }
+  void set_cfg32(dev::remote_device& d, uint32_t off, uint32_t v) {
+    EXPECT_TRUE(d.write(region_index::config, off, &v, 4).ok());
+  }
+
+  int fds_before_ = 0;
+  std::string dir_, path_;
+  std::unique_ptr<runtime> rt_ = std::make_unique<runtime>();
+  std::unique_ptr<endpoint> server_;
+  std::unique_ptr<dev::remote_device> client_;
+};
+
+TEST_F(ServerTest, EnumeratesRegionsCapsMmapAndIrqs) {
+  serve("dma-test");
+  client_ = open();
+  ASSERT_TRUE(client_);
+  auto& d = *client_;
+  EXPECT_EQ(d.info().flags, device_info_flags::pci | device_info_flags::reset);
+  ASSERT_EQ(d.regions().size(), 9u);
+  EXPECT_EQ(d.regions()[0].info.size, dt::bar0_size);
+  EXPECT_EQ(d.regions()[7].info.size, 256u);
+  auto& bar2 = d.regions()[2];
+  EXPECT_EQ(bar2.info.size, 0x10000u);
+  EXPECT_TRUE(bar2.info.flags & region_flags::mmap);
+  EXPECT_TRUE(bar2.info.flags & region_flags::caps);
+  ASSERT_NE(bar2.info.sparse(), nullptr);
+  EXPECT_EQ(bar2.info.sparse()->areas.size(), 2u);
+  EXPECT_EQ(bar2.areas.size(), 2u);  // both areas mapped
+  EXPECT_EQ(d.regions()[3].info.size, 0u);
+  ASSERT_EQ(d.irqs().size(), 5u);
+  EXPECT_EQ(d.irqs()[irq_index::msix].count, dt::msix_vectors);
+  EXPECT_TRUE(d.irqs()[irq_index::msix].flags & irq_info_flags::eventfd);
+  // Writes through the mapping are seen by region reads, and the other way round.
+  std::memcpy(bar2.areas[1].second + 0x10, "mmap", 4);
+  char buf[4];
+  ASSERT_TRUE(d.ep().call_decoded(region_read_request{{0x8010, 2, 4}}).ok());
+  auto r = d.ep().call_decoded(region_read_request{{0x8010, 2, 4}});
+  std::memcpy(buf, std::get<region_read_reply>(*r).data.data(), 4);
+  EXPECT_EQ(std::string(buf, 4), "mmap");
+}
+
+TEST_F(ServerTest, RegionInfoWithSmallArgszAsksForMoreAndCarriesNoFd) {
+  serve("dma-test");
+  client_ = open();
+  ASSERT_TRUE(client_);
+  region_info_request q;
+  q.index = 2;
+  fd_list fds;
+  auto r = client_->ep().call_decoded(q, {}, fds);
+  ASSERT_TRUE(r.ok());
+  auto& rep = std::get<region_info_reply>(*r);
+  EXPECT_EQ(rep.argsz, 32u + 16 + 2 * 16);
+  EXPECT_TRUE(rep.flags & region_flags::mmap);
+  EXPECT_FALSE(rep.flags & region_flags::caps);
+  EXPECT_TRUE(rep.caps.empty());
+  EXPECT_TRUE(fds.empty());
+}
+
+TEST_F(ServerTest, ConfigSpaceHasIdsBarSizingAndCapabilityList) {
+  serve("dma-test");
+  client_ = open();
+  ASSERT_TRUE(client_);
+  auto& d = *client_;
+  EXPECT_EQ(cfg32(d, 0), uint32_t(dt::device) << 16 | dt::vendor);
+  set_cfg32(d, 0x10, 0xffffffff);
+  EXPECT_EQ(cfg32(d, 0x10), 0xfffff000u);  // 4 KiB memory BAR
+  set_cfg32(d, 0x18, 0xffffffff);
+  set_cfg32(d, 0x1c, 0xffffffff);
+  EXPECT_EQ(cfg32(d, 0x18), 0xffff000cu);  // 64 KiB, 64-bit, prefetchable
+  EXPECT_EQ(cfg32(d, 0x1c), 0xffffffffu);
+  set_cfg32(d, 0, 0x12345678);
+  EXPECT_EQ(cfg32(d, 0), uint32_t(dt::device) << 16 | dt::vendor) << "IDs are read-only";
+  // Walk the capability list: PM, MSI, MSI-X.
+  std::vector<uint8_t> ids;
+  uint8_t cfg[256];
+  ASSERT_TRUE(d.read(region_index::config, 0, cfg, 256).ok());
+  EXPECT_TRUE(cfg[6] & 0x10);
+  for (uint8_t p = cfg[0x34]; p && ids.size() < 8; p = cfg[p + 1]) ids.push_back(cfg[p]);
+  EXPECT_EQ(ids, (std::vector<uint8_t>{0x01, 0x05, 0x11}));
+  EXPECT_EQ(cfg[0x62] + 1, dt::msix_vectors);
+}
+
+TEST_F(ServerTest, GpioAnswersLikeLibvfioUsersSample) {
+  serve("gpio");
+  client_ = open();
+  ASSERT_TRUE(client_);
+  auto& d = *client_;
+  EXPECT_EQ(cfg32(d, 0), 0x0dc8494fu);
+  EXPECT_EQ(d.regions()[2].info.size, 0x100u);
+  EXPECT_EQ(d.regions()[2].info.flags, region_flags::read | region_flags::write);
+  EXPECT_EQ(cfg32(d, 0x10), 1u);  // unused BARs read as I/O, as libvfio-user's do
+  set_cfg32(d, 0x18, 0xffffffff);
+  EXPECT_EQ(cfg32(d, 0x18), 0xffffff01u);
+  uint8_t v = 0;
+  ASSERT_TRUE(d.read(2, 1, &v, 1).ok());
+  EXPECT_EQ(v, 0xff);
+  uint8_t w = 0x03;
+  ASSERT_TRUE(d.write(2, 0, &w, 1).ok());
+  ASSERT_TRUE(d.read(2, 1, &v, 1).ok());
+  EXPECT_EQ(v, 0xfc);
+  w = 0x01;
+  ASSERT_TRUE(d.write(2, 0, &w, 1).ok());
+  ASSERT_TRUE(d.write(2, 0, &w, 1).ok());
+  ASSERT_TRUE(d.read(2, 1, &v, 1).ok());
+  EXPECT_EQ(v, 0xfd);
+  uint8_t four[4];
+  ASSERT_TRUE(d.read(2, 1, four, 4).ok());
+  EXPECT_EQ(four[1] | four[2] | four[3], 0);
+  auto oob = d.ep().call_decoded(region_read_request{{0xff, 2, 2}});
+  ASSERT_FALSE(oob.ok());
+  EXPECT_EQ(oob.err().errnum, EINVAL);
+  EXPECT_EQ(d.irqs()[irq_index::intx].count, 1u);
+  EXPECT_EQ(d.irqs()[irq_index::msix].count, 0u);
+}
+
+struct copy_rig {
+  unique_fd guest{::memfd_create("guest", MFD_CLOEXEC)};
+  uint8_t* ram = nullptr;
+  unique_fd efd{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+  std::shared_ptr<dev::guest_memory> mem = std::make_shared<dev::guest_memory>();
+  copy_rig() {
+    if (::ftruncate(guest.get(), 2 << 20) != 0) std::abort();
+    ram = static_cast<uint8_t*>(::mmap(nullptr, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, guest.get(), 0));
+    mem->add(0x100000, 1 << 20, ram, dma_flags::read | dma_flags::write);
+    mem->add(0x200000, 1 << 20, ram + (1 << 20), dma_flags::read | dma_flags::write);
+  }
+  ~copy_rig() { ::munmap(ram, 2 << 20); }
+  bool wait_irq() {
+    pollfd p{efd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 10000) != 1) return false;
+    uint64_t c;
+    return ::read(efd.get(), &c, 8) == 8;
+  }
+};
+
+void enable(dev::remote_device& d, copy_rig& rig, bool unmask = true) {
+  uint16_t cmd = dev::pci_reg::cmd_mem | dev::pci_reg::cmd_master;
+  ASSERT_TRUE(d.write(region_index::config, 4, &cmd, 2).ok());
+  uint8_t ctl = 0x80;
+  ASSERT_TRUE(d.write(region_index::config, 0x63, &ctl, 1).ok());
+  ASSERT_TRUE(d.set_irq_eventfds(irq_index::msix, 0, {rig.efd.get()}).ok());
+  if (unmask) {
+    uint32_t zero = 0;
+    ASSERT_TRUE(d.write(1, 12, &zero, 4).ok());
+  }
+}
+
+uint32_t ring(dev::remote_device& d, uint64_t src, uint64_t dst, uint32_t len) {
+  EXPECT_TRUE(d.write(0, dt::src, &src, 8).ok());
+  EXPECT_TRUE(d.write(0, dt::dst, &dst, 8).ok());
+  EXPECT_TRUE(d.write(0, dt::len, &len, 4).ok());
+  uint32_t one = 1;
+  EXPECT_TRUE(d.write(0, dt::doorbell, &one, 4).ok());
+  return 0;
+}
+
+uint32_t reg(dev::remote_device& d, uint32_t off) {
+  uint32_t v = 0;
+  EXPECT_TRUE(d.read(0, off, &v, 4).ok());
+  return v;
+}
+
+TEST_F(ServerTest, DmaThroughMmappedAndMessageWindowsRaisesMsix) {
+  serve("dma-test");
+  copy_rig rig;
+  client_ = open(rig.mem);
+  ASSERT_TRUE(client_);
+  auto& d = *client_;
+  enable(d, rig);
+  ASSERT_TRUE(d.dma_map(0x100000, 1 << 20, dma_flags::read | dma_flags::write, &rig.guest, 0).ok());
+  ASSERT_TRUE(d.dma_map(0x200000, 1 << 20, dma_flags::read | dma_flags::write, nullptr).ok());
+  // Copies within each window, and one from the mmapped window to the message window.
+  struct { uint64_t src, dst; uint32_t len; } cases[] = {
+      {0x100000, 0x180000, 4096}, {0x200000, 0x280000, 300000}, {0x100100, 0x2f0000, 65536}};
+  int n = 0;
+  for (auto& c : cases) {
+    uint8_t* s = rig.ram + (c.src - 0x100000);
+    uint8_t* t = rig.ram + (c.dst - 0x100000);
+    for (uint32_t i = 0; i < c.len; ++i) s[i] = uint8_t(i * 13 + n);
+    std::memset(t, 0, c.len);
+    ring(d, c.src, c.dst, c.len);
+    ASSERT_TRUE(rig.wait_irq()) << "no MSI-X for copy " << n;
+    EXPECT_EQ(reg(d, dt::status), dt::status_done);
+    EXPECT_EQ(std::memcmp(s, t, c.len), 0) << "copy " << n;
+    ++n;
+  }
+  EXPECT_EQ(reg(d, dt::copies), 3u);
+}
+
+TEST_F(ServerTest, MaskedMsixVectorSetsPendingBitUntilUnmasked) {
+  serve("dma-test");
+  copy_rig rig;
+  client_ = open(rig.mem);
+  ASSERT_TRUE(client_);
+  auto& d = *client_;
+  enable(d, rig, /*unmask=*/false);
+  ASSERT_TRUE(d.dma_map(0x100000, 1 << 20, dma_flags::read | dma_flags::write, &rig.guest, 0).ok());
+  ring(d, 0x100000, 0x180000, 16);
+  // The copy finished (STATUS read after the doorbell write is ordered behind it) while
+  // vector 0 was masked: its PBA bit is set and the eventfd was not signalled.
+  EXPECT_EQ(reg(d, dt::status), dt::status_done);
+  uint64_t pba = 0;
+  ASSERT_TRUE(d.read(1, 0x800, &pba, 8).ok());
+  EXPECT_EQ(pba & 1, 1u);
+  uint64_t cnt;
+  EXPECT_EQ(::read(rig.efd.get(), &cnt, 8), -1);
+  EXPECT_EQ(errno, EAGAIN);
+  uint32_t zero = 0;
+  ASSERT_TRUE(d.write(1, 12, &zero, 4).ok());  // unmask: the pending interrupt is delivered
+  ASSERT_TRUE(rig.wait_irq());
+  ASSERT_TRUE(d.read(1, 0x800, &pba, 8).ok());
+  EXPECT_EQ(pba & 1, 0u);
+}
+
+TEST_F(ServerTest, DmaWindowRulesAndBadRequestsGetErrnos) {
+  serve("dma-test");
+  copy_rig rig;
+  client_ = open(rig.mem);
+  ASSERT_TRUE(client_);
+  auto& d = *client_;
+  ASSERT_TRUE(d.dma_map(0x100000, 0x10000, dma_flags::read, nullptr).ok());
+  auto overlap = d.dma_map(0x108000, 0x10000, dma_flags::read, nullptr);
+  EXPECT_EQ(overlap.err().errnum, EEXIST);
+  EXPECT_EQ(d.dma_unmap(0x100000, 0x1000).err().errnum, ENOENT);  // no partial unmap
+  EXPECT_TRUE(d.dma_unmap(0x100000, 0x10000).ok());
+  EXPECT_EQ(d.dma_unmap(0x100000, 0x10000).err().errnum, ENOENT);
+  ASSERT_TRUE(d.dma_map(0x300000, 0x1000, dma_flags::read, nullptr).ok());
+  EXPECT_TRUE(d.dma_unmap_all().ok());
+  EXPECT_EQ(d.dma_unmap(0x300000, 0x1000).err().errnum, ENOENT);
+  EXPECT_EQ(d.irq_action(irq_index::msix, 4, 1, irq_set_flags::action_trigger).err().errnum, EINVAL);
+  EXPECT_EQ(d.irq_action(irq_index::err, 0, 1, irq_set_flags::action_mask).err().errnum, EINVAL);
+  EXPECT_EQ(d.ep().call_decoded(region_read_request{{0, 99, 4}}).err().errnum, EINVAL);
+  EXPECT_EQ(d.ep().call_decoded(region_read_request{{0xffe, 0, 4}}).err().errnum, EINVAL);
+  EXPECT_EQ(d.ep().call_decoded(irq_info_request{{16, 0, 9, 0}}).err().errnum, EINVAL);
+  EXPECT_EQ(d.ep().call_decoded(device_feature_request{{8, feature_flags::probe | feature::migration, {}}}).err().errnum,
+            ENOTSUP);
+  // The connection is still usable after all of that.
+  EXPECT_EQ(reg(d, dt::status), 0u);
+}
+
+TEST_F(ServerTest, DmaOutsideAnyWindowIsReportedByTheDevice) {
+  serve("dma-test");
+  copy_rig rig;
+  client_ = open(rig.mem);
+  ASSERT_TRUE(client_);
+  enable(*client_, rig);
+  ring(*client_, 0x900000, 0x100000, 64);  // nothing mapped there
+  ASSERT_TRUE(rig.wait_irq());
+  EXPECT_EQ(reg(*client_, dt::status), dt::status_done | dt::status_error);
+  EXPECT_EQ(reg(*client_, dt::error), uint32_t(EFAULT));
+}
+
+TEST_F(ServerTest, ResetRestoresPowerOnState) {
+  serve("dma-test");
+  client_ = open();
+  ASSERT_TRUE(client_);
+  auto& d = *client_;
+  uint64_t src = 0x1234;
+  ASSERT_TRUE(d.write(0, dt::src, &src, 8).ok());
+  uint16_t cmd = 6;
+  ASSERT_TRUE(d.write(region_index::config, 4, &cmd, 2).ok());
+  ASSERT_TRUE(d.reset().ok());
+  EXPECT_EQ(reg(d, dt::src), 0u);
+  EXPECT_EQ(cfg32(d, 4) & 0xffff, 0u);
+}
+
+TEST_F(ServerTest, DisconnectDropsWindowsKeepsStateAndTheNextClientWorks) {
+  serve("gpio");
+  client_ = open();
+  ASSERT_TRUE(client_);
+  uint8_t w = 0x01;
+  ASSERT_TRUE(client_->write(2, 0, &w, 1).ok());  // pin 0 counted once
+  ASSERT_TRUE(client_->dma_map(0x100000, 0x1000, dma_flags::read, nullptr).ok());
+  client_.reset();
+  ASSERT_TRUE(server_->wait_state(conn_state::connecting, 5s));
+  client_ = open();
+  ASSERT_TRUE(client_);
+  uint8_t v = 0;
+  ASSERT_TRUE(client_->read(2, 1, &v, 1).ok());
+  EXPECT_EQ(v, 0xfe) << "pin state survives the disconnect";
+  // The old window is gone: mapping the same range again succeeds.
+  EXPECT_TRUE(client_->dma_map(0x100000, 0x1000, dma_flags::read, nullptr).ok());
+}
+
+TEST_F(ServerTest, SecondClientWaitsUntilTheFirstLeaves) {
+  serve("gpio");
+  client_ = open();
+  ASSERT_TRUE(client_);
+  std::unique_ptr<dev::remote_device> second;
+  std::thread t([&] {
+    endpoint_config cfg;
+    cfg.reconnect = false;
+    auto d = dev::remote_device::open(*rt_, path_, nullptr, cfg);
+    if (d) second = std::move(d.value());
+  });
+  EXPECT_EQ(server_->generation(), 1u);  // the second is queued in the backlog, not served
+  uint8_t v = 0;
+  EXPECT_TRUE(client_->read(2, 1, &v, 1).ok());
+  client_.reset();
+  t.join();
+  ASSERT_TRUE(second);
+  EXPECT_TRUE(second->read(2, 1, &v, 1).ok());
+  EXPECT_EQ(server_->generation(), 2u);
+  second.reset();
+}
+
+}  // namespace
