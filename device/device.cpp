@@ -394,7 +394,7 @@ caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> mo
     st.quirks = quirks;
     model->ctx = &st;
     const auto& sp = model->spec();
-    st.cfg = std::make_unique<pci_config>(sp.ids, sp.bars, sp.msi_vectors, sp.msix, sp.io_bit_on_unused_bars);
+    st.cfg = std::make_unique<pci_config>(sp.ids, sp.bars, sp.msi_vectors, sp.msix, sp.io_bit_on_unused_bars, sp.pm_capability);
     st.irqs[irq_index::intx].resize(sp.intx_vectors);
     st.irqs[irq_index::msi].resize(sp.msi_vectors);
     st.irqs[irq_index::msix].resize(sp.msix.vectors);

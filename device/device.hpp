@@ -40,6 +40,8 @@ struct device_spec {
   uint32_t intx_vectors = 1;
   /// libvfio-user sets bit 0 (I/O) in BARs it does not use; gpio mimics it.
   bool io_bit_on_unused_bars = false;
+  /// A PCI power-management capability (libvfio-user's gpio sample has no capabilities).
+  bool pm_capability = true;
 };
 
 class device_context;

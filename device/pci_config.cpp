@@ -10,7 +10,7 @@ void put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
 }  // namespace
 
 pci_config::pci_config(const pci_ids& ids, const std::array<bar_spec, 6>& bars, uint16_t msi_vectors,
-                       const msix_spec& msix, bool io_bit_on_unused_bars)
+                       const msix_spec& msix, bool io_bit_on_unused_bars, bool pm_capability)
     : bars_(bars) {
   auto* c = cfg_.data();
   put16(c + 0x00, ids.vendor);
@@ -50,9 +50,11 @@ pci_config::pci_config(const pci_ids& ids, const std::array<bar_spec, 6>& bars, 
     last_next = c + at + 1;
     put16(c + pci_reg::status, uint16_t(c[pci_reg::status] | pci_reg::status_caps));
   };
-  add_cap(0x40, pci_reg::cap_pm);
-  put16(c + 0x42, 0x0003);  // PM version 3
-  wmask_[0x44] = 0x03;      // power state D0-D3
+  if (pm_capability) {
+    add_cap(0x40, pci_reg::cap_pm);
+    put16(c + 0x42, 0x0003);  // PM version 3
+    wmask_[0x44] = 0x03;      // power state D0-D3
+  }
   if (msi_vectors) {
     msi_cap_ = 0x48;
     add_cap(0x48, pci_reg::cap_msi);

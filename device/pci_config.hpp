@@ -44,7 +44,7 @@ class pci_config {
   static constexpr uint32_t size = 256;
 
   pci_config(const pci_ids& ids, const std::array<bar_spec, 6>& bars, uint16_t msi_vectors, const msix_spec& msix,
-             bool io_bit_on_unused_bars = false);
+             bool io_bit_on_unused_bars = false, bool pm_capability = true);
 
   /// Region-7 access: any offset/size inside the 256 bytes (checked by the caller).
   void read(uint32_t off, uint8_t* buf, uint32_t n) const;

@@ -16,6 +16,7 @@ class gpio_device : public device_model {
     spec_.bars[2] = bar_spec{0x100, true, false, false};
     spec_.regions[2].size = 0x100;
     spec_.io_bit_on_unused_bars = true;
+    spec_.pm_capability = false;
   }
   const device_spec& spec() const override { return spec_; }
   // Reads dispatch on the start offset: 1 returns pins 0-7, 5 pins 8-15, each bit set when

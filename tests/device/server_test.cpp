@@ -146,6 +146,7 @@ TEST_F(ServerTest, GpioAnswersLikeLibvfioUsersSample) {
   EXPECT_EQ(d.regions()[2].info.size, 0x100u);
   EXPECT_EQ(d.regions()[2].info.flags, region_flags::read | region_flags::write);
   EXPECT_EQ(cfg32(d, 0x10), 1u);  // unused BARs read as I/O, as libvfio-user's do
+  EXPECT_EQ(cfg32(d, 4) >> 16, 0u) << "no capability list, like libvfio-user's sample";
   set_cfg32(d, 0x18, 0xffffffff);
   EXPECT_EQ(cfg32(d, 0x18), 0xffffff01u);
   uint8_t v = 0;
