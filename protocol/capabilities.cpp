@@ -86,13 +86,18 @@ result<capabilities> parse_capabilities(const std::string& text) {
   capabilities c;
   if (text.empty()) return c;
   if (text.size() > limits::max_caps_json) return error(errc::too_large, "capabilities JSON too long");
+  // nlohmann's lexer takes a NUL byte for the end of input, so "{...}\0junk" would parse.
+  if (text.find('\0') != std::string::npos) return bad("NUL byte inside the JSON");
   json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded()) return bad("not valid JSON");
   if (!doc.is_object()) return bad("top level is not an object");
   auto it = doc.find("capabilities");
   if (it == doc.end()) return c;
   if (!it->is_object()) return bad("\"capabilities\" is not an object");
-  for (auto& [key, value] : it->items()) {
+  for (auto& item : it->items()) {
+    // Not a structured binding: clang 14 (the fuzz build) cannot capture one in a lambda.
+    const std::string& key = item.key();
+    const json& value = item.value();
     auto& table = cap_table();
     auto row = std::find_if(table.begin(), table.end(), [&](const cap_entry& e) { return key == e.name; });
     if (row == table.end()) {

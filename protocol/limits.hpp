@@ -39,8 +39,8 @@ inline constexpr uint64_t default_pgsizes = 4096;
 /// VERSION JSON: the real ones are about 200 bytes. 4 KiB leaves room for future keys and
 /// bounds the parser's work on hostile input.
 inline constexpr uint32_t max_caps_json = 4096;
-/// Frames accepted before VERSION completes: header + major/minor + JSON.
-inline constexpr uint32_t max_version_frame = 16 + 4 + max_caps_json;
+/// Frames accepted before VERSION completes: header + major/minor + JSON + its NUL.
+inline constexpr uint32_t max_version_frame = 16 + 4 + max_caps_json + 1;
 
 /// Region-info reply (with caps) we accept: covers 1000 sparse areas; QEMU-like clients ask
 /// with a small argsz and retry with what the server says it needs.

@@ -289,7 +289,9 @@ result<message> dec_io_fds(const dctx& c) {
   if (body == size_t(m.count) * 40) m.entry_size = 40;
   else if (body == size_t(m.count) * 48) m.entry_size = 48;
   else return c.fail(errc::bad_argsz, "entry bytes " + std::to_string(body) + " not count x 40 or 48");
-  VFU_TRY(c.max_fds(m.count));
+  // libvfio-user's shadow ioeventfd entries (type 2) reference a second fd
+  // (shadow_mem_fd_index), so a 48-byte-entry reply may carry up to 2 fds per entry.
+  VFU_TRY(c.max_fds(size_t(m.count) * (m.entry_size == 48 ? 2 : 1)));
   m.entries.resize(m.count);
   for (auto& e : m.entries) {
     r.get(e.offset); r.get(e.size); r.get(e.fd_index); r.get(e.type); r.get(e.flags);
@@ -297,6 +299,8 @@ result<message> dec_io_fds(const dctx& c) {
     if (m.entry_size == 48) r.get(e.qword40);
     if (e.fd_index >= c.nfds) return c.fail(errc::bad_fds, "fd_index " + std::to_string(e.fd_index) + " without an fd");
     if (e.type > 2) return c.fail(errc::bad_value, "io fd type " + std::to_string(e.type));
+    if (e.type == 2 && m.entry_size == 48 && e.word28 >= c.nfds)
+      return c.fail(errc::bad_fds, "shadow_mem_fd_index " + std::to_string(e.word28) + " without an fd");
     uint64_t x;
     if (wire::add_overflows(e.offset, e.size, x)) return c.fail(errc::overflow, "io fd range wraps");
   }
@@ -378,18 +382,24 @@ result<message> dec_dma_rw(const dctx& c, bool write) {
   a.count = count64;
   size_t data_at = 16;
   if (has_data) {
-    bool spec_ok = c.p.size >= 16 && count64 <= c.lim.max_data_xfer && c.p.size == 16 + count64;
-    if (!spec_ok && c.q.qemu_dma_layout) {
+    auto qemu_fits = [&] {
       uint32_t count32;
       std::memcpy(&count32, c.p.data + 8, 4);
       // QEMU's unpacked struct: data@12, then 4 bytes of tail padding.
-      if (count32 <= c.lim.max_data_xfer && c.p.size == 12 + size_t(count32) + 4) {
-        a.count = count32;
-        a.layout = dma_layout::qemu;
-        data_at = 12;
-        spec_ok = true;
-      }
-    }
+      if (count32 > c.lim.max_data_xfer || c.p.size != 12 + size_t(count32) + 4) return false;
+      a.count = count32;
+      a.layout = dma_layout::qemu;
+      data_at = 12;
+      return true;
+    };
+    // A QEMU DMA_READ reply whose first 4 data bytes are zero also reads as a valid spec frame
+    // (count u64 == count u32) with the data shifted by 4. QEMU always sends that reply with
+    // data@12, so with the quirk its layout is tried first. Other DMA data messages (the
+    // DMA_WRITE requests a spec server sends) keep the spec reading first.
+    bool qemu_first = c.q.qemu_dma_layout && !write && c.reply();
+    bool spec_ok = qemu_first && qemu_fits();
+    if (!spec_ok) spec_ok = c.p.size >= 16 && count64 <= c.lim.max_data_xfer && c.p.size == 16 + count64;
+    if (!spec_ok && c.q.qemu_dma_layout && !qemu_first) spec_ok = qemu_fits();
     if (!spec_ok) {
       VFU_TRY(c.data_count(count64));
       VFU_TRY(c.exact(16 + count64));
@@ -438,7 +448,7 @@ result<message> dec_write_multi(const dctx& c) {
 // ---- DEVICE_FEATURE ----------------------------------------------------------------------
 uint64_t report_bitmap_bytes(uint64_t length, uint64_t page_size) {
   uint64_t pages = length / page_size + (length % page_size != 0);
-  return (pages + 63) / 64 * 8;
+  return (pages / 64 + (pages % 64 != 0)) * 8;  // (pages + 63) / 64 wraps for huge lengths
 }
 
 template <class T>
