@@ -386,8 +386,11 @@ caf::result<outbound_ptr> on_dma_unmap(self_t self, const dma_unmap_request& req
 
 }  // namespace
 
-caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> model, proto::quirks quirks) {
-  return sys.spawn([model, quirks](caf::stateful_actor<device_state>* self) -> caf::behavior {
+// A named function with arguments, not a capturing lambda: CAF 0.17's init_fun_factory
+// dereferences a null shared_ptr<tuple<>> for argument-less spawns (UBSan flags it).
+caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_ptr<device_model> model,
+                           proto::quirks quirks) {
+  {
     auto& st = self->state;
     st.self = self;
     st.model = model;
@@ -477,7 +480,11 @@ caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> mo
           st.model->detached();
         },
     };
-  });
+  }
+}
+
+caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> model, proto::quirks quirks) {
+  return sys.spawn(device_actor, std::move(model), quirks);
 }
 
 }  // namespace vfu::dev
