@@ -45,19 +45,21 @@ struct endpoint_status {
   proto::error last_error;
   uint64_t generation = 0;
   caf::actor socket;
+  // The callback is called with cb_m held, so that once on_state() replaced it, the old one
+  // is neither running nor will run (its owner may be gone).
+  std::mutex cb_m;
   std::function<void(conn_state, const proto::error&)> cb;
 
   void set(conn_state s, const proto::error& e = {}) {
-    std::function<void(conn_state, const proto::error&)> f;
     {
       std::lock_guard<std::mutex> g(m);
       if (state == s && !e) return;
       state = s;
       if (e) last_error = e;
-      f = cb;
     }
     cv.notify_all();
-    if (f) f(s, e);
+    std::lock_guard<std::mutex> g(cb_m);
+    if (cb) cb(s, e);
   }
 };
 
@@ -109,6 +111,7 @@ struct supervisor_state {
   std::chrono::milliseconds backoff{0};
   bool ever_ready = false;
   bool closing = false;
+  proto::error negotiation_error;  ///< why the last VERSION exchange failed (reported on close)
   static inline const char* name = "vfu.supervisor";
 };
 using sup_t = caf::stateful_actor<supervisor_state>*;
@@ -141,7 +144,7 @@ void negotiate_client(sup_t self) {
         if (sock != st.socket) return;  // an older connection's answer
         auto fail = [&](const proto::error& e) {
           CAF_LOG_WARNING("VERSION negotiation failed: " << e.message());
-          st.status->set(conn_state::recovering, e);
+          st.negotiation_error = e;
           self->send_exit(sock, caf::exit_reason::user_shutdown);
         };
         if (auto f2 = r.failure()) return fail(f2);
@@ -216,6 +219,7 @@ caf::behavior supervisor_actor(sup_t self, runtime* rt, role r, endpoint_config 
     if (dm.source != st.socket.address()) return;
     st.socket = nullptr;
     proto::error why(proto::errc::peer_gone, "connection lost: " + render(dm.reason));
+    if (st.negotiation_error) why = std::exchange(st.negotiation_error, proto::error{});
     CAF_LOG_INFO(why.message());
     self->send(st.disp, connlost_atom::value);
     if (st.handler) self->send(st.handler, connlost_atom::value);
@@ -229,7 +233,7 @@ caf::behavior supervisor_actor(sup_t self, runtime* rt, role r, endpoint_config 
       }
       return;
     }
-    if (!st.cfg.reconnect || st.path.empty()) {
+    if (!st.cfg.reconnect || st.path.empty() || !st.ever_ready) {
       st.status->set(conn_state::closed, why);
       return;
     }
@@ -460,7 +464,7 @@ uint64_t endpoint::generation() const {
 }
 
 void endpoint::on_state(std::function<void(conn_state, const proto::error&)> cb) {
-  std::lock_guard<std::mutex> g(status_->m);
+  std::lock_guard<std::mutex> g(status_->cb_m);
   status_->cb = std::move(cb);
 }
 
@@ -494,10 +498,7 @@ std::string endpoint::stats() {
 void endpoint::close() {
   if (closed_) return;
   closed_ = true;
-  {
-    std::lock_guard<std::mutex> g(status_->m);
-    status_->cb = nullptr;
-  }
+  on_state(nullptr);
   caf::anon_send(sup_, close_atom::value);
   wait_state(conn_state::closed, std::chrono::seconds(5));
 }

@@ -65,21 +65,135 @@ caf::actor spawn_guest_memory_server(caf::actor_system& sys, std::shared_ptr<gue
 
 // ---- remote device ------------------------------------------------------------------------
 remote_device::~remote_device() {
-  for (auto& r : regions_) {
-    for (auto& [a, p] : r.areas) ::munmap(p, a.size);
+  {
+    std::lock_guard<std::mutex> g(m_);
+    stop_ = true;
   }
+  cv_.notify_all();
+  if (ep_) ep_->on_state(nullptr);
+  if (replayer_.joinable()) replayer_.join();
+  unmap_regions();
   if (ep_) ep_->close();
 }
 
+void remote_device::unmap_regions() {
+  for (auto& r : regions_)
+    for (auto& [a, p] : r.areas) ::munmap(p, a.size);
+  regions_.clear();
+}
+
 result<std::unique_ptr<remote_device>> remote_device::open(runtime& rt, const std::string& path,
-                                                           std::shared_ptr<guest_memory> mem, endpoint_config cfg) {
+                                                           std::shared_ptr<guest_memory> mem, endpoint_config cfg,
+                                                           remote_options opts) {
   std::unique_ptr<remote_device> d(new remote_device());
   d->mem_ = mem ? mem : std::make_shared<guest_memory>();
+  d->opts_ = std::move(opts);
   auto h = spawn_guest_memory_server(rt.system(), d->mem_, cfg.quirks);
   auto ep = endpoint::connect(rt, path, cfg, h);
   if (!ep) return ep.err();
   d->ep_ = std::move(ep.value());
+  auto* raw = d.get();
+  // Runs on a CAF worker: only flips flags and wakes the replay thread.
+  d->ep_->on_state([raw](conn_state s, const error&) {
+    {
+      std::lock_guard<std::mutex> g(raw->m_);
+      if (s != conn_state::ready) raw->ready_ = false;
+    }
+    raw->cv_.notify_all();
+  });
+  d->replayer_ = std::thread([raw] { raw->replay_loop(); });
   return d;
+}
+
+// Ready = replay done (ready_) and the connection up. The endpoint's state changes before
+// its callback clears ready_, so both are checked.
+bool remote_device::ready() {
+  std::lock_guard<std::mutex> g(m_);
+  return ready_ && ep_->state() == conn_state::ready;
+}
+
+bool remote_device::wait_ready(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> g(m_);
+  return cv_.wait_for(g, timeout, [&] { return (ready_ && ep_->state() == conn_state::ready) || stop_; }) && ready_;
+}
+
+uint64_t remote_device::replays() {
+  std::lock_guard<std::mutex> g(m_);
+  return replays_;
+}
+
+error remote_device::last_replay_error() {
+  std::lock_guard<std::mutex> g(m_);
+  return replay_error_;
+}
+
+status remote_device::gate() {
+  std::unique_lock<std::mutex> g(m_);
+  auto up = [&] { return ready_ && ep_->state() == conn_state::ready; };
+  if (up()) return {};
+  if (opts_.outage == outage_policy::fail_fast) return error(errc::not_connected, "device is reconnecting");
+  if (!cv_.wait_for(g, opts_.outage_wait, [&] { return up() || stop_; }))
+    return error(errc::timeout, "device did not come back within the outage wait");
+  if (!up()) return error(errc::not_connected, "device closed");
+  return {};
+}
+
+void remote_device::replay_loop() {
+  std::unique_lock<std::mutex> g(m_);
+  for (;;) {
+    cv_.wait(g, [&] {
+      return stop_ || (ep_->state() == conn_state::ready && ep_->generation() != seen_generation_);
+    });
+    if (stop_) return;
+    uint64_t gen = ep_->generation();
+    g.unlock();
+    status s = replay();
+    g.lock();
+    if (!s) {
+      // Leave the device not ready; the next reconnect tries again.
+      replay_error_ = s.err();
+      seen_generation_ = gen;
+      continue;
+    }
+    seen_generation_ = gen;
+    ready_ = true;
+    ++replays_;
+    cv_.notify_all();
+    auto cb = opts_.on_reset;
+    g.unlock();
+    if (cb) cb(gen);
+    g.lock();
+  }
+}
+
+status remote_device::replay() {
+  std::unique_lock<std::shared_mutex> w(probe_m_);
+  // The server restarted: its regions' fds and sizes may have changed.
+  if (auto s = probe_locked(); !s) return s;
+  std::lock_guard<std::mutex> g(records_m_);
+  for (auto& [iova, r] : dma_records_) {
+    dma_map_request m;
+    m.flags = r.prot;
+    m.addr = iova;
+    m.size = r.size;
+    m.offset = r.fd ? r.fd_offset : 0;
+    fd_list fds;
+    if (r.fd) fds.push_back(r.fd.dup());
+    auto rep = ep_->call_decoded(m, std::move(fds));
+    if (!rep) return error(rep.err().code, rep.err().errnum, "replaying DMA_MAP: " + rep.err().message());
+  }
+  for (auto& [key, fd] : irq_records_) {
+    set_irqs_request q;
+    q.flags = irq_set_flags::data_eventfd | irq_set_flags::action_trigger;
+    q.index = key.first;
+    q.start = key.second;
+    q.count = 1;
+    fd_list fds;
+    fds.push_back(fd.dup());
+    auto rep = ep_->call_decoded(q, std::move(fds));
+    if (!rep) return error(rep.err().code, rep.err().errnum, "replaying SET_IRQS: " + rep.err().message());
+  }
+  return {};
 }
 
 status remote_device::fetch_region(uint32_t index) {
@@ -99,7 +213,8 @@ status remote_device::fetch_region(uint32_t index) {
       continue;
     }
     rr.info = *rep;
-    if (fds.size() > 1) return error(errc::bad_fds, "more than one fd with a region");
+    if (!fds.empty() && !(rep->flags & region_flags::mmap))
+      return error(errc::bad_fds, "region " + std::to_string(index) + " sent an fd without MMAP");
     if (!fds.empty()) rr.fd = std::move(fds[0]);
     break;
   }
@@ -109,7 +224,9 @@ status remote_device::fetch_region(uint32_t index) {
     if (auto* sp = rr.info.sparse()) areas = sp->areas;
     else areas = {{0, rr.info.size}};
     for (auto& a : areas) {
-      void* p = ::mmap(nullptr, a.size, prot, MAP_SHARED, rr.fd.get(), off_t(rr.info.offset + a.offset));
+      uint64_t off;
+      if (__builtin_add_overflow(rr.info.offset, a.offset, &off) || a.size == 0) continue;
+      void* p = ::mmap(nullptr, a.size, prot, MAP_SHARED, rr.fd.get(), off_t(off));
       if (p != MAP_FAILED) rr.areas.emplace_back(a, static_cast<uint8_t*>(p));
     }
   }
@@ -118,12 +235,17 @@ status remote_device::fetch_region(uint32_t index) {
 }
 
 status remote_device::probe() {
+  std::unique_lock<std::shared_mutex> w(probe_m_);
+  return probe_locked();
+}
+
+status remote_device::probe_locked() {
   auto m = ep_->call_decoded(device_info_request{});
   if (!m) return m.err();
-  info_ = std::get<device_info_reply>(*m);
-  if (info_.num_regions > limits::max_regions || info_.num_irqs > limits::max_irq_types)
-    return error(errc::too_large, "device reports too many regions or IRQ types");
-  regions_.clear();
+  auto* di = std::get_if<device_info_reply>(&*m);
+  if (!di) return error(errc::protocol_violation, "DEVICE_GET_INFO answered with another message");
+  info_ = *di;
+  unmap_regions();
   for (uint32_t i = 0; i < info_.num_regions; ++i)
     if (auto s = fetch_region(i); !s) return s;
   irqs_.clear();
@@ -132,12 +254,16 @@ status remote_device::probe() {
     q.index = i;
     auto r = ep_->call_decoded(q);
     if (!r) return r.err();
-    irqs_.push_back(std::get<irq_info_reply>(*r));
+    auto* ii = std::get_if<irq_info_reply>(&*r);
+    if (!ii || ii->index != i) return error(errc::protocol_violation, "GET_IRQ_INFO answered for another index");
+    irqs_.push_back(*ii);
   }
   return {};
 }
 
 status remote_device::read(uint32_t region, uint64_t offset, void* buf, uint64_t count) {
+  if (auto s = gate(); !s) return s;
+  std::shared_lock<std::shared_mutex> rl(probe_m_);
   if (region < regions_.size())
     for (auto& [a, p] : regions_[region].areas)
       if (offset >= a.offset && offset + count <= a.offset + a.size) {
@@ -155,7 +281,8 @@ status remote_device::read(uint32_t region, uint64_t offset, void* buf, uint64_t
     auto m = ep_->call_decoded(r);
     if (!m) return m.err();
     auto* rep = std::get_if<region_read_reply>(&*m);
-    if (!rep || rep->count != n) return error(errc::protocol_violation, "REGION_READ reply with another count");
+    if (!rep || rep->count != n || rep->region != region || rep->offset != r.offset)
+      return error(errc::protocol_violation, "REGION_READ reply does not match the request");
     std::memcpy(out + done, rep->data.data(), n);
     done += n;
   }
@@ -163,6 +290,8 @@ status remote_device::read(uint32_t region, uint64_t offset, void* buf, uint64_t
 }
 
 status remote_device::write(uint32_t region, uint64_t offset, const void* buf, uint64_t count) {
+  if (auto s = gate(); !s) return s;
+  std::shared_lock<std::shared_mutex> rl(probe_m_);
   if (region < regions_.size())
     for (auto& [a, p] : regions_[region].areas)
       if (offset >= a.offset && offset + count <= a.offset + a.size) {
@@ -185,16 +314,39 @@ status remote_device::write(uint32_t region, uint64_t offset, const void* buf, u
   return {};
 }
 
-void remote_device::write_posted(uint32_t region, uint64_t offset, const void* buf, uint32_t count) {
+status remote_device::write_posted(uint32_t region, uint64_t offset, const void* buf, uint32_t count) {
+  if (auto s = gate(); !s) return s;
+  if (count > ep_->negotiated().send_max_data()) return error(errc::too_large, "posted write above max_data_xfer_size");
   region_write_request w;
   w.offset = offset;
   w.region = region;
   w.count = count;
   w.data.assign(static_cast<const uint8_t*>(buf), static_cast<const uint8_t*>(buf) + count);
   ep_->post_noreply(w);
+  return {};
+}
+
+status remote_device::write_posted_many(const std::vector<posted_write>& writes) {
+  if (auto s = gate(); !s) return s;
+  for (auto& w : writes)
+    if (w.count == 0 || w.count > limits::write_multi_data) return error(errc::bad_value, "posted write of 0 or more than 8 bytes");
+  if (!ep_->negotiated().theirs.write_multiple) {
+    for (auto& w : writes)
+      if (auto s = write_posted(w.region, w.offset, w.data.data(), w.count); !s) return s;
+    return {};
+  }
+  constexpr size_t per_message = 200;  // QEMU's batch size
+  for (size_t i = 0; i < writes.size(); i += per_message) {
+    write_multi_request m;
+    for (size_t k = i; k < std::min(writes.size(), i + per_message); ++k)
+      m.writes.push_back(write_multi_entry{writes[k].offset, writes[k].region, writes[k].count, writes[k].data});
+    ep_->post_noreply(m);
+  }
+  return {};
 }
 
 status remote_device::dma_map(uint64_t iova, uint64_t size, uint32_t prot, const unique_fd* fd, uint64_t fd_offset) {
+  if (auto s = gate(); !s) return s;
   dma_map_request m;
   m.flags = prot;
   m.addr = iova;
@@ -204,27 +356,36 @@ status remote_device::dma_map(uint64_t iova, uint64_t size, uint32_t prot, const
   if (fd) fds.push_back(fd->dup());
   auto r = ep_->call_decoded(m, std::move(fds));
   if (!r) return r.err();
+  std::lock_guard<std::mutex> g(records_m_);
+  dma_records_[iova] = dma_record{size, prot, fd ? fd->dup() : unique_fd(), fd_offset};
   return {};
 }
 
 status remote_device::dma_unmap(uint64_t iova, uint64_t size) {
+  if (auto s = gate(); !s) return s;
   dma_unmap_request u;
   u.addr = iova;
   u.size = size;
   auto r = ep_->call_decoded(u);
   if (!r) return r.err();
+  std::lock_guard<std::mutex> g(records_m_);
+  dma_records_.erase(iova);
   return {};
 }
 
 status remote_device::dma_unmap_all() {
+  if (auto s = gate(); !s) return s;
   dma_unmap_request u;
   u.flags = dma_flags::unmap_all;
   auto r = ep_->call_decoded(u);
   if (!r) return r.err();
+  std::lock_guard<std::mutex> g(records_m_);
+  dma_records_.clear();
   return {};
 }
 
 status remote_device::set_irq_eventfds(uint32_t index, uint32_t start, const std::vector<int>& efds) {
+  if (auto s = gate(); !s) return s;
   uint32_t per = std::max<uint32_t>(1, ep_->negotiated().send_max_fds());
   for (size_t done = 0; done < efds.size();) {
     uint32_t n = uint32_t(std::min<size_t>(per, efds.size() - done));
@@ -241,12 +402,16 @@ status remote_device::set_irq_eventfds(uint32_t index, uint32_t start, const std
     }
     auto r = ep_->call_decoded(s, std::move(fds));
     if (!r) return r.err();
+    std::lock_guard<std::mutex> g(records_m_);
+    for (uint32_t i = 0; i < n; ++i)
+      irq_records_[{index, s.start + i}] = unique_fd(::fcntl(efds[done + i], F_DUPFD_CLOEXEC, 0));
     done += n;
   }
   return {};
 }
 
 status remote_device::irq_action(uint32_t index, uint32_t start, uint32_t count, uint32_t action) {
+  if (auto s = gate(); !s) return s;
   set_irqs_request s;
   s.flags = irq_set_flags::data_none | action;
   s.index = index;
@@ -254,12 +419,18 @@ status remote_device::irq_action(uint32_t index, uint32_t start, uint32_t count,
   s.count = count;
   auto r = ep_->call_decoded(s);
   if (!r) return r.err();
+  if (count == 0 && action == irq_set_flags::action_trigger) {  // disable: forget the eventfds
+    std::lock_guard<std::mutex> g(records_m_);
+    for (auto it = irq_records_.begin(); it != irq_records_.end();)
+      it = it->first.first == index ? irq_records_.erase(it) : std::next(it);
+  }
   return {};
 }
 
 status remote_device::irq_disable(uint32_t index) { return irq_action(index, 0, 0, irq_set_flags::action_trigger); }
 
 status remote_device::reset() {
+  if (auto s = gate(); !s) return s;
   auto r = ep_->call_decoded(reset_request{});
   if (!r) return r.err();
   return {};

@@ -7,9 +7,14 @@
 // Threading: every method may be called from any non-CAF thread; they block.
 #pragma once
 
+#include <array>
+#include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -41,16 +46,41 @@ struct remote_region {
   std::vector<std::pair<proto::sparse_area, uint8_t*>> areas;  ///< mapped sparse areas
 };
 
+/// What requests do while the server is away and the device is being restored.
+enum class outage_policy : uint8_t {
+  fail_fast,  ///< fail at once with errc::not_connected
+  wait,       ///< wait (up to outage_wait) until the device is back
+};
+
+struct remote_options {
+  outage_policy outage = outage_policy::fail_fast;
+  std::chrono::milliseconds outage_wait{10000};
+  /// Called (on the replay thread) after a reconnect, once DMA windows and IRQ eventfds are
+  /// restored: the device was reset by its restart, and the host must treat it so.
+  std::function<void(uint64_t generation)> on_reset;
+};
+
+/// A server-side posted write for write_posted_many (at most 8 bytes).
+struct posted_write {
+  uint32_t region = 0;
+  uint64_t offset = 0;
+  uint32_t count = 0;
+  std::array<uint8_t, 8> data{};
+};
+
 class remote_device {
  public:
   ~remote_device();
   /// Connects to `path` and negotiates. DMA requests from the server are served from `mem`.
+  /// With cfg.reconnect (the default) a lost server is redialled; once it is back the
+  /// device is re-probed and its DMA windows and IRQ eventfds are replayed.
   static proto::result<std::unique_ptr<remote_device>> open(runtime& rt, const std::string& path,
                                                             std::shared_ptr<guest_memory> mem = nullptr,
-                                                            endpoint_config cfg = {});
+                                                            endpoint_config cfg = {}, remote_options opts = {});
   /// Device info, every region (with argsz retry and mmap of the sparse areas), every IRQ.
   proto::status probe();
 
+  /// Enumeration results. A replay after a reconnect rebuilds them: read them while ready().
   const proto::device_info_reply& info() const { return info_; }
   const std::vector<remote_region>& regions() const { return regions_; }
   const std::vector<proto::irq_info_reply>& irqs() const { return irqs_; }
@@ -60,7 +90,20 @@ class remote_device {
   proto::status read(uint32_t region, uint64_t offset, void* buf, uint64_t count);
   proto::status write(uint32_t region, uint64_t offset, const void* buf, uint64_t count);
   /// Posted write (NO_REPLY); stays ordered with later requests.
-  void write_posted(uint32_t region, uint64_t offset, const void* buf, uint32_t count);
+  proto::status write_posted(uint32_t region, uint64_t offset, const void* buf, uint32_t count);
+  /// Several posted writes of at most 8 bytes: coalesced into REGION_WRITE_MULTI messages
+  /// (up to 200 entries, as QEMU does) when the server advertised write_multiple, otherwise
+  /// sent one by one. Either way they stay in order with everything else.
+  proto::status write_posted_many(const std::vector<posted_write>& writes);
+
+  /// True while the device is usable (false during an outage and while replaying).
+  bool ready();
+  /// Waits until ready() (true) or the timeout passes (false).
+  bool wait_ready(std::chrono::milliseconds timeout);
+  /// Reconnects whose replay completed (0 before the first outage).
+  uint64_t replays();
+  /// Why the last replay failed, if it did.
+  proto::error last_replay_error();
 
   /// DMA windows: with an fd (the server may mmap it) or without (DMA by messages).
   proto::status dma_map(uint64_t iova, uint64_t size, uint32_t prot, const proto::unique_fd* fd = nullptr,
@@ -81,11 +124,41 @@ class remote_device {
   remote_device() = default;
   proto::status fetch_region(uint32_t index);
 
+  proto::status probe_locked();
+  proto::status gate();
+  proto::status replay();
+  void replay_loop();
+  void unmap_regions();
+
   std::unique_ptr<endpoint> ep_;
   std::shared_ptr<guest_memory> mem_;
+  remote_options opts_;
   proto::device_info_reply info_;
   std::vector<remote_region> regions_;
   std::vector<proto::irq_info_reply> irqs_;
+
+  // What a reconnect must restore, with our own duplicates of the fds.
+  struct dma_record {
+    uint64_t size = 0;
+    uint32_t prot = 0;
+    proto::unique_fd fd;
+    uint64_t fd_offset = 0;
+  };
+  std::mutex records_m_;
+  std::map<uint64_t, dma_record> dma_records_;
+  std::map<std::pair<uint32_t, uint32_t>, proto::unique_fd> irq_records_;
+
+  // regions_/info_/irqs_ are rebuilt by a replay: readers hold it shared.
+  std::shared_mutex probe_m_;
+  // Device readiness across outages (guarded by m_).
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool ready_ = true;
+  bool stop_ = false;
+  uint64_t seen_generation_ = 1;
+  uint64_t replays_ = 0;
+  proto::error replay_error_;
+  std::thread replayer_;
 };
 
 /// The device actor a client registers to serve DMA_READ/DMA_WRITE from `mem`.
