@@ -42,7 +42,7 @@ struct device_state : device_context {
   std::unique_ptr<pci_config> cfg;
   proto::quirks quirks;
   std::array<std::vector<irq_vec>, irq_index::count> irqs;
-  std::array<shared_region, 9> shm;
+  std::vector<shared_region> shm;
   std::vector<uint8_t> msix_table;  ///< 16 bytes per vector
   std::map<uint64_t, window> windows;
   std::vector<std::pair<caf::response_promise, outbound_ptr>> unmap_waiters;
@@ -54,10 +54,14 @@ struct device_state : device_context {
   ~device_state() override { drop_connection_state(); for (auto& s : shm) if (s.mem) ::munmap(s.mem, s.size); }
 
   const device_spec& spec() const { return model->spec(); }
+  uint32_t num_regions() const { return region_index::num_pci + uint32_t(spec().extra_regions.size()); }
+  const region_spec& rspec(uint32_t r) const {
+    return r < region_index::num_pci ? spec().regions[r] : spec().extra_regions[r - region_index::num_pci];
+  }
   uint64_t region_size(uint32_t r) const {
     if (r == region_index::config) return pci_config::size;
     if (r <= region_index::bar5) return spec().bars[r].size;
-    if (r < region_index::num_pci) return spec().regions[r].size;
+    if (r < num_regions()) return rspec(r).size;
     return 0;
   }
 
@@ -201,11 +205,11 @@ struct device_state : device_context {
 
 // ---- region access ------------------------------------------------------------------------
 int check_access(device_state& st, uint32_t region, uint64_t off, uint32_t count, bool write) {
-  if (region >= region_index::num_pci) return EINVAL;
+  if (region >= st.num_regions()) return EINVAL;
   uint64_t size = st.region_size(region), end;
   if (__builtin_add_overflow(off, uint64_t(count), &end) || end > size) return EINVAL;
   if (region != region_index::config) {
-    auto& rs = st.spec().regions[region];
+    auto& rs = st.rspec(region);
     if (write ? !rs.writable : !rs.readable) return EINVAL;
   }
   return 0;
@@ -255,36 +259,47 @@ int region_access(device_state& st, uint32_t region, uint64_t off, uint8_t* buf,
 
 // ---- command handlers -------------------------------------------------------------------
 outbound_ptr on_region_info(device_state& st, const region_info_request& req) {
-  if (req.index >= region_index::num_pci) return outbound::error(EINVAL);
+  if (req.index >= st.num_regions()) return outbound::error(EINVAL);
   region_info_reply rep;
   rep.index = req.index;
   rep.size = st.region_size(req.index);
   if (rep.size) {
     if (req.index == region_index::config) rep.flags = region_flags::read | region_flags::write;
     else {
-      auto& rs = st.spec().regions[req.index];
+      auto& rs = st.rspec(req.index);
       rep.flags = (rs.readable ? region_flags::read : 0) | (rs.writable ? region_flags::write : 0);
     }
   }
   fd_list fds;
   auto& sh = st.shm[req.index];
+  std::vector<region_cap> caps;
+  uint32_t needed = 32;
+  if (req.index >= region_index::num_pci) {  // device-specific: say what it is
+    region_cap t;
+    t.id = region_cap_id::type;
+    t.type = st.rspec(req.index).type;
+    t.subtype = st.rspec(req.index).subtype;
+    caps.push_back(t);
+    needed += 16;
+  }
   if (sh.mem) {
     rep.flags |= region_flags::mmap;
     region_cap cap;
     cap.id = region_cap_id::sparse_mmap;
     cap.version = 1;
-    auto& rs = st.spec().regions[req.index];
+    auto& rs = st.rspec(req.index);
     cap.areas = rs.sparse.empty() ? std::vector<sparse_area>{{0, rep.size}} : rs.sparse;
-    uint32_t needed = uint32_t(32 + 16 + 16 * cap.areas.size());
-    rep.argsz = needed;
-    // The fd goes only with the reply that carries the caps (as libvfio-user does): a
-    // client probing with argsz 32 learns the size it needs and asks again.
-    if (req.argsz >= needed) {
-      rep.flags |= region_flags::caps;
-      rep.cap_offset = 32;
-      rep.caps.push_back(std::move(cap));
-      fds.push_back(sh.fd.dup());
-    }
+    needed += uint32_t(16 + 16 * cap.areas.size());
+    caps.push_back(std::move(cap));
+  }
+  rep.argsz = needed;
+  // Caps (and the mmap fd with them, as libvfio-user does) go only into a reply whose argsz
+  // has room for them: a client probing with argsz 32 learns the size it needs and asks again.
+  if (!caps.empty() && req.argsz >= needed) {
+    rep.flags |= region_flags::caps;
+    rep.cap_offset = 32;
+    rep.caps = std::move(caps);
+    if (sh.mem) fds.push_back(sh.fd.dup());
   }
   return outbound::of(std::move(rep), std::move(fds));
 }
@@ -405,8 +420,9 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
     st.irqs[irq_index::req].resize(1);
     st.msix_table.assign(size_t(sp.msix.vectors) * 16, 0);
     for (uint32_t v = 0; v < sp.msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;  // masked at reset
-    for (uint32_t r = 0; r < region_index::num_pci; ++r) {
-      if (r == region_index::config || !sp.regions[r].shared_memory) continue;
+    st.shm.resize(st.num_regions());
+    for (uint32_t r = 0; r < st.num_regions(); ++r) {
+      if (r == region_index::config || !st.rspec(r).shared_memory) continue;
       uint64_t size = st.region_size(r);
       unique_fd fd(::memfd_create("vfu-region", MFD_CLOEXEC));
       if (!fd || ::ftruncate(fd.get(), off_t(size)) != 0) continue;
@@ -422,7 +438,7 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
           if (std::holds_alternative<device_info_request>(m)) {
             device_info_reply rep;
             rep.flags = device_info_flags::reset | device_info_flags::pci;
-            rep.num_regions = region_index::num_pci;
+            rep.num_regions = st.num_regions();
             rep.num_irqs = irq_index::count;
             return outbound::of(rep);
           }
@@ -448,7 +464,7 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
             return outbound::of(write_multi_reply{w->writes.size()});
           }
           if (auto* io = std::get_if<io_fds_request>(&m)) {
-            if (io->index >= region_index::num_pci) return outbound::error(EINVAL);
+            if (io->index >= st.num_regions()) return outbound::error(EINVAL);
             io_fds_reply rep;
             rep.index = io->index;
             return outbound::of(rep);  // no ioeventfds: count 0

@@ -28,6 +28,8 @@ struct region_spec {
   bool shared_memory = false;
   /// Sparse-mmap areas; empty = the whole region (when shared_memory).
   std::vector<proto::sparse_area> sparse;
+  /// Device-specific regions (index 9 and up) carry a TYPE capability with these.
+  uint32_t type = 0, subtype = 0;
 };
 
 struct device_spec {
@@ -35,6 +37,8 @@ struct device_spec {
   std::array<bar_spec, 6> bars{};
   /// Regions 0-5 (BARs; size comes from bars[]), 6 ROM, 8 VGA. Region 7 is the config space.
   std::array<region_spec, 9> regions{};
+  /// Device-specific regions, numbered from 9 (VFIO_PCI_NUM_REGIONS) on.
+  std::vector<region_spec> extra_regions;
   uint16_t msi_vectors = 0;
   msix_spec msix;
   uint32_t intx_vectors = 1;

@@ -429,6 +429,25 @@ status remote_device::irq_action(uint32_t index, uint32_t start, uint32_t count,
 
 status remote_device::irq_disable(uint32_t index) { return irq_action(index, 0, 0, irq_set_flags::action_trigger); }
 
+result<io_fds_reply> remote_device::io_fds(uint32_t region, fd_list& fds) {
+  if (auto s = gate(); !s) return s.err();
+  io_fds_request q;
+  q.index = region;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    fds.clear();
+    auto m = ep_->call_decoded(q, {}, fds);
+    if (!m) return m.err();
+    auto* rep = std::get_if<io_fds_reply>(&*m);
+    if (!rep || rep->index != region) return error(errc::protocol_violation, "GET_REGION_IO_FDS answered for another region");
+    if (rep->count && rep->entries.empty() && attempt == 0) {  // head only: ask with room for the entries
+      q.argsz = uint32_t(16 + size_t(rep->count) * 48);
+      continue;
+    }
+    return *rep;
+  }
+  return error(errc::protocol_violation, "GET_REGION_IO_FDS never returned its entries");
+}
+
 status remote_device::reset() {
   if (auto s = gate(); !s) return s;
   auto r = ep_->call_decoded(reset_request{});

@@ -118,6 +118,8 @@ class remote_device {
   proto::status irq_disable(uint32_t index);
 
   proto::status reset();
+  /// DEVICE_GET_REGION_IO_FDS for one region (argsz retry); the fds come in `fds`.
+  proto::result<proto::io_fds_reply> io_fds(uint32_t region, proto::fd_list& fds);
   endpoint& ep() { return *ep_; }
 
  private:

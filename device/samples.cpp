@@ -63,10 +63,20 @@ class dma_test_device : public device_model {
     spec_.regions[2].sparse = {{0, 0x8000}, {0x8000, 0x8000}};
     spec_.msi_vectors = 1;
     spec_.msix = msix_spec{msix_vectors, 1, 0x0, 0x800};
+    // Region 9: a device-specific scratch area (vendor-defined type), plain read/write.
+    region_spec scratch;
+    scratch.size = scratch_size;
+    scratch.type = scratch_type;
+    scratch.subtype = scratch_subtype;
+    spec_.extra_regions.push_back(scratch);
   }
   const device_spec& spec() const override { return spec_; }
 
   int region_read(uint32_t region, uint64_t off, uint8_t* buf, uint32_t n) override {
+    if (region == dmatest::scratch_region) {
+      std::memcpy(buf, scratch_ + off, n);
+      return 0;
+    }
     if (region != 0) return EINVAL;
     uint8_t regs[dmatest::bar0_size] = {};
     put(regs, dmatest::src, src_);
@@ -79,6 +89,10 @@ class dma_test_device : public device_model {
     return 0;
   }
   int region_write(uint32_t region, uint64_t off, const uint8_t* buf, uint32_t n) override {
+    if (region == dmatest::scratch_region) {
+      std::memcpy(scratch_ + off, buf, n);
+      return 0;
+    }
     if (region != 0) return EINVAL;
     uint8_t regs[dmatest::bar0_size] = {};
     put(regs, dmatest::src, src_);
@@ -117,6 +131,7 @@ class dma_test_device : public device_model {
   device_spec spec_;
   uint64_t src_ = 0, dst_ = 0;
   uint32_t len_ = 0, status_ = 0, err_ = 0, copies_ = 0;
+  uint8_t scratch_[dmatest::scratch_size] = {};
 };
 
 }  // namespace

@@ -29,6 +29,9 @@ inline constexpr uint32_t bar0_size = 0x1000;
 inline constexpr uint32_t max_len = 1u << 20;
 inline constexpr uint32_t status_busy = 1, status_done = 2, status_error = 4;
 inline constexpr uint16_t msix_vectors = 4;
+/// Region 9: device-specific scratch memory with a TYPE capability.
+inline constexpr uint32_t scratch_region = 9, scratch_size = 4096;
+inline constexpr uint32_t scratch_type = 0x80007675, scratch_subtype = 1;  // vendor-defined type
 }  // namespace dmatest
 
 std::shared_ptr<device_model> make_gpio();

@@ -1,12 +1,38 @@
 #!/usr/bin/env bash
-# Install what is missing, build, and run every test (see README.md). Used verbatim by CI.
-#   scripts/test.sh               normal build in build-test/
-#   scripts/test.sh --sanitize    ASan+UBSan build in build-asan/
+# Install what is missing, build, and run every test (see README.md). CI runs this verbatim.
+# It runs the whole suite three ways, each in its own build folder:
+#   1. build-test:  the normal build (RelWithDebInfo, -Werror);
+#   2. build-asan:  the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer;
+#   3. build-tsan:  the actor and device tests under ThreadSanitizer.
+# Options: --quick (only 1), --sanitize (only 2), --tsan (only 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-dir=build-test; opts=()
-if [ "${1:-}" = "--sanitize" ]; then dir=build-asan; opts=(-DVFU_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug); fi
-cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${opts[@]}" >/dev/null
-cmake --build "$dir" -j"$(nproc)"
-cd "$dir" && ctest --output-on-failure -j"$(nproc)" --timeout 300
+jobs=$(nproc)
+mode=${1:-all}
+
+run_normal() {
+  cmake -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build build-test -j"$jobs"
+  (cd build-test && ctest --output-on-failure -j"$jobs" --timeout 300)
+}
+run_asan() {
+  cmake -S . -B build-asan -DVFU_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+  cmake --build build-asan -j"$jobs"
+  (cd build-asan && ctest --output-on-failure -j"$jobs" --timeout 600)
+}
+run_tsan() {
+  local t=(actor_tests device_tests client_tests fault_tests)
+  cmake -S . -B build-tsan -DVFU_TSAN=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+  cmake --build build-tsan -j"$jobs" --target "${t[@]}" vfu-serve
+  export TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$PWD/tests/tsan.supp"
+  (cd build-tsan && ctest --output-on-failure -j"$jobs" --timeout 900 -R '^(Broker|Server|Client|InProcessClient|HostileServer|Fault)Test\.')
+}
+
+case "$mode" in
+  --quick) run_normal ;;
+  --sanitize) run_asan ;;
+  --tsan) run_tsan ;;
+  all) run_normal; run_asan; run_tsan ;;
+  *) echo "usage: scripts/test.sh [--quick|--sanitize|--tsan]" >&2; exit 2 ;;
+esac

@@ -81,6 +81,8 @@ int main(int argc, char** argv) {
     if (auto* sp = r.sparse())
       for (auto& a : sp->areas) areas.push_back({{"offset", a.offset}, {"size", a.size}});
     jr["sparse_mmap"] = areas;
+    for (auto& c : r.caps)
+      if (c.id == region_cap_id::type) jr["type"] = {{"type", c.type}, {"subtype", c.subtype}};
     jr["fd"] = bool(dv.regions()[i].fd);
     regions.push_back(jr);
   }
@@ -147,6 +149,8 @@ int main(int argc, char** argv) {
       std::printf(" (%s BAR 0x%08x)", bar & 1 ? "I/O" : "memory", bar);
     }
     for (auto& a : r["sparse_mmap"]) std::printf(" [area 0x%" PRIx64 "+0x%" PRIx64 "]", a["offset"].get<uint64_t>(), a["size"].get<uint64_t>());
+    if (r.contains("type"))
+      std::printf(" [type 0x%x subtype 0x%x]", r["type"]["type"].get<unsigned>(), r["type"]["subtype"].get<unsigned>());
     std::printf("\n");
   }
   for (auto& q : j["irqs"])

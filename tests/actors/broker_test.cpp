@@ -132,7 +132,9 @@ TEST_F(BrokerTest, TenThousandRequestsInterleavedInBothDirections) {
     }
     return outbound::error(EINVAL);
   };
-  start_pair(pattern_device, client_mem);
+  endpoint_config slow_ok;  // sanitizer builds run 10-20x slower: no request may time out
+  slow_ok.correlation.short_timeout = 120s;
+  start_pair(pattern_device, client_mem, slow_ok);
   ASSERT_TRUE(server_->wait_state(conn_state::ready, 5s));
   constexpr int n = 5000;
   std::atomic<int> ok_c2s{0}, ok_s2c{0};

@@ -73,8 +73,24 @@ TEST_F(ServerTest, EnumeratesRegionsCapsMmapAndIrqs) {
   ASSERT_TRUE(client_);
   auto& d = *client_;
   EXPECT_EQ(d.info().flags, device_info_flags::pci | device_info_flags::reset);
-  ASSERT_EQ(d.regions().size(), 9u);
+  ASSERT_EQ(d.regions().size(), 10u);
   EXPECT_EQ(d.regions()[0].info.size, dt::bar0_size);
+  // Region 9 is device-specific and says what it is with a TYPE capability.
+  auto& scratch = d.regions()[dt::scratch_region].info;
+  EXPECT_EQ(scratch.size, dt::scratch_size);
+  ASSERT_EQ(scratch.caps.size(), 1u);
+  EXPECT_EQ(scratch.caps[0].id, region_cap_id::type);
+  EXPECT_EQ(scratch.caps[0].type, dt::scratch_type);
+  EXPECT_EQ(scratch.caps[0].subtype, dt::scratch_subtype);
+  uint32_t word = 0xfeedf00d, back = 0;
+  ASSERT_TRUE(d.write(dt::scratch_region, 0xffc, &word, 4).ok());
+  ASSERT_TRUE(d.read(dt::scratch_region, 0xffc, &back, 4).ok());
+  EXPECT_EQ(back, word);
+  fd_list iofds;
+  auto io = d.io_fds(0, iofds);
+  ASSERT_TRUE(io.ok()) << io.err().message();
+  EXPECT_EQ(io->count, 0u);  // no ioeventfds offered
+  EXPECT_TRUE(iofds.empty());
   EXPECT_EQ(d.regions()[7].info.size, 256u);
   auto& bar2 = d.regions()[2];
   EXPECT_EQ(bar2.info.size, 0x10000u);
@@ -360,6 +376,98 @@ TEST_F(ServerTest, SecondClientWaitsUntilTheFirstLeaves) {
   EXPECT_TRUE(second->read(2, 1, &v, 1).ok());
   EXPECT_EQ(server_->generation(), 2u);
   second.reset();
+}
+
+}  // namespace
+
+namespace {
+
+// A client-side memory service that holds DMA_READs until told to answer them.
+struct hold_state {
+  std::vector<std::pair<caf::typed_response_promise<vfu::outbound_ptr>, vfu::inbound_ptr>> held;
+};
+using release_atom = caf::atom_constant<caf::atom("release")>;
+
+caf::behavior holding_memory(caf::stateful_actor<hold_state>* self, int) {
+  return {
+      [=](vfu::inbound_atom, vfu::inbound_ptr& in) -> caf::result<vfu::outbound_ptr> {
+        auto rp = self->make_response_promise<vfu::outbound_ptr>();
+        self->state.held.emplace_back(rp, in);
+        return rp;
+      },
+      [=](release_atom) {
+        for (auto& [rp, in] : self->state.held) {
+          auto& r = std::get<vfu::proto::dma_read_request>(in->msg);
+          rp.deliver(vfu::outbound::of(vfu::proto::dma_read_reply{r, std::vector<uint8_t>(r.count, 0x5a)}));
+        }
+        self->state.held.clear();
+      },
+      [=](vfu::stats_atom) { return uint32_t(self->state.held.size()); },
+      [](vfu::connup_atom, const vfu::proto::negotiated&) {},
+      [](vfu::connlost_atom) {},
+  };
+}
+
+TEST_F(ServerTest, UnmapWaitsForInFlightMessageDma) {
+  serve("dma-test");
+  // The client lives in its own actor system so that a held DMA_READ cannot stall the
+  // server's scheduler.
+  auto crt = std::make_unique<runtime>();
+  auto holder = crt->system().spawn(holding_memory, 0);
+  endpoint_config cfg;
+  cfg.reconnect = false;
+  auto ep = endpoint::connect(*crt, path_, cfg, holder);
+  ASSERT_TRUE(ep.ok()) << ep.err().message();
+  auto& c = **ep;
+  auto wr = [&](uint32_t region, uint64_t off, std::vector<uint8_t> data) {
+    region_write_request w{{off, region, uint32_t(data.size())}, std::move(data)};
+    return c.call_decoded(w).ok();
+  };
+  ASSERT_TRUE(wr(region_index::config, 4, {0x06, 0x00}));  // memory + bus master
+  dma_map_request map;
+  map.flags = dma_flags::read | dma_flags::write;
+  map.addr = 0x200000;
+  map.size = 1 << 20;
+  ASSERT_TRUE(c.call_decoded(map).ok());
+  ASSERT_TRUE(wr(0, dt::src, {0, 0, 0x20, 0, 0, 0, 0, 0}));
+  ASSERT_TRUE(wr(0, dt::dst, {0, 0, 0x28, 0, 0, 0, 0, 0}));
+  ASSERT_TRUE(wr(0, dt::len, {16, 0, 0, 0}));
+  ASSERT_TRUE(wr(0, dt::doorbell, {1, 0, 0, 0}));
+  caf::scoped_actor self{crt->system()};
+  auto held = [&] {
+    uint32_t n = 0;
+    self->request(holder, 1s, stats_atom::value).receive([&](uint32_t x) { n = x; }, [](caf::error&) {});
+    return n;
+  };
+  for (int i = 0; i < 100000 && held() == 0; ++i) std::this_thread::yield();
+  ASSERT_EQ(held(), 1u) << "the device's DMA_READ is being held by the client";
+  auto frames_in = [&] {
+    auto s = server_->stats();
+    return std::stoul(s.substr(s.find("frames_in=") + 10));
+  };
+  auto before = frames_in();
+  std::atomic<bool> unmapped{false};
+  status unmap_result;
+  std::thread t([&] {
+    dma_unmap_request u;
+    u.addr = 0x200000;
+    u.size = 1 << 20;
+    auto r = c.call_decoded(u);
+    unmap_result = r.ok() ? status{} : status{r.err()};
+    unmapped = true;
+  });
+  for (int i = 0; i < 100000 && frames_in() == before; ++i) std::this_thread::yield();
+  ASSERT_GT(frames_in(), before) << "the server received the DMA_UNMAP";
+  EXPECT_FALSE(unmapped.load()) << "DMA_UNMAP answered while DMA on its window was in flight";
+  caf::anon_send(holder, release_atom::value);
+  t.join();
+  EXPECT_TRUE(unmapped.load());
+  EXPECT_TRUE(unmap_result.ok()) << unmap_result.err().message();
+  c.close();
+  ep.value().reset();
+  caf::anon_send_exit(holder, caf::exit_reason::user_shutdown);
+  holder = nullptr;
+  self->send_exit(self, caf::exit_reason::normal);
 }
 
 }  // namespace
