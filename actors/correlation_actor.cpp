@@ -12,6 +12,10 @@ using self_t = caf::stateful_actor<correlation_state>*;
 void complete(self_t self, state_t::entry& e, uint16_t id, call_result r) {
   auto& st = self->state;
   ++st.stats.completed;
+  if (e.tracked && st.direct) {
+    st.direct->remove(id);
+    st.direct->release();
+  }
   switch (e.k) {
     case state_t::kind::blocking: e.guard->complete(std::move(r)); break;
     case state_t::kind::promise: e.rp.deliver(std::move(r)); break;
@@ -50,10 +54,12 @@ void pump_waiting(self_t self) {
 
 void send_now(self_t self, state_t::queued q) {
   auto& st = self->state;
-  // Next free id: wraps, skips ids still pending (pending < 65536 by max_outstanding).
+  // Next free id in 1..0x7fff (0x8000 and up belong to direct calls): wraps, and skips ids
+  // still pending (pending < 0x7fff by max_outstanding).
+  auto next = [](uint16_t i) { return uint16_t(i >= direct_calls::id_base - 1 ? 1 : i + 1); };
   uint16_t id = st.next_id;
-  while (st.pending.count(id)) ++id;
-  st.next_id = uint16_t(id + 1);
+  while (st.pending.count(id)) id = next(id);
+  st.next_id = next(id);
   q.f->set_msg_id(id);
   state_t::entry e;
   e.cmd = q.f->hdr().command;
@@ -145,6 +151,47 @@ caf::behavior correlation_actor(caf::stateful_actor<correlation_state>* self, co
     fail_all(self, proto::error(proto::errc::peer_gone, "connection lost: " + render(dm.reason)));
   });
   return {
+      [=](attach_atom, std::shared_ptr<direct_calls>& d) { self->state.direct = d; },
+      [=](track_atom, uint16_t id, uint16_t cmd, call_guard_ptr& g, uint32_t ms) {
+        auto& st = self->state;
+        state_t::entry e;
+        e.cmd = cmd;
+        e.k = g ? state_t::kind::blocking : state_t::kind::nowait;
+        e.guard = std::move(g);
+        e.tracked = true;
+        if (!st.socket) {
+          complete(self, e, id, call_result{nullptr, proto::error(proto::errc::not_connected, "no connection")});
+          return;
+        }
+        auto to = ms ? std::chrono::milliseconds(ms)
+                     : (classify(cmd) == timeout_class::long_op ? st.cfg.long_timeout : st.cfg.short_timeout);
+        e.deadline = clock::now() + to;
+        if (e.k == state_t::kind::nowait) st.youngest_nowait = id;
+        schedule_sweep(self, e.deadline);
+        st.pending.emplace(id, std::move(e));
+        if (st.pending.size() > st.stats.pending_high_water) st.stats.pending_high_water = uint32_t(st.pending.size());
+        ++st.stats.sent;
+      },
+      [=](retire_atom, std::vector<proto::header>& hs) {
+        auto& st = self->state;
+        for (auto& h : hs) {
+          auto it = st.pending.find(h.msg_id);
+          if (it == st.pending.end()) {
+            ++st.stats.unexpected;
+            CAF_LOG_WARNING("dropped unexpected reply " << proto::describe(h, 0));
+            continue;
+          }
+          auto e = std::move(it->second);
+          st.pending.erase(it);
+          if (h.is_error()) ++st.stats.error_replies;
+          // The blocked thread already has the reply; a no-wait requester gets its header.
+          proto::frame hf;
+          hf.bytes.resize(proto::header_size);
+          hf.set_hdr(h);
+          hf.bytes.resize(proto::header_size);
+          complete(self, e, h.msg_id, call_result{make_frame_ptr(std::move(hf)), {}});
+        }
+      },
       [=](attach_atom, caf::actor& sock) {
         auto& st = self->state;
         if (st.socket) fail_all(self, proto::error(proto::errc::peer_gone, "connection replaced"));
@@ -173,7 +220,8 @@ caf::behavior correlation_actor(caf::stateful_actor<correlation_state>* self, co
           return;
         }
         // Ordered with everything else we send: same path to the same socket actor.
-        f->set_msg_id(st.next_id++);
+        f->set_msg_id(st.next_id);
+        st.next_id = uint16_t(st.next_id >= direct_calls::id_base - 1 ? 1 : st.next_id + 1);
         self->send(st.socket, send_atom::value, std::move(f));
       },
       [=](waitpost_atom) {

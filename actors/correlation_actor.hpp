@@ -8,7 +8,11 @@
 //  - an actor: (request_atom, frame, timeout_ms) -> call_result, via a response promise;
 //  - nobody ("no-wait"): (post_atom, frame); failures are logged, and (waitpost_atom) waits
 //    for the youngest such request, as QEMU's client does;
-//  - NO_REPLY commands: (noreply_atom, frame), sent in order and never tracked.
+//  - NO_REPLY commands: (noreply_atom, frame), sent in order and never tracked;
+//  - a thread on the direct-call lane (direct_calls.hpp): (track_atom, id, command, guard or
+//    null, timeout_ms) before it writes its frame itself; the io thread completes it and
+//    sends (retire_atom, headers); timeouts and connection loss are handled here as for
+//    every other request.
 // Message ids are 16-bit, wrap, and are never reused while pending. At most
 // `max_outstanding` requests are on the wire; more wait in a FIFO (back-pressure), and past
 // `max_queued` a request fails at once with EAGAIN.
@@ -20,6 +24,7 @@
 #include <deque>
 #include <unordered_map>
 
+#include "actors/direct_calls.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {
@@ -44,6 +49,7 @@ struct correlation_state {
     std::chrono::steady_clock::time_point deadline;
     call_guard_ptr guard;
     caf::response_promise rp;
+    bool tracked = false;  ///< a direct call: its id and in-flight slot are direct_calls'
   };
   struct queued {
     frame_ptr f;
@@ -54,6 +60,7 @@ struct correlation_state {
   };
   correlation_config cfg;
   caf::actor socket;
+  std::shared_ptr<direct_calls> direct;
   std::unordered_map<uint16_t, entry> pending;
   std::deque<queued> waiting;
   uint16_t next_id = 1;

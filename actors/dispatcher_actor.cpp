@@ -63,14 +63,52 @@ void serve_version(self_t self, const caf::actor& sock, const proto::header& h, 
   if (st.device) self->send(st.device, connup_atom::value, *n);
 }
 
+void dispatch_next(self_t self);
+
+void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
+  auto& st = self->state;
+  if (!st.busy || seq != st.seq) return;  // answered already (its device died), or stale
+  if (out) reply(self, st.current_sock, st.current, *out);
+  else error_reply(self, st.current_sock, st.current, err ? err : EIO);
+  if (out && out->close_after) self->send(st.current_sock, close_atom::value);
+  st.busy = false;
+  dispatch_next(self);
+}
+
+void dispatch_next(self_t self) {
+  auto& st = self->state;
+  if (st.busy || st.queue.empty()) return;
+  auto it = std::move(st.queue.front());
+  st.queue.pop_front();
+  st.busy = true;
+  uint64_t seq = ++st.seq;
+  st.current = it.hdr;
+  st.current_sock = it.sock;
+  st.current_target = it.target;
+  self->request(it.target, caf::infinite, inbound_atom::value, std::move(it.in))
+      .then([=](outbound_ptr& out) { finish(self, seq, out ? out : outbound::error(EIO), 0); },
+            [=](caf::error& e) {
+              CAF_LOG_WARNING("handler failed: " << render(e));
+              finish(self, seq, nullptr, EIO);
+            });
+}
+
 }  // namespace
 
 caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,
                                caf::actor correlation) {
   self->state.cfg = std::move(cfg);
   self->state.correlation = std::move(correlation);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& st = self->state;
+    if (st.busy && dm.source == st.current_target.address()) {
+      CAF_LOG_WARNING("device actor died while serving " << proto::describe(st.current, 0));
+      finish(self, st.seq, nullptr, EIO);
+    }
+  });
   return {
       [=](handler_atom, uint16_t cmd, caf::actor& h) {
+        self->monitor(h);
         if (cmd == 0) self->state.device = h;
         else self->state.by_command[cmd] = h;
       },
@@ -80,6 +118,8 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         self->state.negotiated = true;
       },
       [=](connlost_atom) {
+        // Requests of the lost connection that the device has not seen are dropped.
+        self->state.queue.clear();
         self->state.negotiated = false;
         self->state.limits = proto::decode_limits{};
       },
@@ -118,17 +158,8 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         in->fds = std::move(f->fds);
         in->correlation = st.correlation;
         ++st.served;
-        self->request(target, st.cfg.handler_timeout, inbound_atom::value, std::move(in))
-            .await(
-                [=](outbound_ptr& out) {
-                  if (out) reply(self, sock, h, *out);
-                  else error_reply(self, sock, h, EIO);
-                  if (out && out->close_after) self->send(sock, close_atom::value);
-                },
-                [=](caf::error& e) {
-                  CAF_LOG_WARNING("handler failed for " << proto::describe(h, 0) << ": " << render(e));
-                  error_reply(self, sock, h, EIO);
-                });
+        st.queue.push_back(dispatcher_state::item{sock, h, std::move(in), target});
+        dispatch_next(self);
       },
       [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
   };

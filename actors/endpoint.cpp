@@ -45,6 +45,7 @@ struct endpoint_status {
   proto::error last_error;
   uint64_t generation = 0;
   caf::actor socket;
+  std::shared_ptr<stream_transport> transport;  ///< of the current connection, for direct calls
   // The callback is called with cb_m held, so that once on_state() replaced it, the old one
   // is neither running nor will run (its owner may be gone).
   std::mutex cb_m;
@@ -105,6 +106,7 @@ struct supervisor_state {
   endpoint_config cfg;
   std::shared_ptr<endpoint_status> status;
   caf::actor corr, disp, handler;
+  std::shared_ptr<direct_calls> direct;
   std::string path;                    // client: where to reconnect
   std::shared_ptr<listener> lst;       // server: where clients come from
   caf::actor socket;
@@ -191,11 +193,12 @@ void try_reconnect(sup_t self) {
 
 void start_connection(sup_t self, proto::unique_fd fd) {
   auto& st = self->state;
-  auto tr = std::make_shared<stream_transport>(st.rt->io(), std::move(fd), proto::limits::max_version_frame);
+  auto tr = std::make_shared<stream_transport>(st.rt->io(), std::move(fd), proto::limits::max_version_frame, st.direct);
   st.socket = self->spawn<caf::monitored>(socket_actor, tr, st.corr, st.disp);
   {
     std::lock_guard<std::mutex> g(st.status->m);
     st.status->socket = st.socket;
+    st.status->transport = tr;
     ++st.status->generation;
   }
   self->send(st.corr, attach_atom::value, st.socket);
@@ -205,8 +208,9 @@ void start_connection(sup_t self, proto::unique_fd fd) {
 
 caf::behavior supervisor_actor(sup_t self, runtime* rt, role r, endpoint_config cfg,
                                std::shared_ptr<endpoint_status> status, caf::actor corr, caf::actor disp,
-                               caf::actor handler) {
+                               caf::actor handler, std::shared_ptr<direct_calls> direct) {
   auto& st = self->state;
+  st.direct = std::move(direct);
   st.rt = rt;
   st.r = r;
   st.cfg = std::move(cfg);
@@ -218,6 +222,10 @@ caf::behavior supervisor_actor(sup_t self, runtime* rt, role r, endpoint_config 
     auto& st = self->state;
     if (dm.source != st.socket.address()) return;
     st.socket = nullptr;
+    {
+      std::lock_guard<std::mutex> g(st.status->m);
+      st.status->transport = nullptr;
+    }
     proto::error why(proto::errc::peer_gone, "connection lost: " + render(dm.reason));
     if (st.negotiation_error) why = std::exchange(st.negotiation_error, proto::error{});
     CAF_LOG_INFO(why.message());
@@ -299,6 +307,8 @@ endpoint::~endpoint() { close(); }
 void endpoint::start_actors(caf::actor handler) {
   auto& sys = rt_.system();
   corr_ = sys.spawn(correlation_actor, cfg_.correlation);
+  direct_ = std::make_shared<direct_calls>(cfg_.correlation.max_outstanding);
+  caf::anon_send(corr_, attach_atom::value, direct_);
   dispatcher_config dc;
   dc.role = role_;
   dc.quirks = cfg_.quirks;
@@ -307,7 +317,7 @@ void endpoint::start_actors(caf::actor handler) {
   // The supervisor needs the dispatcher and the dispatcher tells the supervisor about
   // VERSION: spawn the dispatcher, then the supervisor, then introduce them.
   disp_ = sys.spawn(dispatcher_actor, dc, corr_);
-  sup_ = sys.spawn(supervisor_actor, &rt_, role_, cfg_, status_, corr_, disp_, handler);
+  sup_ = sys.spawn(supervisor_actor, &rt_, role_, cfg_, status_, corr_, disp_, handler, direct_);
   caf::anon_send(disp_, attach_atom::value, sup_);
   if (handler) caf::anon_send(disp_, handler_atom::value, uint16_t(0), handler);
 }
@@ -390,15 +400,53 @@ proto::result<std::unique_ptr<endpoint>> endpoint::serve_fd(runtime& rt, proto::
   return ep;
 }
 
+std::optional<uint16_t> endpoint::send_direct(const proto::message& m, uint32_t flags, proto::fd_list fds,
+                                              std::shared_ptr<call_slot> slot, std::chrono::milliseconds timeout,
+                                              proto::error& err) {
+  std::shared_ptr<stream_transport> tr;
+  {
+    std::lock_guard<std::mutex> g(status_->m);
+    if (status_->state == conn_state::ready) tr = status_->transport;
+  }
+  if (!tr) {
+    err = proto::error(proto::errc::not_connected, "no connection");
+    return std::nullopt;
+  }
+  bool tracked = !(flags & proto::hflags::no_reply);
+  auto limit = std::max(cfg_.correlation.short_timeout, cfg_.correlation.long_timeout);
+  if (tracked && !direct_->acquire(limit)) {  // back-pressure
+    err = proto::error(proto::errc::busy, "too many outstanding requests");
+    return std::nullopt;
+  }
+  auto cmd = proto::command_of(m);
+  auto id = direct_->add(tracked ? slot : nullptr, cmd);
+  if (!id) {
+    if (tracked) direct_->release();
+    err = proto::error(proto::errc::busy, "no free message id");
+    return std::nullopt;
+  }
+  if (!tracked) direct_->remove(*id);  // nothing comes back: the id is free again
+  auto f = make_frame_ptr(proto::make_frame(*id, m, flags, std::move(fds)));
+  // The correlation actor learns about the request before it is written, so its reply (and
+  // the retire message that follows it) can never arrive first.
+  if (tracked)
+    caf::anon_send(corr_, track_atom::value, *id, cmd, slot ? std::make_shared<call_guard>(slot) : call_guard_ptr{},
+                   uint32_t(timeout.count()));
+  if (auto st = tr->send(f); !st) err = st.err();  // the correlation actor fails it when the socket dies
+  return id;
+}
+
 call_result endpoint::call(const proto::message& m, proto::fd_list fds, std::chrono::milliseconds timeout) {
   auto slot = std::make_shared<call_slot>();
-  auto guard = std::make_shared<call_guard>(slot);
-  auto f = make_frame_ptr(proto::make_frame(0, m, 0, std::move(fds)));
-  caf::anon_send(corr_, call_atom::value, std::move(f), std::move(guard), uint32_t(timeout.count()));
-  // The correlation actor completes the slot on every path; the extra margin only guards
-  // against a wedged scheduler.
+  proto::error err;
+  auto id = send_direct(m, 0, std::move(fds), slot, timeout, err);
+  if (!id) return call_result{nullptr, err};
+  // The correlation actor completes the slot on every path (reply via the io thread,
+  // timeout, loss); the extra margin only guards against a wedged scheduler.
   auto limit = timeout.count() ? timeout : std::max(cfg_.correlation.short_timeout, cfg_.correlation.long_timeout);
-  return slot->wait(limit + std::chrono::seconds(5));
+  auto r = slot->wait(limit + std::chrono::seconds(5));
+  direct_->remove(*id);
+  return r;
 }
 
 proto::result<proto::message> endpoint::call_decoded(const proto::message& m, proto::fd_list fds,
@@ -421,12 +469,18 @@ proto::result<proto::message> endpoint::call_decoded(const proto::message& m, pr
   return d;
 }
 
+// post() and post_noreply() take the same direct lane as call(), so everything one thread
+// sends stays in the order it was sent.
 void endpoint::post(const proto::message& m, proto::fd_list fds) {
-  caf::anon_send(corr_, post_atom::value, make_frame_ptr(proto::make_frame(0, m, 0, std::move(fds))));
+  proto::error err;
+  if (!send_direct(m, 0, std::move(fds), nullptr, std::chrono::milliseconds(0), err))
+    CAF_LOG_WARNING("no-wait " << proto::command_name(proto::command_of(m)) << " not sent: " << err.message());
 }
 
 void endpoint::post_noreply(const proto::message& m) {
-  caf::anon_send(corr_, noreply_atom::value, make_frame_ptr(proto::make_frame(0, m, proto::hflags::no_reply)));
+  proto::error err;
+  if (!send_direct(m, proto::hflags::no_reply, {}, nullptr, std::chrono::milliseconds(0), err))
+    CAF_LOG_WARNING("posted " << proto::command_name(proto::command_of(m)) << " not sent: " << err.message());
 }
 
 call_result endpoint::wait_posted(std::chrono::milliseconds timeout) {

@@ -31,6 +31,7 @@
 #include <string>
 
 #include "actors/correlation_actor.hpp"
+#include "actors/direct_calls.hpp"
 #include "actors/dispatcher_actor.hpp"
 #include "actors/runtime.hpp"
 #include "actors/types.hpp"
@@ -124,11 +125,16 @@ class endpoint {
  private:
   endpoint(runtime& rt, endpoint_config cfg, role r);
   void start_actors(caf::actor handler);
+  /// Direct-call lane (direct_calls.hpp): registers, tracks and writes one request.
+  std::optional<uint16_t> send_direct(const proto::message& m, uint32_t flags, proto::fd_list fds,
+                                      std::shared_ptr<call_slot> slot, std::chrono::milliseconds timeout,
+                                      proto::error& err);
 
   runtime& rt_;
   endpoint_config cfg_;
   role role_;
   std::shared_ptr<endpoint_status> status_;
+  std::shared_ptr<direct_calls> direct_;
   caf::actor corr_, disp_, sup_;
   bool closed_ = false;
 };

@@ -5,41 +5,10 @@ namespace vfu {
 
 namespace {
 
-void flush(caf::stateful_actor<socket_state>* self) {
-  auto& st = self->state;
-  while (!st.outq.empty()) {
-    auto& f = *st.outq.front();
-    ssize_t r = send_some(st.transport->fd(), f.bytes, st.out_off, f.fds);
-    if (r < 0) {
-      self->quit(to_caf(proto::error(proto::errc::io_error, int(-r), std::string("sendmsg: ") + std::strerror(int(-r)))));
-      return;
-    }
-    if (size_t(r) < f.bytes.size()) {
-      st.out_off = size_t(r);
-      if (!st.waiting_writable) {
-        st.waiting_writable = true;
-        st.transport->notify_writable();
-      }
-      return;
-    }
-    st.queued_bytes -= f.bytes.size();
-    st.bytes_out += f.bytes.size();
-    ++st.frames_out;
-    st.out_off = 0;
-    st.outq.pop_front();  // closes our copies of the sent fds; the peer has its own
-  }
-}
-
 void enqueue(caf::stateful_actor<socket_state>* self, frame_ptr f) {
-  auto& st = self->state;
   CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));
-  st.queued_bytes += f->bytes.size();
-  st.outq.push_back(std::move(f));
-  if (st.queued_bytes > max_send_queue) {
-    self->quit(to_caf(proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB")));
-    return;
-  }
-  if (!st.waiting_writable) flush(self);
+  auto st = self->state.transport->send(f);
+  if (!st) self->quit(to_caf(st.err()));
 }
 
 }  // namespace
@@ -87,18 +56,18 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
         self->quit(to_caf(e));
       },
       [=](send_atom, frame_ptr& f) { enqueue(self, std::move(f)); },
-      [=](writable_atom) {
-        self->state.waiting_writable = false;
-        flush(self);
+      [=](retire_atom, std::vector<proto::header>& hs) {
+        for (auto& h : hs) CAF_LOG_DEBUG("recv " << proto::describe(h, 0) << " (direct call)");
+        self->send(self->state.correlation, retire_atom::value, std::move(hs));
       },
       [=](limits_atom, const conn_limits& l) { self->state.transport->set_max_frame(l.max_frame); },
       [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
       [=](stats_atom) -> std::string {
         auto& st = self->state;
-        return "frames_in=" + std::to_string(st.transport->frames_in.load()) +
-               " frames_out=" + std::to_string(st.frames_out) +
-               " bytes_in=" + std::to_string(st.transport->bytes_in.load()) +
-               " bytes_out=" + std::to_string(st.bytes_out) + " rejected=" + std::to_string(st.rejected);
+        auto& t = *st.transport;
+        return "frames_in=" + std::to_string(t.frames_in.load()) + " frames_out=" + std::to_string(t.frames_out.load()) +
+               " bytes_in=" + std::to_string(t.bytes_in.load()) + " bytes_out=" + std::to_string(t.bytes_out.load()) +
+               " rejected=" + std::to_string(st.rejected);
       },
   };
 }

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "actors/direct_calls.hpp"
 #include "actors/types.hpp"
 #include "protocol/limits.hpp"
 
@@ -20,8 +21,9 @@ constexpr size_t read_chunk = 256 * 1024;
 constexpr int reads_per_wakeup = 16;
 }  // namespace
 
-stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, uint32_t max_frame)
-    : io_(io), sock_(io), fd_(fd.get()), max_frame_(max_frame), asm_(max_frame) {
+stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
+                                   std::shared_ptr<direct_calls> direct)
+    : direct_(std::move(direct)), io_(io), sock_(io), fd_(fd.get()), max_frame_(max_frame), asm_(max_frame) {
   boost::system::error_code ec;
   sock_.assign(asio::local::stream_protocol(), fd.release(), ec);
   sock_.non_blocking(true, ec);
@@ -93,8 +95,29 @@ void stream_transport::on_readable() {
     fail = proto::error(proto::errc::io_error, errno, std::string("recvmsg: ") + std::strerror(errno));
     break;
   }
+  // A reply to a blocked thread's direct call wakes that thread from here; the correlation
+  // actor is only told to retire the request (its header), off the critical path.
+  std::vector<proto::header> retired;
+  if (direct_) {
+    auto kept = std::make_shared<std::vector<proto::frame_assembler::event>>();
+    kept->reserve(batch->size());
+    for (auto& ev : *batch) {
+      if (ev.kind == proto::frame_assembler::event::frame_ready) {
+        auto h = ev.f.hdr();
+        if (h.is_reply() && direct_calls::owns(h.msg_id)) {
+          retired.push_back(h);
+          direct_->complete(make_frame_ptr(std::move(ev.f)));
+          continue;
+        }
+      }
+      kept->push_back(std::move(ev));
+    }
+    batch = std::move(kept);
+  }
   for (auto& ev : *batch)
     if (ev.kind == proto::frame_assembler::event::frame_ready) ++frames_in;
+  frames_in += retired.size();
+  if (!retired.empty()) caf::anon_send(owner_, retire_atom::value, std::move(retired));
   bool fatal = asm_.failed() || fail;
   if (!batch->empty()) caf::anon_send(owner_, frames_atom::value, batch);
   if (fail) caf::anon_send(owner_, ioerr_atom::value, fail);
@@ -105,23 +128,84 @@ void stream_transport::on_readable() {
   arm();
 }
 
-void stream_transport::notify_writable() {
+proto::status stream_transport::send(const frame_ptr& f) {
+  std::lock_guard<std::mutex> g(wm_);
+  if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
+  outq_.push_back(f);
+  queued_ += f->bytes.size();
+  if (queued_ > max_send_queue) {
+    write_failed(0);
+    return proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB");
+  }
+  if (write_armed_) return {};  // the io thread will write it, in order
+  if (!flush_locked()) return proto::error(proto::errc::peer_gone, "sendmsg failed");
+  return {};
+}
+
+bool stream_transport::flush_locked() {
+  while (!outq_.empty()) {
+    auto& f = *outq_.front();
+    ssize_t r = send_some(fd_, f.bytes, out_off_, f.fds);
+    if (r < 0) {
+      write_failed(int(-r));
+      return false;
+    }
+    if (size_t(r) < f.bytes.size()) {
+      out_off_ = size_t(r);
+      arm_writable();
+      return true;
+    }
+    queued_ -= f.bytes.size();
+    bytes_out += f.bytes.size();
+    ++frames_out;
+    out_off_ = 0;
+    outq_.pop_front();  // closes our copies of the sent fds; the peer has its own
+  }
+  return true;
+}
+
+void stream_transport::write_failed(int err) {
+  closed_ = true;
+  outq_.clear();
+  queued_ = 0;
+  proto::error e = err ? proto::error(proto::errc::io_error, err, std::string("sendmsg: ") + std::strerror(err))
+                       : proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB");
+  auto self = shared_from_this();
+  asio::post(io_, [self, e] {
+    if (self->owner_) caf::anon_send(self->owner_, ioerr_atom::value, e);
+  });
+}
+
+void stream_transport::arm_writable() {
+  if (write_armed_) return;
+  write_armed_ = true;
   auto self = shared_from_this();
   asio::post(io_, [self] {
     if (self->stopped_) return;
     self->sock_.async_wait(asio::socket_base::wait_write, [self](const boost::system::error_code& ec) {
-      if (!ec) caf::anon_send(self->owner_, writable_atom::value);
+      if (!ec) self->on_writable();
     });
   });
+}
+
+void stream_transport::on_writable() {
+  std::lock_guard<std::mutex> g(wm_);
+  write_armed_ = false;
+  if (!closed_) flush_locked();
 }
 
 void stream_transport::close() {
   auto self = shared_from_this();
   asio::post(io_, [self] {
-    self->stopped_ = true;
-    boost::system::error_code ec;
-    self->sock_.cancel(ec);
-    self->sock_.close(ec);
+    {
+      std::lock_guard<std::mutex> g(self->wm_);  // no writer is inside sendmsg now
+      self->closed_ = true;
+      self->outq_.clear();
+      self->stopped_ = true;
+      boost::system::error_code ec;
+      self->sock_.cancel(ec);
+      self->sock_.close(ec);
+    }
     self->owner_ = nullptr;
   });
 }

@@ -121,7 +121,6 @@ timeout_class classify(uint16_t command) noexcept;
 // Atoms (0.17: at most 10 characters).
 using frames_atom = caf::atom_constant<caf::atom("frames")>;
 using ioerr_atom = caf::atom_constant<caf::atom("ioerr")>;
-using writable_atom = caf::atom_constant<caf::atom("writable")>;
 using send_atom = caf::atom_constant<caf::atom("send")>;
 using call_atom = caf::atom_constant<caf::atom("call")>;
 using request_atom = caf::atom_constant<caf::atom("request")>;
@@ -142,6 +141,8 @@ using accepted_atom = caf::atom_constant<caf::atom("accepted")>;
 using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
 using close_atom = caf::atom_constant<caf::atom("close")>;
 using failall_atom = caf::atom_constant<caf::atom("failall")>;
+using track_atom = caf::atom_constant<caf::atom("track")>;
+using retire_atom = caf::atom_constant<caf::atom("retire")>;
 
 /// Renders a CAF error (including our "vfu" category) as text.
 std::string render(const caf::error& e);
@@ -159,5 +160,6 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::inbound_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::outbound_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::conn_limits)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::proto::header)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<vfu::proto::header>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::proto::error)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::proto::negotiated)

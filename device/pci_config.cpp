@@ -23,9 +23,10 @@ pci_config::pci_config(const pci_ids& ids, const std::array<bar_spec, 6>& bars, 
   put16(c + 0x2c, ids.subsys_vendor);
   put16(c + 0x2e, ids.subsys_id);
   c[0x3d] = ids.interrupt_pin;
-  // Command: I/O, memory, bus master, INTx disable are writable.
-  wmask_[0x04] = pci_reg::cmd_io | pci_reg::cmd_mem | pci_reg::cmd_master;
-  wmask_[0x05] = pci_reg::cmd_intx_disable >> 8;
+  // Command: I/O, memory, bus master, memory-write-and-invalidate, SERR# and INTx disable
+  // are writable (libvfio-user keeps the same bits; QEMU sets SERR#).
+  wmask_[0x04] = pci_reg::cmd_io | pci_reg::cmd_mem | pci_reg::cmd_master | 0x10;
+  wmask_[0x05] = uint8_t((pci_reg::cmd_intx_disable | 0x100) >> 8);
   wmask_[pci_reg::interrupt_line] = 0xff;
   // BARs: low type bits fixed, address bits above the size writable (size probing).
   for (int i = 0; i < 6; ++i) {

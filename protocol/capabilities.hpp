@@ -52,8 +52,8 @@ inline constexpr uint16_t our_major = 0;
 inline constexpr uint16_t our_minor = 2;
 
 /// Server side: what to answer to a client's proposal. Minor = min(theirs, ours); numeric
-/// limits are what *we* accept (each side states its own receive limits); twin_socket and
-/// write_multiple are only claimed if the client offered them and we support them.
+/// limits and write_multiple state what *we* accept (each side states its own receive
+/// limits); twin_socket is only claimed if the client offered it and we support it.
 struct server_offer {
   uint64_t max_msg_fds = limits::our_max_msg_fds;
   uint64_t max_data_xfer_size = limits::our_max_data_xfer;

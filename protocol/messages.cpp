@@ -564,6 +564,15 @@ result<message> decode(const header& h, byte_view p, size_t nfds, const quirks& 
   if (type != hflags::type_command && type != hflags::type_reply)
     return error(errc::bad_header, "message type " + std::to_string(type));
   if (h.flags & ~hflags::known_mask) return c.fail(errc::bad_flags, "reserved header flag bits set");
+  // An error reply is valid for any command number (ENOSYS answers unknown ones).
+  if (h.is_reply() && h.is_error() && !is_known_command(h.command)) {
+    if (h.no_reply()) return c.fail(errc::bad_flags, "NO_REPLY flag on a reply");
+    if (p.size != 0 && !q.error_reply_payload) return c.fail(errc::trailing_bytes, "payload on an error reply");
+    if (auto e = c.no_fds()) return *e;
+    error_reply m{h.command, h.error_no, {}};
+    m.echoed.assign(p.begin(), p.end());
+    return message{std::move(m)};
+  }
   if (!is_known_command(h.command)) return error(errc::unknown_command, command_name(h.command));
   if (h.is_command()) {
     if (h.is_error()) return c.fail(errc::bad_flags, "ERROR flag on a command");

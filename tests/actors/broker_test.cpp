@@ -423,15 +423,23 @@ TEST_F(BrokerTest, BackPressureBoundsOutstandingRequests) {
   cfg.correlation.max_outstanding = 4;
   client_ = std::move(endpoint::connect_fd(*rt_, std::move(a), cfg).value());
   srv.join();
-  for (int i = 0; i < 10; ++i) client_->post(rr(uint64_t(i), 1));
-  // Exactly 4 reach the wire; each answer lets one more through.
+  // The poster blocks once 4 are outstanding (back-pressure) and goes on as answers come.
+  std::atomic<int> posted{0};
+  std::thread poster([&] {
+    for (int i = 0; i < 10; ++i) {
+      client_->post(rr(uint64_t(i), 1));
+      ++posted;
+    }
+  });
   std::vector<proto::frame> got;
   for (int i = 0; i < 4; ++i) got.push_back(*server.recv());
   for (int done = 0; done < 10; ++done) {
     auto& f = got[size_t(done)];
+    EXPECT_LE(posted.load(), done + 5) << "more than 4 requests outstanding";
     server.send(proto::region_read_reply{rr(0, 1), {0}}, f.hdr().msg_id);
     if (done + 4 < 10) got.push_back(*server.recv());
   }
+  poster.join();
   EXPECT_TRUE(client_->wait_posted(5s).ok());
   // The correlation actor never had more than 4 on the wire.
   EXPECT_NE(client_->stats().find("pending_high_water=4"), std::string::npos) << client_->stats();
