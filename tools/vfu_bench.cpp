@@ -5,6 +5,7 @@
 // A benchmark, not a test: nothing here asserts a time.
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,6 +80,43 @@ result_row raw_floor(double secs, int inflight) {
   return summarize("raw socket floor, " + std::to_string(inflight) + " in flight", lat, el, ops);
 }
 
+// A raw client (plain blocking socket, no broker) against vfu-serve: the server's own cost.
+result_row raw_client(const std::string& sock, double secs, int inflight) {
+  proto::unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock.c_str());
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) std::exit(1);
+  auto v = proto::make_frame(1, proto::version_request{{0, 2, std::string("{}")}});
+  if (::write(fd.get(), v.bytes.data(), v.bytes.size()) < 0) std::exit(1);
+  uint8_t buf[65536];
+  if (::read(fd.get(), buf, sizeof buf) <= 0) std::exit(1);
+  std::vector<uint8_t> reqs;
+  for (int i = 0; i < inflight; ++i) {
+    auto f = proto::make_frame(uint16_t(i + 2), proto::region_read_request{{1, 2, 4}});
+    reqs.insert(reqs.end(), f.bytes.begin(), f.bytes.end());
+  }
+  size_t want = size_t(inflight) * 36;
+  std::vector<double> lat;
+  uint64_t ops = 0;
+  auto end = clk::now() + std::chrono::duration<double>(secs);
+  auto t0 = clk::now();
+  while (clk::now() < end) {
+    auto s = clk::now();
+    if (::write(fd.get(), reqs.data(), reqs.size()) < 0) break;
+    size_t got = 0;
+    while (got < want) {
+      ssize_t n = ::read(fd.get(), buf, std::min(sizeof buf, want - got));
+      if (n <= 0) return summarize("raw client -> vfu-serve (failed)", lat, 1, 0);
+      got += size_t(n);
+    }
+    lat.push_back(std::chrono::duration<double, std::micro>(clk::now() - s).count());
+    ops += uint64_t(inflight);
+  }
+  double el = std::chrono::duration<double>(clk::now() - t0).count();
+  return summarize("raw client -> vfu-serve, " + std::to_string(inflight) + " in flight", lat, el, ops);
+}
+
 result_row broker(dev::remote_device& d, double secs, int threads) {
   std::atomic<uint64_t> ops{0};
   std::vector<std::vector<double>> lats(static_cast<size_t>(threads));
@@ -131,6 +169,10 @@ int main(int argc, char** argv) {
   std::vector<result_row> rows;
   rows.push_back(raw_floor(secs, 1));
   rows.push_back(raw_floor(secs, 16));
+  for (int i = 0; i < 100 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  ::usleep(20000);
+  rows.push_back(raw_client(sock, secs, 1));
+  rows.push_back(raw_client(sock, secs, 16));
   {
     runtime rt;
     proto::result<std::unique_ptr<dev::remote_device>> d = proto::error(proto::errc::not_connected, "");
