@@ -24,6 +24,7 @@ void complete(self_t self, state_t::entry& e, uint16_t id, call_result r) {
       if (f) CAF_LOG_WARNING("no-wait " << proto::command_name(e.cmd) << " id " << id << " failed: " << f.message());
       if (int(id) == st.youngest_nowait) {
         st.youngest_nowait = -1;
+        st.youngest_nowait_result = r;
         for (auto& rp : st.nowait_waiters) rp.deliver(r);
         st.nowait_waiters.clear();
       }
@@ -228,7 +229,15 @@ caf::behavior correlation_actor(caf::stateful_actor<correlation_state>* self, co
         auto& st = self->state;
         auto rp = self->make_response_promise();
         if (st.youngest_nowait < 0) {
-          rp.deliver(call_result{});
+          // Already done: its outcome, or success if nothing was ever posted.
+          auto r = st.youngest_nowait_result;
+          if (!r.reply && !r.err) {
+            proto::frame f;
+            f.bytes.resize(proto::header_size);
+            f.set_hdr(proto::header{0, 0, uint32_t(proto::header_size), proto::hflags::type_reply, 0});
+            r.reply = make_frame_ptr(std::move(f));
+          }
+          rp.deliver(r);
         } else {
           st.nowait_waiters.push_back(rp);
         }

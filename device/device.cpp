@@ -219,6 +219,7 @@ bool in_range(uint64_t off, uint32_t count, uint64_t start, uint64_t len) { retu
 
 int region_access(device_state& st, uint32_t region, uint64_t off, uint8_t* buf, uint32_t count, bool write) {
   if (int e = check_access(st, region, off, count, write)) return e;
+  if (count == 0) return 0;  // a zero-length access inside the region: nothing to do
   if (region == region_index::config) {
     bool was_enabled = st.cfg->msix_enabled() && !st.cfg->msix_function_masked();
     if (write) st.cfg->write(uint32_t(off), buf, count);

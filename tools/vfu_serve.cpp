@@ -19,13 +19,17 @@ using namespace vfu;
 
 namespace {
 
+// Bad arguments get one line on stderr and exit 2; --help prints the usage.
 int usage(const char* msg) {
-  if (msg) std::fprintf(stderr, "vfu-serve: %s\n", msg);
-  std::fprintf(msg ? stderr : stdout,
+  if (msg) {
+    std::fprintf(stderr, "vfu-serve: %s (see --help)\n", msg);
+    return 2;
+  }
+  std::fprintf(stdout,
                "usage: vfu-serve --device=gpio|dma-test (--socket-path=PATH | --fd=N) [...]\n"
                "                 [--quirks=spec|qemu|libvfio-user] [--logger.* CAF options]\n"
                "  Repeat --device/--socket-path pairs to serve several devices from one process.\n");
-  return msg ? 2 : 0;
+  return 0;
 }
 
 bool parse_value(const std::string& a, const char* key, std::string& out) {

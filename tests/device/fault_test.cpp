@@ -78,6 +78,10 @@ TEST_F(FaultTest, ClientDeathAtEveryByteOfARequest) {
 }
 
 TEST_F(FaultTest, FdExhaustionWhilePeerSendsFdsClosesTheConnectionCleanly) {
+  // One whole session first: it walks the connection-loss path once, so that UBSan's
+  // dynamic-type cache is warm (a cold lookup opens /proc files, which fails below).
+  ASSERT_TRUE(good_session());
+  ASSERT_TRUE(server_->wait_state(conn_state::connecting, 5s));
   test::raw_peer p(dial());
   ASSERT_TRUE(p.version());
   rlimit old{};
