@@ -78,13 +78,8 @@ class dma_test_device : public device_model {
       return 0;
     }
     if (region != 0) return EINVAL;
-    uint8_t regs[dmatest::bar0_size] = {};
-    put(regs, dmatest::src, src_);
-    put(regs, dmatest::dst, dst_);
-    put(regs, dmatest::len, len_);
-    put(regs, dmatest::status, status_);
-    put(regs, dmatest::error, err_);
-    put(regs, dmatest::copies, copies_);
+    uint8_t regs[dmatest::bar0_size];
+    snapshot(regs);
     std::memcpy(buf, regs + off, n);
     return 0;
   }
@@ -94,10 +89,8 @@ class dma_test_device : public device_model {
       return 0;
     }
     if (region != 0) return EINVAL;
-    uint8_t regs[dmatest::bar0_size] = {};
-    put(regs, dmatest::src, src_);
-    put(regs, dmatest::dst, dst_);
-    put(regs, dmatest::len, len_);
+    uint8_t regs[dmatest::bar0_size];
+    snapshot(regs);  // then only SRC, DST and LEN are taken back: the rest is read-only
     std::memcpy(regs + off, buf, n);
     std::memcpy(&src_, regs + dmatest::src, 8);
     std::memcpy(&dst_, regs + dmatest::dst, 8);
@@ -110,6 +103,16 @@ class dma_test_device : public device_model {
  private:
   template <class T>
   static void put(uint8_t* regs, uint32_t off, T v) { std::memcpy(regs + off, &v, sizeof v); }
+  /// The register file as the guest sees it.
+  void snapshot(uint8_t (&regs)[dmatest::bar0_size]) const {
+    std::memset(regs, 0, sizeof regs);
+    put(regs, dmatest::src, src_);
+    put(regs, dmatest::dst, dst_);
+    put(regs, dmatest::len, len_);
+    put(regs, dmatest::status, status_);
+    put(regs, dmatest::error, err_);
+    put(regs, dmatest::copies, copies_);
+  }
 
   void finish(int err) {
     status_ = dmatest::status_done | (err ? dmatest::status_error : 0);

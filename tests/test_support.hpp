@@ -3,8 +3,10 @@
 #pragma once
 
 #include <dirent.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include <chrono>
 #include <optional>
@@ -30,6 +32,47 @@ inline std::pair<proto::unique_fd, proto::unique_fd> socket_pair() {
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::abort();
   return {proto::unique_fd(sv[0]), proto::unique_fd(sv[1])};
 }
+
+/// A connected AF_UNIX stream socket to `path` (blocking), or an empty fd.
+inline proto::unique_fd dial_unix(const std::string& path) {
+  proto::unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path.c_str());
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) return {};
+  return fd;
+}
+
+/// A listening AF_UNIX stream socket on `path`, or an empty fd.
+inline proto::unique_fd listen_unix(const std::string& path) {
+  proto::unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path.c_str());
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd.get(), 16) != 0) return {};
+  return fd;
+}
+
+/// Fixture base for tests with a socket path: a private temporary folder (short enough for
+/// sun_path), and a check that the test leaked no file descriptor. Derived fixtures release
+/// their endpoints and runtime, then call socket_dir_test::TearDown().
+class socket_dir_test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fds_before_ = count_open_fds();
+    char d[] = "/tmp/vfu-test-XXXXXX";
+    ASSERT_TRUE(::mkdtemp(d));
+    dir_ = d;
+    path_ = dir_ + "/dev.sock";
+  }
+  void TearDown() override {
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+    EXPECT_EQ(count_open_fds(), fds_before_) << "file descriptors leaked";
+  }
+  int fds_before_ = 0;
+  std::string dir_, path_;
+};
 
 /// A peer that reads and writes frames on a socket with blocking calls.
 class raw_peer {

@@ -25,23 +25,14 @@ using namespace vfu::proto;
 using namespace std::chrono_literals;
 namespace dt = vfu::dev::dmatest;
 
-class ClientTest : public ::testing::Test {
+class ClientTest : public test::socket_dir_test {
  protected:
-  void SetUp() override {
-    fds_before_ = test::count_open_fds();
-    char d[] = "/tmp/vfu-cli-XXXXXX";
-    ASSERT_TRUE(::mkdtemp(d));
-    dir_ = d;
-    path_ = dir_ + "/dev.sock";
-  }
   void TearDown() override {
     client_.reset();
     server_.reset();
     stop_child();
     rt_.reset();
-    ::unlink(path_.c_str());
-    ::rmdir(dir_.c_str());
-    EXPECT_EQ(test::count_open_fds(), fds_before_) << "file descriptors leaked";
+    socket_dir_test::TearDown();
   }
   // vfu-serve in its own process, so it can be killed like a crashing device server.
   void start_child(const char* device) {
@@ -70,9 +61,7 @@ class ClientTest : public ::testing::Test {
     return nullptr;
   }
 
-  int fds_before_ = 0;
   pid_t child_ = -1;
-  std::string dir_, path_;
   std::unique_ptr<runtime> rt_ = std::make_unique<runtime>();
   std::unique_ptr<endpoint> server_;
   std::unique_ptr<dev::remote_device> client_;
@@ -246,13 +235,8 @@ class HostileServerTest : public ClientTest {
  protected:
   // Accepts one client on path_ and runs `script` with a raw peer.
   void script(std::function<void(test::raw_peer&)> fn) {
-    unique_fd l(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    std::strcpy(sa.sun_path, path_.c_str());
-    ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
-    ASSERT_EQ(::listen(l.get(), 4), 0);
-    listener_ = std::move(l);
+    listener_ = test::listen_unix(path_);
+    ASSERT_TRUE(listener_);
     thread_ = std::thread([this, fn] {
       test::raw_peer p(unique_fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC)));
       fn(p);

@@ -20,14 +20,10 @@ using namespace vfu;
 using namespace vfu::proto;
 using namespace std::chrono_literals;
 
-class FaultTest : public ::testing::Test {
+class FaultTest : public test::socket_dir_test {
  protected:
   void SetUp() override {
-    fds_before_ = test::count_open_fds();
-    char d[] = "/tmp/vfu-flt-XXXXXX";
-    ASSERT_TRUE(::mkdtemp(d));
-    dir_ = d;
-    path_ = dir_ + "/dev.sock";
+    socket_dir_test::SetUp();
     auto ep = endpoint::listen(*rt_, path_, {}, dev::spawn_device(rt_->system(), dev::make_sample("gpio")));
     ASSERT_TRUE(ep.ok());
     server_ = std::move(ep.value());
@@ -35,18 +31,9 @@ class FaultTest : public ::testing::Test {
   void TearDown() override {
     server_.reset();
     rt_.reset();
-    ::unlink(path_.c_str());
-    ::rmdir(dir_.c_str());
-    EXPECT_EQ(test::count_open_fds(), fds_before_) << "file descriptors leaked";
+    socket_dir_test::TearDown();
   }
-  unique_fd dial() {
-    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    std::strcpy(sa.sun_path, path_.c_str());
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) return {};
-    return fd;
-  }
+  unique_fd dial() { return test::dial_unix(path_); }
   // A complete, well-behaved session: VERSION and one BAR2 read.
   bool good_session() {
     test::raw_peer p(dial());
@@ -56,8 +43,6 @@ class FaultTest : public ::testing::Test {
     return r && r->hdr().msg_id == 9 && !r->hdr().is_error();
   }
 
-  int fds_before_ = 0;
-  std::string dir_, path_;
   std::unique_ptr<runtime> rt_ = std::make_unique<runtime>();
   std::unique_ptr<endpoint> server_;
 };

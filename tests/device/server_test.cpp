@@ -18,22 +18,13 @@ using namespace vfu::proto;
 using namespace std::chrono_literals;
 namespace dt = vfu::dev::dmatest;
 
-class ServerTest : public ::testing::Test {
+class ServerTest : public test::socket_dir_test {
  protected:
-  void SetUp() override {
-    fds_before_ = test::count_open_fds();
-    char d[] = "/tmp/vfu-srv-XXXXXX";
-    ASSERT_TRUE(::mkdtemp(d));
-    dir_ = d;
-    path_ = dir_ + "/dev.sock";
-  }
   void TearDown() override {
     client_.reset();
     server_.reset();
     rt_.reset();
-    ::unlink(path_.c_str());
-    ::rmdir(dir_.c_str());
-    EXPECT_EQ(test::count_open_fds(), fds_before_) << "file descriptors leaked";
+    socket_dir_test::TearDown();
   }
   void serve(const std::string& name) {
     auto dev = dev::spawn_device(rt_->system(), dev::make_sample(name));
@@ -60,8 +51,6 @@ class ServerTest : public ::testing::Test {
     EXPECT_TRUE(d.write(region_index::config, off, &v, 4).ok());
   }
 
-  int fds_before_ = 0;
-  std::string dir_, path_;
   std::unique_ptr<runtime> rt_ = std::make_unique<runtime>();
   std::unique_ptr<endpoint> server_;
   std::unique_ptr<dev::remote_device> client_;

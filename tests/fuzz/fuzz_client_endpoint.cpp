@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "actors/endpoint.hpp"
+#include "tests/fuzz/fuzz_support.hpp"
 #include "device/remote_device.hpp"
 #include "protocol/assembler.hpp"
 
@@ -27,16 +28,6 @@ using namespace std::chrono_literals;
 namespace {
 
 runtime* rt = nullptr;
-
-int open_fds() {
-  int n = 0;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (auto* e = ::readdir(d))
-      if (e->d_name[0] != '.') ++n;
-    ::closedir(d);
-  }
-  return n;
-}
 
 // The fake server: answers each request with the next input frame.
 void fake_server(int fd, const uint8_t* data, size_t size, bool good_version) {
@@ -94,7 +85,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
-  const int baseline = open_fds();  // per input: libFuzzer itself opens fds as it goes
+  const int baseline = fuzz::open_fds();  // per input: libFuzzer itself opens fds as it goes
   bool good_version = data[0] & 1;
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::abort();
@@ -136,19 +127,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
   }
   server.join();
-  // Sockets close on the io thread shortly after the endpoint is gone: wait for the count
-  // to settle (bounded), and only then call it a leak.
-  int now = open_fds();
-  for (int i = 0; i < 2000 && now > baseline; ++i) {
-    ::usleep(1000);
-    now = open_fds();
-  }
-  static bool first = true;  // the first input creates Asio's epoll, eventfd and timerfd
-  bool check = !first;
-  first = false;
-  if (check && now > baseline) {
-    std::fprintf(stderr, "fd leak: %d open, baseline %d\n", now, baseline);
-    std::abort();
-  }
+  fuzz::check_no_fd_leak(baseline);
   return 0;
 }

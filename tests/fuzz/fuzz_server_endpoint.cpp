@@ -18,6 +18,7 @@
 #include <string>
 
 #include "actors/endpoint.hpp"
+#include "tests/fuzz/fuzz_support.hpp"
 #include "device/samples.hpp"
 
 using namespace vfu;
@@ -25,16 +26,6 @@ using namespace vfu;
 namespace {
 
 runtime* rt = nullptr;
-
-int open_fds() {
-  int n = 0;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (auto* e = ::readdir(d))
-      if (e->d_name[0] != '.') ++n;
-    ::closedir(d);
-  }
-  return n;
-}
 
 void send_piece(int fd, const uint8_t* p, size_t n, bool with_fd) {
   iovec iov{const_cast<uint8_t*>(p), n};
@@ -66,7 +57,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 2) return 0;
-  const int baseline = open_fds();  // per input: libFuzzer itself opens fds as it goes
+  const int baseline = fuzz::open_fds();  // per input: libFuzzer itself opens fds as it goes
   uint8_t mode = data[0];
   size_t piece = 1 + data[1] % 97;
   data += 2;
@@ -101,19 +92,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (*ep)->close();
   ep.value().reset();
   caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);  // the host owns its device actor
-  // Sockets close on the io thread shortly after the endpoint is gone: wait for the count
-  // to settle (bounded), and only then call it a leak.
-  int now = open_fds();
-  for (int i = 0; i < 2000 && now > baseline; ++i) {
-    ::usleep(1000);
-    now = open_fds();
-  }
-  static bool first = true;  // the first input creates Asio's epoll, eventfd and timerfd
-  bool check = !first;
-  first = false;
-  if (check && now > baseline) {
-    std::fprintf(stderr, "fd leak: %d open, baseline %d\n", now, baseline);
-    std::abort();
-  }
+  fuzz::check_no_fd_leak(baseline);
   return 0;
 }
