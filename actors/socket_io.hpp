@@ -75,7 +75,6 @@ class stream_transport : public std::enable_shared_from_this<stream_transport> {
   std::atomic<uint32_t> max_frame_;
   proto::frame_assembler asm_;
   caf::actor owner_;
-  std::vector<uint8_t> buf_;
   bool stopped_ = false;
 };
 
