@@ -4,6 +4,7 @@
 //   vfu-bench [--seconds=S] [--json]
 // A benchmark, not a test: nothing here asserts a time.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -141,22 +142,87 @@ result_row broker(dev::remote_device& d, double secs, int threads) {
   return summarize("vfu-broker client -> vfu-serve, " + std::to_string(threads) + " in flight", all, el, ops);
 }
 
+long rss_kib(pid_t pid) {
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+  if (!f) return -1;
+  char line[256];
+  long kib = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+  std::fclose(f);
+  return kib;
+}
+
+// N gpio devices in one vfu-serve, each with a connected client that negotiated and did one
+// read: the server's RSS per connected idle device.
+int idle_devices(const std::string& dir, int n) {
+  char tmp[] = "/tmp/vfu-idle-XXXXXX";
+  if (!::mkdtemp(tmp)) return 1;
+  std::vector<std::string> args{dir + "/vfu-serve"};
+  for (int i = 0; i < n; ++i) {
+    args.push_back("--device=gpio");
+    args.push_back("--socket-path=" + std::string(tmp) + "/" + std::to_string(i) + ".sock");
+  }
+  rlimit rl{rlim_t(4 * n + 256), rlim_t(4 * n + 256)};
+  ::setrlimit(RLIMIT_NOFILE, &rl);
+  pid_t srv = ::fork();
+  if (srv == 0) {
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    _exit(127);
+  }
+  std::string last = std::string(tmp) + "/" + std::to_string(n - 1) + ".sock";
+  for (int i = 0; i < 500 && ::access(last.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  long before = rss_kib(srv);
+  std::vector<proto::unique_fd> clients;
+  auto v = proto::make_frame(1, proto::version_request{{0, 2, std::string("{}")}});
+  auto r = proto::make_frame(2, proto::region_read_request{{1, 2, 4}});
+  uint8_t buf[4096];
+  for (int i = 0; i < n; ++i) {
+    proto::unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%d.sock", tmp, i);
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
+        ::write(fd.get(), v.bytes.data(), v.bytes.size()) < 0 || ::read(fd.get(), buf, sizeof buf) <= 0 ||
+        ::write(fd.get(), r.bytes.data(), r.bytes.size()) < 0 || ::read(fd.get(), buf, sizeof buf) <= 0) {
+      std::fprintf(stderr, "vfu-bench: client %d failed\n", i);
+      break;
+    }
+    clients.push_back(std::move(fd));
+  }
+  long after = rss_kib(srv);
+  std::printf("%d idle devices: vfu-serve RSS %ld KiB listening, %ld KiB with %zu connected clients: %.1f KiB per connected device\n",
+              n, before, after, clients.size(), double(after) / double(std::max<size_t>(1, clients.size())));
+  clients.clear();
+  ::kill(srv, SIGTERM);
+  ::waitpid(srv, nullptr, 0);
+  for (int i = 0; i < n; ++i) ::unlink((std::string(tmp) + "/" + std::to_string(i) + ".sock").c_str());
+  ::rmdir(tmp);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   double secs = 2;
   bool json = false;
+  int idle = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--seconds=", 0) == 0) secs = std::max(0.1, std::atof(a.c_str() + 10));
+    else if (a.rfind("--idle-devices=", 0) == 0) idle = std::atoi(a.c_str() + 15);
     else if (a == "--json") json = true;
     else {
-      std::fprintf(stderr, "usage: vfu-bench [--seconds=S] [--json]\n");
+      std::fprintf(stderr, "usage: vfu-bench [--seconds=S] [--json] [--idle-devices=N]\n");
       return 2;
     }
   }
   std::string self = argv[0];
   std::string dir = self.find('/') == std::string::npos ? "." : self.substr(0, self.rfind('/'));
+  if (idle > 0) return idle_devices(dir, std::min(idle, 10000));
   char tmp[] = "/tmp/vfu-bench-XXXXXX";
   if (!::mkdtemp(tmp)) return 1;
   std::string sock = std::string(tmp) + "/gpio.sock";
