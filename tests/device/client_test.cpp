@@ -277,6 +277,18 @@ class HostileServerTest : public ClientTest {
     r.num_irqs = irqs;
     p.send(r, q->hdr().msg_id);
   }
+  // VERSION, a device with one region, then `reply(id)` as the answer to GET_REGION_INFO;
+  // the client's probe must fail with `expected`.
+  void expect_region_refused(std::function<frame(uint16_t)> reply, errc expected) {
+    script([reply](test::raw_peer& p) {
+      answer_version(p);
+      answer_info(p, 1);
+      if (auto q = p.recv()) p.send(reply(q->hdr().msg_id));
+    });
+    client_ = open_once();
+    ASSERT_TRUE(client_);
+    EXPECT_EQ(client_->probe().err().code, expected);
+  }
   unique_fd listener_;
   std::thread thread_;
   error open_error_;
@@ -306,67 +318,52 @@ TEST_F(HostileServerTest, TooManyRegionsIsRefused) {
 }
 
 TEST_F(HostileServerTest, LoopingCapabilityChainIsRefused) {
-  script([](test::raw_peer& p) {
-    answer_version(p);
-    answer_info(p, 1);
-    auto q = p.recv();
-    if (!q) return;
-    // A region-info reply whose type cap points back at itself.
-    region_info_reply r;
-    r.argsz = 48;
-    r.flags = region_flags::read | region_flags::caps;
-    r.size = 0x1000;
-    region_cap cap;
-    cap.id = region_cap_id::type;
-    r.caps.push_back(cap);
-    auto f = make_frame(q->hdr().msg_id, r);
-    uint32_t self_ptr = 32;
-    std::memcpy(f.bytes.data() + 16 + 32 + 4, &self_ptr, 4);  // next = its own offset
-    p.send(f);
-  });
-  client_ = open_once();
-  ASSERT_TRUE(client_);
-  EXPECT_EQ(client_->probe().err().code, errc::bad_cap_chain);
+  expect_region_refused(
+      [](uint16_t id) {
+        // A region-info reply whose type cap points back at itself.
+        region_info_reply r;
+        r.argsz = 48;
+        r.flags = region_flags::read | region_flags::caps;
+        r.size = 0x1000;
+        region_cap cap;
+        cap.id = region_cap_id::type;
+        r.caps.push_back(cap);
+        auto f = make_frame(id, r);
+        uint32_t self_ptr = 32;
+        std::memcpy(f.bytes.data() + 16 + 32 + 4, &self_ptr, 4);  // next = its own offset
+        return f;
+      },
+      errc::bad_cap_chain);
 }
 
 TEST_F(HostileServerTest, SparseAreaBeyondTheRegionIsRefused) {
-  script([](test::raw_peer& p) {
-    answer_version(p);
-    answer_info(p, 1);
-    auto q = p.recv();
-    if (!q) return;
-    region_info_reply r;
-    r.argsz = 64;
-    r.flags = region_flags::read | region_flags::mmap | region_flags::caps;
-    r.size = 0x1000;
-    region_cap cap;
-    cap.id = region_cap_id::sparse_mmap;
-    cap.areas = {{0x800, 0x1000}};  // ends past the 4 KiB region
-    r.caps.push_back(cap);
-    p.send(r, q->hdr().msg_id);
-  });
-  client_ = open_once();
-  ASSERT_TRUE(client_);
-  EXPECT_EQ(client_->probe().err().code, errc::bad_value);
+  expect_region_refused(
+      [](uint16_t id) {
+        region_info_reply r;
+        r.argsz = 64;
+        r.flags = region_flags::read | region_flags::mmap | region_flags::caps;
+        r.size = 0x1000;
+        region_cap cap;
+        cap.id = region_cap_id::sparse_mmap;
+        cap.areas = {{0x800, 0x1000}};  // ends past the 4 KiB region
+        r.caps.push_back(cap);
+        return make_frame(id, r);
+      },
+      errc::bad_value);
 }
 
 TEST_F(HostileServerTest, TooManyFdsWithARegionAreRefusedAndClosed) {
-  script([](test::raw_peer& p) {
-    answer_version(p);
-    answer_info(p, 1);
-    auto q = p.recv();
-    if (!q) return;
-    region_info_reply r;
-    r.flags = region_flags::read | region_flags::mmap;
-    r.size = 0x1000;
-    fd_list fds;
-    fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
-    fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
-    p.send(make_frame(q->hdr().msg_id, r, 0, std::move(fds)));
-  });
-  client_ = open_once();
-  ASSERT_TRUE(client_);
-  EXPECT_EQ(client_->probe().err().code, errc::bad_fds);
+  expect_region_refused(
+      [](uint16_t id) {
+        region_info_reply r;
+        r.flags = region_flags::read | region_flags::mmap;
+        r.size = 0x1000;
+        fd_list fds;
+        fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
+        fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
+        return make_frame(id, r, 0, std::move(fds));
+      },
+      errc::bad_fds);
   // TearDown checks that the two fds were closed.
 }
 

@@ -68,6 +68,7 @@ class runner {
   outcome send_raw(const step& s);
   outcome expect_reply(const step& s);
   outcome expect_request(const step& s);
+  std::optional<outcome> receive_one(const step& s, bool reply, io::received& r);
   outcome send_reply(const step& s);
   outcome expect_close(const step& s);
   outcome expect_silence(const step& s);

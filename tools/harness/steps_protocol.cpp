@@ -277,15 +277,25 @@ outcome runner::send_raw(const step& s) {
   return outcome::pass(std::to_string(f.bytes.size()) + " bytes");
 }
 
-outcome runner::expect_reply(const step& s) {
+// Waits for the next frame that is a reply (or a command) and logs it; a failure outcome
+// when none comes within the step's timeout or the connection closes first.
+std::optional<outcome> runner::receive_one(const step& s, bool reply, io::received& r) {
   outcome o;
   if (!need_conn(o)) return o;
-  io::received r;
   auto to = step_timeout(s);
-  auto got = conn_->next([](const proto::header& h) { return h.is_reply(); }, io::after(to), r);
-  if (got == io::connection::got::timeout) return outcome::failure("no reply within " + format_duration(to));
-  if (got == io::connection::got::closed) return outcome::failure("no reply: " + conn_->why_closed());
+  auto got = conn_->next([reply](const proto::header& h) { return reply ? h.is_reply() : h.is_command(); },
+                         io::after(to), r);
+  const char* what = reply ? "reply" : "request";
+  if (got == io::connection::got::timeout)
+    return outcome::failure(std::string("no ") + what + " within " + format_duration(to));
+  if (got == io::connection::got::closed) return outcome::failure(std::string("no ") + what + ": " + conn_->why_closed());
   log_frame("<", r.f);
+  return std::nullopt;
+}
+
+outcome runner::expect_reply(const step& s) {
+  io::received r;
+  if (auto failed = receive_one(s, true, r)) return *failed;
   auto h = r.f.hdr();
   std::vector<std::string> problems;
   // Which request does it answer? Replies come in request order unless hdr.msg_id says otherwise.
@@ -336,14 +346,8 @@ outcome runner::expect_reply(const step& s) {
 }
 
 outcome runner::expect_request(const step& s) {
-  outcome o;
-  if (!need_conn(o)) return o;
   io::received r;
-  auto to = step_timeout(s);
-  auto got = conn_->next([](const proto::header& h) { return h.is_command(); }, io::after(to), r);
-  if (got == io::connection::got::timeout) return outcome::failure("no request within " + format_duration(to));
-  if (got == io::connection::got::closed) return outcome::failure("no request: " + conn_->why_closed());
-  log_frame("<", r.f);
+  if (auto failed = receive_one(s, false, r)) return *failed;
   auto h = r.f.hdr();
   last_request_ = h;
   std::vector<std::string> problems;
