@@ -25,7 +25,13 @@ stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, ui
                                    std::shared_ptr<direct_calls> direct)
     : direct_(std::move(direct)), io_(io), sock_(io), fd_(fd.get()), max_frame_(max_frame), asm_(max_frame) {
   boost::system::error_code ec;
-  sock_.assign(asio::local::stream_protocol(), fd.release(), ec);
+  sock_.assign(asio::local::stream_protocol(), fd.get(), ec);
+  if (ec) {  // e.g. the reactor could not register it: reported to the owner by start()
+    setup_error_ = proto::error(proto::errc::io_error, ec.value(), "registering the socket: " + ec.message());
+    closed_ = true;  // no write may use the fd number once `fd` closes it
+    return;
+  }
+  fd.release();
   sock_.non_blocking(true, ec);
 }
 
@@ -35,6 +41,11 @@ void stream_transport::start(caf::actor owner) {
   auto self = shared_from_this();
   asio::post(io_, [self, owner = std::move(owner)]() mutable {
     self->owner_ = std::move(owner);
+    if (self->setup_error_) {
+      self->stopped_ = true;
+      caf::anon_send(self->owner_, ioerr_atom::value, self->setup_error_);
+      return;
+    }
     self->arm();
   });
 }
@@ -43,7 +54,15 @@ void stream_transport::arm() {
   if (stopped_) return;
   auto self = shared_from_this();
   sock_.async_wait(asio::socket_base::wait_read, [self](const boost::system::error_code& ec) {
-    if (ec || self->stopped_) return;  // cancelled by close()
+    if (ec == asio::error::operation_aborted || self->stopped_) return;  // cancelled by close()
+    if (ec) {
+      // Any other error ends the connection with its cause; returning silently would leave
+      // the socket unwatched and the connection open forever.
+      self->stopped_ = true;
+      caf::anon_send(self->owner_, ioerr_atom::value,
+                     proto::error(proto::errc::io_error, ec.value(), "waiting for the socket: " + ec.message()));
+      return;
+    }
     self->on_readable();
   });
 }
@@ -185,7 +204,13 @@ void stream_transport::arm_writable() {
   asio::post(io_, [self] {
     if (self->stopped_) return;
     self->sock_.async_wait(asio::socket_base::wait_write, [self](const boost::system::error_code& ec) {
-      if (!ec) self->on_writable();
+      if (!ec) {
+        self->on_writable();
+      } else if (ec != asio::error::operation_aborted && !self->stopped_) {
+        self->stopped_ = true;  // as for reads: end the connection with the cause
+        caf::anon_send(self->owner_, ioerr_atom::value,
+                       proto::error(proto::errc::io_error, ec.value(), "waiting to write: " + ec.message()));
+      }
     });
   });
 }

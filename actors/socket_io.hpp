@@ -62,6 +62,7 @@ class stream_transport : public std::enable_shared_from_this<stream_transport> {
   void write_failed(int err);
 
   std::shared_ptr<direct_calls> direct_;
+  proto::error setup_error_;
   std::mutex wm_;
   std::deque<frame_ptr> outq_;
   size_t out_off_ = 0;
