@@ -1,7 +1,11 @@
 #include "actors/runtime.hpp"
 
-#include <cstdio>
+#include <boost/asio/post.hpp>
 
+#include <cstdio>
+#include <future>
+
+#include "actors/event_loop.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {
@@ -36,7 +40,7 @@ std::vector<std::string> runtime::filter_caf_args(int argc, char** argv, std::ve
 }
 
 runtime::runtime(const std::vector<std::string>& caf_args, runtime_options opts)
-    : cfg_(std::make_unique<config>(opts)) {
+    : cfg_(std::make_unique<config>(opts)), opts_(opts) {
   if (!caf_args.empty()) {
     std::vector<std::string> argv_store{"vfu"};
     argv_store.insert(argv_store.end(), caf_args.begin(), caf_args.end());
@@ -44,14 +48,26 @@ runtime::runtime(const std::vector<std::string>& caf_args, runtime_options opts)
     for (auto& s : argv_store) argv.push_back(s.data());
     cfg_->parse(int(argv.size()), argv.data());
   }
-  // When logging is asked for on the console without a format, use a compact one.
-  sys_ = std::make_unique<caf::actor_system>(*cfg_);
+  // The guard keeps the loop blocking in the io_context while no socket is open.
   guard_ = std::make_unique<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>(
       io_.get_executor());
-  io_thread_ = std::thread([this] { io_.run(); });
+  if (opts_.single_loop) event_loop::install(*cfg_, io_);
+  sys_ = std::make_unique<caf::actor_system>(*cfg_);
+  if (!opts_.single_loop) io_thread_ = std::thread([this] { io_.run(); });
 }
 
 runtime::~runtime() {
+  if (opts_.single_loop) {
+    // The last actors' exits post socket closes to the io_context; let the loop run them
+    // (handlers run in order) before the scheduler, and with it the loop, stops.
+    sys_->await_all_actors_done();
+    std::promise<void> drained;
+    boost::asio::post(io_, [&drained] { drained.set_value(); });
+    drained.get_future().wait();
+    sys_.reset();
+    guard_.reset();
+    return;
+  }
   guard_.reset();
   io_.stop();
   if (io_thread_.joinable()) io_thread_.join();

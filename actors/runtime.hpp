@@ -1,10 +1,12 @@
 // runtime.hpp: the process-wide pieces every vfu-broker endpoint runs on: one CAF actor
-// system and one Asio io_context thread that owns socket readiness for all connections.
+// system and one Asio io_context that owns socket readiness for all connections.
 //
-// Threading (caf-0.17.md sections 8 and 10): the scheduler uses the `sharing` policy with
-// one worker by default, so all of a connection's actors run on one thread and an actor hop
-// costs about a microsecond; the io thread is the only other thread on the receive path.
-// The default work-stealing scheduler is about 6x slower for socket-driven work.
+// Threading, by default (single_loop): one thread runs the io_context *and* every
+// scheduled actor (event_loop.hpp), so a frame goes from recvmsg through the socket,
+// dispatcher and device actors to sendmsg without waking another thread. With
+// single_loop = false: a separate io thread plus `workers` CAF threads with the `sharing`
+// policy (caf-0.17.md sections 8 and 10), for hosts whose device handlers block; each
+// request then costs one more cross-thread wake-up.
 #pragma once
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -19,7 +21,9 @@
 namespace vfu {
 
 struct runtime_options {
-  /// CAF scheduler threads. 1 is fastest on 2 cores; use 2 if device handlers may block.
+  /// One thread for io and actors (fastest; every handler must be non-blocking).
+  bool single_loop = true;
+  /// CAF scheduler threads when !single_loop (use 2 or more if device handlers may block).
   size_t workers = 1;
 };
 
@@ -43,10 +47,11 @@ class runtime {
  private:
   struct config;
   std::unique_ptr<config> cfg_;
-  std::unique_ptr<caf::actor_system> sys_;
-  boost::asio::io_context io_;
+  runtime_options opts_;
+  boost::asio::io_context io_;  // before sys_: the loop scheduler runs it
   std::unique_ptr<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard_;
-  std::thread io_thread_;
+  std::unique_ptr<caf::actor_system> sys_;
+  std::thread io_thread_;  // only without single_loop
 };
 
 }  // namespace vfu

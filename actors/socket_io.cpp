@@ -101,9 +101,13 @@ void stream_transport::on_readable() {
     }
     if (n > 0) {
       bytes_in += uint64_t(n);
+      bool had_fds = !fds.empty();
       asm_.set_max_frame(max_frame_.load(std::memory_order_relaxed));
       asm_.feed(buf_.data(), size_t(n), std::move(fds), *batch);
       if (asm_.failed()) break;
+      // A stream recvmsg without fds returns short only when the queue is empty (it stops
+      // early only after a message with fds): skip the read that would say EAGAIN.
+      if (size_t(n) < buf_.size() && !had_fds) break;
       continue;
     }
     if (n == 0) {
@@ -159,28 +163,64 @@ proto::status stream_transport::send(const frame_ptr& f) {
     return proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB");
   }
   if (write_armed_) return {};  // the io thread will write it, in order
+  if (f->fds.empty() && event_loop::on_loop_thread()) {
+    if (!flush_pending_) {
+      flush_pending_ = true;
+      event_loop::defer_flush(shared_from_this());
+    }
+    return {};
+  }
   if (!flush_locked()) return proto::error(proto::errc::peer_gone, "sendmsg failed");
   return {};
 }
 
+void stream_transport::flush_deferred() {
+  std::lock_guard<std::mutex> g(wm_);
+  flush_pending_ = false;
+  if (!closed_ && !write_armed_) flush_locked();
+}
+
 bool stream_transport::flush_locked() {
+  constexpr size_t max_iov = 64;
+  constexpr size_t max_batch = 1u << 20;
   while (!outq_.empty()) {
-    auto& f = *outq_.front();
-    ssize_t r = send_some(fd_, f.bytes, out_off_, f.fds);
+    iovec iov[max_iov];
+    size_t n = 0, want = 0;
+    auto& front = *outq_.front();
+    const proto::fd_list* fds = out_off_ == 0 && !front.fds.empty() ? &front.fds : nullptr;
+    iov[n++] = iovec{front.bytes.data() + out_off_, front.bytes.size() - out_off_};
+    want += iov[0].iov_len;
+    if (!fds) {
+      for (size_t i = 1; i < outq_.size() && n < max_iov && want < max_batch; ++i) {
+        auto& fr = *outq_[i];
+        if (!fr.fds.empty()) break;  // goes alone, in the next sendmsg
+        iov[n++] = iovec{fr.bytes.data(), fr.bytes.size()};
+        want += fr.bytes.size();
+      }
+    }
+    ssize_t r = send_iov(fd_, iov, n, fds);
     if (r < 0) {
       write_failed(int(-r));
       return false;
     }
-    if (size_t(r) < f.bytes.size()) {
-      out_off_ = size_t(r);
+    for (size_t left = size_t(r); left > 0;) {
+      auto& fr = *outq_.front();
+      size_t rest = fr.bytes.size() - out_off_;
+      if (left < rest) {
+        out_off_ += left;
+        break;
+      }
+      left -= rest;
+      queued_ -= fr.bytes.size();
+      bytes_out += fr.bytes.size();
+      ++frames_out;
+      out_off_ = 0;
+      outq_.pop_front();  // closes our copies of the sent fds; the peer has its own
+    }
+    if (size_t(r) < want) {  // the socket is full: the io thread goes on when it drains
       arm_writable();
       return true;
     }
-    queued_ -= f.bytes.size();
-    bytes_out += f.bytes.size();
-    ++frames_out;
-    out_off_ = 0;
-    outq_.pop_front();  // closes our copies of the sent fds; the peer has its own
   }
   return true;
 }
@@ -237,36 +277,31 @@ void stream_transport::close() {
   });
 }
 
-ssize_t send_some(int fd, const std::vector<uint8_t>& bytes, size_t off, const proto::fd_list& fds) {
-  while (off < bytes.size()) {
-    iovec iov{const_cast<uint8_t*>(bytes.data() + off), bytes.size() - off};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * proto::limits::scm_max_fd)];
-    if (off == 0 && !fds.empty()) {
-      size_t n = std::min<size_t>(fds.size(), proto::limits::scm_max_fd);
-      mh.msg_control = cbuf;
-      mh.msg_controllen = CMSG_SPACE(sizeof(int) * n);
-      cmsghdr* c = CMSG_FIRSTHDR(&mh);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * n);
-      for (size_t k = 0; k < n; ++k) {
-        int v = fds[k].get();
-        std::memcpy(CMSG_DATA(c) + k * sizeof(int), &v, sizeof v);
-      }
+ssize_t send_iov(int fd, const iovec* iov, size_t n, const proto::fd_list* fds) {
+  msghdr mh{};
+  mh.msg_iov = const_cast<iovec*>(iov);
+  mh.msg_iovlen = n;
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * proto::limits::scm_max_fd)];
+  if (fds && !fds->empty()) {
+    size_t k = std::min<size_t>(fds->size(), proto::limits::scm_max_fd);
+    mh.msg_control = cbuf;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * k);
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * k);
+    for (size_t i = 0; i < k; ++i) {
+      int v = (*fds)[i].get();
+      std::memcpy(CMSG_DATA(c) + i * sizeof(int), &v, sizeof v);
     }
-    ssize_t n = ::sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n >= 0) {
-      off += size_t(n);
-      continue;
-    }
+  }
+  for (;;) {
+    ssize_t r = ::sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (r >= 0) return r;
     if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return ssize_t(off);
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
     return -errno;
   }
-  return ssize_t(off);
 }
 
 }  // namespace vfu

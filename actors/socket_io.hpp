@@ -10,7 +10,15 @@
 //    the socket does not take at once is queued and written by the io thread when the
 //    socket is writable again; no caller ever blocks on a full socket. close() takes the
 //    same mutex, so no write can use the fd after it was closed (and its number reused).
+//  - Batching: on the event loop thread (event_loop.hpp), a frame without fds is queued and
+//    written when the loop runs out of actor work, so the replies to one read batch leave
+//    in one sendmsg. Queued frames without fds are gathered into one sendmsg; a frame with
+//    fds is always written in a sendmsg of its own, with the fds on its first byte: a peer
+//    that reads the header first (libvfio-user, QEMU) gets the fds with that header, and
+//    our assembler gives them to the frame that holds the read's last byte.
 #pragma once
+
+#include <sys/uio.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -21,6 +29,7 @@
 #include <memory>
 #include <mutex>
 
+#include "actors/event_loop.hpp"
 #include "actors/types.hpp"
 #include "protocol/assembler.hpp"
 #include "protocol/frame.hpp"
@@ -32,11 +41,11 @@ class direct_calls;
 /// Bytes a peer may leave unread in our send queue before we give up on it.
 inline constexpr size_t max_send_queue = 128u << 20;
 
-class stream_transport : public std::enable_shared_from_this<stream_transport> {
+class stream_transport : public deferred_writer, public std::enable_shared_from_this<stream_transport> {
  public:
   stream_transport(boost::asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
                    std::shared_ptr<direct_calls> direct = nullptr);
-  ~stream_transport();
+  ~stream_transport() override;
 
   /// Sends a whole frame (any thread). An error means the connection is broken; the owner
   /// is told with (ioerr_atom) as well.
@@ -48,6 +57,8 @@ class stream_transport : public std::enable_shared_from_this<stream_transport> {
   void set_max_frame(uint32_t n) noexcept { max_frame_.store(n, std::memory_order_relaxed); }
   /// Stops reading and closes the socket (on the io thread).
   void close();
+  /// Writes what send() queued on the event loop (called by the loop when it goes idle).
+  void flush_deferred() override;
 
   /// Counters for inspection.
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
@@ -68,6 +79,7 @@ class stream_transport : public std::enable_shared_from_this<stream_transport> {
   size_t out_off_ = 0;
   size_t queued_ = 0;
   bool write_armed_ = false;
+  bool flush_pending_ = false;  ///< registered with the event loop's deferred flush
   bool closed_ = false;
 
   boost::asio::io_context& io_;
@@ -79,9 +91,8 @@ class stream_transport : public std::enable_shared_from_this<stream_transport> {
   bool stopped_ = false;
 };
 
-/// Writes as much of `bytes[off..]` as the socket takes now, with `fds` on the first
-/// sendmsg of the frame (off == 0). Returns the new offset, or -errno (never -EAGAIN:
-/// EAGAIN returns the unchanged offset).
-ssize_t send_some(int fd, const std::vector<uint8_t>& bytes, size_t off, const proto::fd_list& fds);
+/// One sendmsg of `iov` (with `fds`, if any, as SCM_RIGHTS), retried on EINTR. Returns the
+/// bytes written (0 when the socket is full), or -errno.
+ssize_t send_iov(int fd, const iovec* iov, size_t n, const proto::fd_list* fds);
 
 }  // namespace vfu
