@@ -3,10 +3,19 @@
 // A round trip through actors costs a cross-thread wake-up per hop (caf-0.17.md section 8).
 // For a thread blocked in endpoint::call the critical path is cut to what the protocol
 // needs: the calling thread writes its frame itself (stream_transport::send is thread-safe)
-// and the io thread hands the reply straight to the blocked thread. The correlation actor
-// still owns every such request's lifecycle: it is told about it before the frame is
-// written ("track"), and it times it out, fails it when the connection dies, and logs
-// no-wait failures, exactly as for its own requests.
+// and the event loop hands the reply straight to the blocked thread: one wake-up, as for a
+// raw socket client. Who completes a blocking call, exactly once:
+//  - its reply: the event loop, from the read batch (complete());
+//  - its timeout: the calling thread itself (expire()); a reply that comes later is
+//    recognised and dropped quietly, without desyncing the stream;
+//  - the connection's death: the transport, as it closes (fail_all()), at once for every
+//    call, so nobody waits out a timeout.
+// An epoch ties each call to one connection: fail_all() moves it on, and a call registered
+// with an older epoch is refused instead of being written to a connection that is gone.
+//
+// No-wait requests (endpoint::post) also take this lane, so they stay in order with a
+// thread's calls, but the correlation actor tracks them: it times them out, logs their
+// failures and answers wait_posted (a "track" message before the write, a "retire" after).
 //
 // Id spaces: the correlation actor allocates 1..0x7fff, direct calls 0x8000..0xffff, so
 // neither ever reuses an id the other has pending.
@@ -14,6 +23,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -26,6 +36,8 @@ namespace vfu {
 class direct_calls {
  public:
   static constexpr uint16_t id_base = 0x8000;
+  /// Timed-out ids remembered, so that their late replies are dropped quietly.
+  static constexpr size_t late_memory = 256;
 
   explicit direct_calls(uint32_t max_outstanding) : max_(max_outstanding ? max_outstanding : 1) {}
 
@@ -33,12 +45,32 @@ class direct_calls {
   bool acquire(std::chrono::milliseconds limit);
   void release();
 
-  /// Registers a request; `slot` is null for no-wait requests. Returns its id.
-  std::optional<uint16_t> add(std::shared_ptr<call_slot> slot, uint16_t command);
+  /// The current connection's epoch (see above).
+  uint64_t epoch();
+  /// Registers a request; `slot` is null for no-wait requests. Fails (nullopt) when `epoch`
+  /// is not the current one or no id is free.
+  std::optional<uint16_t> add(std::shared_ptr<call_slot> slot, uint16_t command, uint64_t epoch);
   void remove(uint16_t id);
-  /// io thread: completes the blocked thread waiting for this reply, if any.
-  void complete(const frame_ptr& reply);
+  /// The caller's timeout: true if the call was still pending (it is now expired and its
+  /// late reply will be dropped), false if it completed meanwhile.
+  bool expire(uint16_t id);
+
+  enum class outcome : uint8_t {
+    completed,  ///< a blocked thread has its reply
+    nowait,     ///< a no-wait request's reply: the correlation actor retires it
+    late,       ///< the reply to a call that timed out: drop it
+    unknown,    ///< no such request: the correlation actor logs and counts it
+  };
+  /// Event loop: hands a reply to the thread waiting for it.
+  outcome complete(const frame_ptr& reply);
+  /// The connection is gone: completes every blocked call with `why` and moves the epoch on.
+  void fail_all(const proto::error& why);
   static bool owns(uint16_t id) noexcept { return id >= id_base; }
+
+  struct counters {
+    uint64_t sent = 0, completed = 0, timeouts = 0, late = 0, failed_on_loss = 0;
+  };
+  counters stats();
 
  private:
   struct entry {
@@ -50,7 +82,10 @@ class direct_calls {
   uint32_t max_;
   uint32_t inflight_ = 0;
   uint16_t next_ = id_base;
+  uint64_t epoch_ = 0;
   std::unordered_map<uint16_t, entry> map_;
+  std::deque<uint16_t> expired_;
+  counters stats_;
 };
 
 }  // namespace vfu

@@ -46,6 +46,7 @@ struct endpoint_status {
   uint64_t generation = 0;
   caf::actor socket;
   std::shared_ptr<stream_transport> transport;  ///< of the current connection, for direct calls
+  uint64_t direct_epoch = 0;                    ///< direct_calls' epoch for that connection
   // The callback is called with cb_m held, so that once on_state() replaced it, the old one
   // is neither running nor will run (its owner may be gone).
   std::mutex cb_m;
@@ -199,6 +200,9 @@ void start_connection(sup_t self, proto::unique_fd fd) {
     std::lock_guard<std::mutex> g(st.status->m);
     st.status->socket = st.socket;
     st.status->transport = tr;
+    // The previous transport's close has moved the epoch on (the socket actor's exit ran
+    // it before the supervisor heard of the death): this one belongs to `tr`.
+    st.status->direct_epoch = st.direct->epoch();
     ++st.status->generation;
   }
   self->send(st.corr, attach_atom::value, st.socket);
@@ -404,48 +408,61 @@ std::optional<uint16_t> endpoint::send_direct(const proto::message& m, uint32_t 
                                               std::shared_ptr<call_slot> slot, std::chrono::milliseconds timeout,
                                               proto::error& err) {
   std::shared_ptr<stream_transport> tr;
+  uint64_t epoch = 0;
   {
     std::lock_guard<std::mutex> g(status_->m);
-    if (status_->state == conn_state::ready) tr = status_->transport;
+    if (status_->state == conn_state::ready) {
+      tr = status_->transport;
+      epoch = status_->direct_epoch;
+    }
   }
   if (!tr) {
     err = proto::error(proto::errc::not_connected, "no connection");
     return std::nullopt;
   }
-  bool tracked = !(flags & proto::hflags::no_reply);
+  bool replied = !(flags & proto::hflags::no_reply);
   auto limit = std::max(cfg_.correlation.short_timeout, cfg_.correlation.long_timeout);
-  if (tracked && !direct_->acquire(limit)) {  // back-pressure
+  if (replied && !direct_->acquire(limit)) {  // back-pressure
     err = proto::error(proto::errc::busy, "too many outstanding requests");
     return std::nullopt;
   }
   auto cmd = proto::command_of(m);
-  auto id = direct_->add(tracked ? slot : nullptr, cmd);
+  auto id = direct_->add(replied ? slot : nullptr, cmd, epoch);
   if (!id) {
-    if (tracked) direct_->release();
-    err = proto::error(proto::errc::busy, "no free message id");
+    if (replied) direct_->release();
+    err = proto::error(proto::errc::not_connected, "connection lost, or no free message id");
     return std::nullopt;
   }
-  if (!tracked) direct_->remove(*id);  // nothing comes back: the id is free again
+  if (!replied) direct_->remove(*id);  // nothing comes back: the id is free again
   auto f = make_frame_ptr(proto::make_frame(*id, m, flags, std::move(fds)));
-  // The correlation actor learns about the request before it is written, so its reply (and
-  // the retire message that follows it) can never arrive first.
-  if (tracked)
-    caf::anon_send(corr_, track_atom::value, *id, cmd, slot ? std::make_shared<call_guard>(slot) : call_guard_ptr{},
-                   uint32_t(timeout.count()));
-  if (auto st = tr->send(f); !st) err = st.err();  // the correlation actor fails it when the socket dies
+  // A no-wait request is tracked by the correlation actor, which learns of it before it is
+  // written, so its reply (and the retire message that follows it) can never arrive first.
+  if (replied && !slot)
+    caf::anon_send(corr_, track_atom::value, *id, cmd, call_guard_ptr{}, uint32_t(timeout.count()));
+  if (auto st = tr->send(f); !st) err = st.err();  // the connection is failing: see call()
   return id;
 }
 
 call_result endpoint::call(const proto::message& m, proto::fd_list fds, std::chrono::milliseconds timeout) {
+  auto cmd = proto::command_of(m);
+  if (!timeout.count())
+    timeout = classify(cmd) == timeout_class::long_op ? cfg_.correlation.long_timeout : cfg_.correlation.short_timeout;
   auto slot = std::make_shared<call_slot>();
   proto::error err;
   auto id = send_direct(m, 0, std::move(fds), slot, timeout, err);
   if (!id) return call_result{nullptr, err};
-  // The correlation actor completes the slot on every path (reply via the io thread,
-  // timeout, loss); the extra margin only guards against a wedged scheduler.
-  auto limit = timeout.count() ? timeout : std::max(cfg_.correlation.short_timeout, cfg_.correlation.long_timeout);
-  auto r = slot->wait(limit + std::chrono::seconds(5));
-  direct_->remove(*id);
+  call_result r;
+  if (err) {  // not written: nothing will come back
+    direct_->remove(*id);
+    r = call_result{nullptr, err};
+  } else if (slot->wait_for(timeout) || !direct_->expire(*id)) {
+    r = slot->take();  // the reply, or the connection's loss
+  } else {
+    CAF_SET_LOGGER_SYS(&rt_.system());
+    CAF_LOG_WARNING(proto::command_name(cmd) << " id " << *id << " timed out");
+    r = call_result{nullptr, proto::error(proto::errc::timeout, std::string(proto::command_name(cmd)) + " timed out")};
+  }
+  direct_->release();
   return r;
 }
 
@@ -540,8 +557,10 @@ std::string endpoint::stats() {
   self->request(corr_, std::chrono::seconds(1), stats_atom::value)
       .receive(
           [&](correlation_stats& c) {
-            out += (out.empty() ? "" : " ") + std::string("sent=") + std::to_string(c.sent) +
-                   " completed=" + std::to_string(c.completed) + " timeouts=" + std::to_string(c.timeouts) +
+            auto d = direct_->stats();
+            out += (out.empty() ? "" : " ") + std::string("sent=") + std::to_string(c.sent + d.sent) +
+                   " completed=" + std::to_string(c.completed + d.completed) +
+                   " timeouts=" + std::to_string(c.timeouts + d.timeouts) + " late=" + std::to_string(d.late) +
                    " error_replies=" + std::to_string(c.error_replies) + " unexpected=" + std::to_string(c.unexpected) +
                    " pending_high_water=" + std::to_string(c.pending_high_water);
           },

@@ -18,7 +18,9 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
   self->state.transport = tr;
   self->state.correlation = std::move(correlation);
   self->state.dispatcher = std::move(dispatcher);
-  self->attach_functor([tr](const caf::error&) { tr->close(); });
+  self->attach_functor([tr](const caf::error& why) {
+    tr->close(proto::error(proto::errc::peer_gone, "connection lost: " + render(why)));
+  });
   tr->start(caf::actor_cast<caf::actor>(self));
   return {
       [=](frames_atom, event_batch& batch) {

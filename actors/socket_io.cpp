@@ -1,3 +1,4 @@
+#define CAF_LOG_COMPONENT "vfu"
 #include "actors/socket_io.hpp"
 
 #include <sys/socket.h>
@@ -120,9 +121,11 @@ void stream_transport::on_readable() {
     fail = proto::error(proto::errc::io_error, errno, std::string("recvmsg: ") + std::strerror(errno));
     break;
   }
-  // A reply to a blocked thread's direct call wakes that thread from here; the correlation
-  // actor is only told to retire the request (its header), off the critical path.
+  // A reply to a blocked thread's direct call wakes that thread from here, and the actors
+  // never see it. A no-wait request's reply is retired by the correlation actor (its
+  // header); a reply nobody asked for goes on to it as any other (logged, counted).
   std::vector<proto::header> retired;
+  uint64_t direct_replies = 0;
   if (direct_) {
     auto kept = std::make_shared<std::vector<proto::frame_assembler::event>>();
     kept->reserve(batch->size());
@@ -130,9 +133,18 @@ void stream_transport::on_readable() {
       if (ev.kind == proto::frame_assembler::event::frame_ready) {
         auto h = ev.f.hdr();
         if (h.is_reply() && direct_calls::owns(h.msg_id)) {
-          retired.push_back(h);
-          direct_->complete(make_frame_ptr(std::move(ev.f)));
-          continue;
+          auto fp = make_frame_ptr(std::move(ev.f));
+          switch (direct_->complete(fp)) {
+            case direct_calls::outcome::completed: ++direct_replies; continue;
+            case direct_calls::outcome::nowait: retired.push_back(h); continue;
+            case direct_calls::outcome::late:
+              ++direct_replies;
+              CAF_LOG_DEBUG("dropped late reply " << proto::describe(h, fp->fds.size()));
+              continue;
+            case direct_calls::outcome::unknown:
+              ev.f = std::move(*fp);
+              break;
+          }
         }
       }
       kept->push_back(std::move(ev));
@@ -141,7 +153,7 @@ void stream_transport::on_readable() {
   }
   for (auto& ev : *batch)
     if (ev.kind == proto::frame_assembler::event::frame_ready) ++frames_in;
-  frames_in += retired.size();
+  frames_in += retired.size() + direct_replies;
   if (!retired.empty()) caf::anon_send(owner_, retire_atom::value, std::move(retired));
   bool fatal = asm_.failed() || fail;
   if (!batch->empty()) caf::anon_send(owner_, frames_atom::value, batch);
@@ -261,7 +273,8 @@ void stream_transport::on_writable() {
   if (!closed_) flush_locked();
 }
 
-void stream_transport::close() {
+void stream_transport::close(const proto::error& why) {
+  if (direct_) direct_->fail_all(why);
   auto self = shared_from_this();
   asio::post(io_, [self] {
     {

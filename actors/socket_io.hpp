@@ -55,8 +55,9 @@ class stream_transport : public deferred_writer, public std::enable_shared_from_
   void start(caf::actor owner);
   /// Largest frame accepted from the next header on (any thread).
   void set_max_frame(uint32_t n) noexcept { max_frame_.store(n, std::memory_order_relaxed); }
-  /// Stops reading and closes the socket (on the io thread).
-  void close();
+  /// Stops reading and closes the socket (on the io thread). Blocked direct calls fail at
+  /// once with `why`.
+  void close(const proto::error& why = proto::error(proto::errc::peer_gone, "connection closed"));
   /// Writes what send() queued on the event loop (called by the loop when it goes idle).
   void flush_deferred() override;
 

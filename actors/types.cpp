@@ -29,6 +29,16 @@ call_result call_slot::wait(std::chrono::milliseconds limit) {
   return std::move(result_);
 }
 
+bool call_slot::wait_for(std::chrono::milliseconds limit) {
+  std::unique_lock<std::mutex> g(m_);
+  return cv_.wait_for(g, limit, [&] { return done_; });
+}
+
+call_result call_slot::take() {
+  std::lock_guard<std::mutex> g(m_);
+  return std::move(result_);
+}
+
 bool call_slot::done() {
   std::lock_guard<std::mutex> g(m_);
   return done_;

@@ -46,6 +46,9 @@ class call_slot {
   /// Waits up to `limit`; returns the result (a timeout error if the limit passed, which
   /// only happens if the broker itself is wedged: every path completes the slot).
   call_result wait(std::chrono::milliseconds limit);
+  /// Waits up to `limit` for the completion; true when it came (take() it then).
+  bool wait_for(std::chrono::milliseconds limit);
+  call_result take();
   bool done();
 
  private:
