@@ -1,6 +1,8 @@
 #include "device/samples.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace vfu::dev {
 
@@ -137,6 +139,34 @@ class dma_test_device : public device_model {
   uint8_t scratch_[dmatest::scratch_size] = {};
 };
 
+// ---- ram: 1 MiB of plain memory behind BAR0, reached only through REGION_READ/WRITE -------
+class ram_device : public device_model {
+ public:
+  ram_device() : mem_(ram::size) {
+    spec_.ids = pci_ids{dmatest::vendor, ram::device, dmatest::vendor, 0x0200, 0x050000 /* memory controller, RAM */, 1, 1};
+    spec_.bars[0] = bar_spec{ram::size, false, false, false};
+    spec_.regions[0].size = ram::size;
+    spec_.pm_capability = false;
+  }
+  const device_spec& spec() const override { return spec_; }
+  // The framework has checked region bounds before a hook runs.
+  int region_read(uint32_t region, uint64_t off, uint8_t* buf, uint32_t n) override {
+    if (region != 0) return EINVAL;
+    std::memcpy(buf, mem_.data() + off, n);
+    return 0;
+  }
+  int region_write(uint32_t region, uint64_t off, const uint8_t* buf, uint32_t n) override {
+    if (region != 0) return EINVAL;
+    std::memcpy(mem_.data() + off, buf, n);
+    return 0;
+  }
+  void reset() override { std::fill(mem_.begin(), mem_.end(), 0); }
+
+ private:
+  device_spec spec_;
+  std::vector<uint8_t> mem_;
+};
+
 }  // namespace
 
 std::shared_ptr<device_model> make_gpio() { return std::make_shared<gpio_device>(); }
@@ -144,6 +174,7 @@ std::shared_ptr<device_model> make_dma_test() { return std::make_shared<dma_test
 std::shared_ptr<device_model> make_sample(const std::string& name) {
   if (name == "gpio") return make_gpio();
   if (name == "dma-test") return make_dma_test();
+  if (name == "ram") return std::make_shared<ram_device>();
   return nullptr;
 }
 

@@ -6,6 +6,8 @@
 //  dma-test: a copy engine. BAR0 holds registers; ringing the doorbell copies LEN bytes of
 //            guest memory from SRC to DST (through mmapped windows or DMA messages) and
 //            raises MSI-X vector 0. BAR2 is 64 KiB of shared memory (mmap-able).
+//  ram:      1 MiB of memory behind BAR0, not mmap-able: every access is a REGION_READ or
+//            REGION_WRITE message (vfu-bench's bandwidth rows).
 #pragma once
 
 #include <memory>
@@ -34,9 +36,15 @@ inline constexpr uint32_t scratch_region = 9, scratch_size = 4096;
 inline constexpr uint32_t scratch_type = 0x80007675, scratch_subtype = 1;  // vendor-defined type
 }  // namespace dmatest
 
+/// ram sample.
+namespace ram {
+inline constexpr uint16_t device = 0x0002;
+inline constexpr uint32_t size = 1u << 20;
+}  // namespace ram
+
 std::shared_ptr<device_model> make_gpio();
 std::shared_ptr<device_model> make_dma_test();
-/// "gpio" or "dma-test"; nullptr for anything else.
+/// "gpio", "dma-test" or "ram"; nullptr for anything else.
 std::shared_ptr<device_model> make_sample(const std::string& name);
 
 }  // namespace vfu::dev

@@ -26,7 +26,7 @@ int usage(const char* msg) {
     return 2;
   }
   std::fprintf(stdout,
-               "usage: vfu-serve --device=gpio|dma-test (--socket-path=PATH | --fd=N) [...]\n"
+               "usage: vfu-serve --device=gpio|dma-test|ram (--socket-path=PATH | --fd=N) [...]\n"
                "                 [--quirks=spec|qemu|libvfio-user] [--logger.* CAF options]\n"
                "  Repeat --device/--socket-path pairs to serve several devices from one process.\n");
   return 0;
@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
     std::string v;
     if (a == "--help" || a == "-h") return usage(nullptr);
     if (parse_value(a, "--device", v)) {
-      if (!dev::make_sample(v)) return usage(("unknown device '" + v + "' (gpio or dma-test)").c_str());
+      if (!dev::make_sample(v)) return usage(("unknown device '" + v + "' (gpio, dma-test or ram)").c_str());
       devices.push_back(v);
     } else if (parse_value(a, "--socket-path", v)) {
       if (v.empty()) return usage("--socket-path needs a path");
