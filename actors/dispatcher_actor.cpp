@@ -20,6 +20,11 @@ using self_t = caf::stateful_actor<dispatcher_state>*;
 
 void reply(self_t self, const caf::actor& sock, const proto::header& req, outbound& out) {
   if (req.no_reply()) return;
+  if (!out.err && out.frame) {
+    out.frame->set_msg_id(req.msg_id);
+    self->send(sock, send_atom::value, std::move(out.frame));
+    return;
+  }
   proto::frame f = out.err ? proto::make_error_reply(req, out.err)
                            : out.reply ? proto::make_frame(req.msg_id, *out.reply, 0, std::move(out.fds))
                                        : proto::make_error_reply(req, EIO);

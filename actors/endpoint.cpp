@@ -404,9 +404,8 @@ proto::result<std::unique_ptr<endpoint>> endpoint::serve_fd(runtime& rt, proto::
   return ep;
 }
 
-std::optional<uint16_t> endpoint::send_direct(const proto::message& m, uint32_t flags, proto::fd_list fds,
-                                              std::shared_ptr<call_slot> slot, std::chrono::milliseconds timeout,
-                                              proto::error& err) {
+std::optional<uint16_t> endpoint::send_direct(proto::frame frame, std::shared_ptr<call_slot> slot,
+                                              std::chrono::milliseconds timeout, proto::error& err) {
   std::shared_ptr<stream_transport> tr;
   uint64_t epoch = 0;
   {
@@ -420,36 +419,41 @@ std::optional<uint16_t> endpoint::send_direct(const proto::message& m, uint32_t 
     err = proto::error(proto::errc::not_connected, "no connection");
     return std::nullopt;
   }
-  bool replied = !(flags & proto::hflags::no_reply);
+  auto h = frame.hdr();
+  bool replied = !h.no_reply();
   auto limit = std::max(cfg_.correlation.short_timeout, cfg_.correlation.long_timeout);
   if (replied && !direct_->acquire(limit)) {  // back-pressure
     err = proto::error(proto::errc::busy, "too many outstanding requests");
     return std::nullopt;
   }
-  auto cmd = proto::command_of(m);
-  auto id = direct_->add(replied ? slot : nullptr, cmd, epoch);
+  auto id = direct_->add(replied ? slot : nullptr, h.command, epoch);
   if (!id) {
     if (replied) direct_->release();
     err = proto::error(proto::errc::not_connected, "connection lost, or no free message id");
     return std::nullopt;
   }
   if (!replied) direct_->remove(*id);  // nothing comes back: the id is free again
-  auto f = make_frame_ptr(proto::make_frame(*id, m, flags, std::move(fds)));
+  frame.set_msg_id(*id);
+  auto f = make_frame_ptr(std::move(frame));
   // A no-wait request is tracked by the correlation actor, which learns of it before it is
   // written, so its reply (and the retire message that follows it) can never arrive first.
   if (replied && !slot)
-    caf::anon_send(corr_, track_atom::value, *id, cmd, call_guard_ptr{}, uint32_t(timeout.count()));
-  if (auto st = tr->send(f); !st) err = st.err();  // the connection is failing: see call()
+    caf::anon_send(corr_, track_atom::value, *id, h.command, call_guard_ptr{}, uint32_t(timeout.count()));
+  if (auto st = tr->send(f); !st) err = st.err();  // the connection is failing: see call_frame()
   return id;
 }
 
 call_result endpoint::call(const proto::message& m, proto::fd_list fds, std::chrono::milliseconds timeout) {
-  auto cmd = proto::command_of(m);
+  return call_frame(proto::make_frame(0, m, 0, std::move(fds)), timeout);
+}
+
+call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds timeout) {
+  auto cmd = frame.hdr().command;
   if (!timeout.count())
     timeout = classify(cmd) == timeout_class::long_op ? cfg_.correlation.long_timeout : cfg_.correlation.short_timeout;
   auto slot = std::make_shared<call_slot>();
   proto::error err;
-  auto id = send_direct(m, 0, std::move(fds), slot, timeout, err);
+  auto id = send_direct(std::move(frame), slot, timeout, err);
   if (!id) return call_result{nullptr, err};
   call_result r;
   if (err) {  // not written: nothing will come back
@@ -490,14 +494,19 @@ proto::result<proto::message> endpoint::call_decoded(const proto::message& m, pr
 // sends stays in the order it was sent.
 void endpoint::post(const proto::message& m, proto::fd_list fds) {
   proto::error err;
-  if (!send_direct(m, 0, std::move(fds), nullptr, std::chrono::milliseconds(0), err))
+  if (!send_direct(proto::make_frame(0, m, 0, std::move(fds)), nullptr, std::chrono::milliseconds(0), err))
     CAF_LOG_WARNING("no-wait " << proto::command_name(proto::command_of(m)) << " not sent: " << err.message());
 }
 
 void endpoint::post_noreply(const proto::message& m) {
+  post_frame(proto::make_frame(0, m, proto::hflags::no_reply));
+}
+
+void endpoint::post_frame(proto::frame f) {
   proto::error err;
-  if (!send_direct(m, proto::hflags::no_reply, {}, nullptr, std::chrono::milliseconds(0), err))
-    CAF_LOG_WARNING("posted " << proto::command_name(proto::command_of(m)) << " not sent: " << err.message());
+  auto cmd = f.hdr().command;
+  if (!send_direct(std::move(f), nullptr, std::chrono::milliseconds(0), err))
+    CAF_LOG_WARNING("posted " << proto::command_name(cmd) << " not sent: " << err.message());
 }
 
 call_result endpoint::wait_posted(std::chrono::milliseconds timeout) {

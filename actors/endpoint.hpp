@@ -6,7 +6,8 @@
 //   auto r = (*ep)->call(proto::region_read_request{{0, 7, 4}});  // blocks this thread
 //
 // Threading rules:
-//  - call(), call_decoded(), post(), post_noreply(), wait_posted(), state(), wait_state(),
+//  - call(), call_frame(), call_decoded(), post(), post_noreply(), post_frame(), wait_posted(),
+//    state(), wait_state(),
 //    negotiated() and close() may be called from any non-CAF thread (an emulator's vCPU or
 //    main thread), concurrently.
 //  - From inside an actor, never block: send (request_atom, frame_ptr, timeout_ms) to
@@ -84,6 +85,9 @@ class endpoint {
   /// `timeout` 0 = the command class's timeout.
   call_result call(const proto::message& m, proto::fd_list fds = {},
                    std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+  /// call() with a frame built by the caller (msg_id is assigned here): bulk data paths
+  /// build REGION_WRITE frames in one allocation (proto::make_region_frame).
+  call_result call_frame(proto::frame f, std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
   /// call() and decode the reply; an error reply becomes errc::remote_error with its errno.
   proto::result<proto::message> call_decoded(const proto::message& m, proto::fd_list fds = {},
                                              std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
@@ -95,6 +99,8 @@ class endpoint {
   void post(const proto::message& m, proto::fd_list fds = {});
   /// NO_REPLY: the peer sends nothing back (posted region writes).
   void post_noreply(const proto::message& m);
+  /// post() or post_noreply() (by its header's NO_REPLY flag) of a frame built by the caller.
+  void post_frame(proto::frame f);
   /// Waits for the youngest no-wait request to complete.
   call_result wait_posted(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
@@ -126,9 +132,8 @@ class endpoint {
   endpoint(runtime& rt, endpoint_config cfg, role r);
   void start_actors(caf::actor handler);
   /// Direct-call lane (direct_calls.hpp): registers, tracks and writes one request.
-  std::optional<uint16_t> send_direct(const proto::message& m, uint32_t flags, proto::fd_list fds,
-                                      std::shared_ptr<call_slot> slot, std::chrono::milliseconds timeout,
-                                      proto::error& err);
+  std::optional<uint16_t> send_direct(proto::frame f, std::shared_ptr<call_slot> slot,
+                                      std::chrono::milliseconds timeout, proto::error& err);
 
   runtime& rt_;
   endpoint_config cfg_;

@@ -18,6 +18,8 @@ namespace asio = boost::asio;
 namespace {
 // One read takes up to this much; a 1 MiB region read arrives in a few reads.
 constexpr size_t read_chunk = 256 * 1024;
+// Bodies with at least this much still to come are read straight into their frame.
+constexpr size_t direct_read_min = 64 * 1024;
 // Reads per readiness event before yielding to other sockets on the io thread.
 constexpr int reads_per_wakeup = 16;
 }  // namespace
@@ -76,7 +78,11 @@ void stream_transport::on_readable() {
   proto::error fail;
   for (int i = 0; i < reads_per_wakeup; ++i) {
     alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * proto::limits::scm_max_fd)];
-    iovec iov{buf_.data(), buf_.size()};
+    // The rest of a large frame's body is read straight into the frame (no bounce copy),
+    // and only up to its end, so the next frame's bytes still go through the assembler.
+    asm_.set_max_frame(max_frame_.load(std::memory_order_relaxed));
+    auto win = asm_.body_window(direct_read_min);
+    iovec iov = win.first ? iovec{win.first, win.second} : iovec{buf_.data(), buf_.size()};
     msghdr mh{};
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
@@ -103,12 +109,12 @@ void stream_transport::on_readable() {
     if (n > 0) {
       bytes_in += uint64_t(n);
       bool had_fds = !fds.empty();
-      asm_.set_max_frame(max_frame_.load(std::memory_order_relaxed));
-      asm_.feed(buf_.data(), size_t(n), std::move(fds), *batch);
+      if (win.first) asm_.body_filled(size_t(n), std::move(fds), *batch);
+      else asm_.feed(buf_.data(), size_t(n), std::move(fds), *batch);
       if (asm_.failed()) break;
       // A stream recvmsg without fds returns short only when the queue is empty (it stops
       // early only after a message with fds): skip the read that would say EAGAIN.
-      if (size_t(n) < buf_.size() && !had_fds) break;
+      if (size_t(n) < iov.iov_len && !had_fds) break;
       continue;
     }
     if (n == 0) {

@@ -88,6 +88,9 @@ using inbound_ptr = std::shared_ptr<inbound>;
 struct outbound {
   int err = 0;
   std::optional<proto::message> reply;
+  /// Or the reply already encoded (bulk data: a REGION_READ reply filled in place); its
+  /// msg_id is set by the dispatcher.
+  frame_ptr frame;
   proto::fd_list fds;
   /// Set by the VERSION handler: the connection's negotiated parameters take effect.
   std::optional<proto::negotiated> negotiated;
@@ -98,6 +101,11 @@ struct outbound {
   static std::shared_ptr<outbound> error(int e) {
     auto o = std::make_shared<outbound>();
     o->err = e;
+    return o;
+  }
+  static std::shared_ptr<outbound> of_frame(proto::frame f) {
+    auto o = std::make_shared<outbound>();
+    o->frame = make_frame_ptr(std::move(f));
     return o;
   }
   static std::shared_ptr<outbound> of(proto::message m, proto::fd_list fds = {}) {

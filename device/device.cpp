@@ -449,9 +449,11 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
           if (auto* r = std::get_if<dma_map_request>(&m)) return on_dma_map(st, *r, in->fds);
           if (auto* r = std::get_if<dma_unmap_request>(&m)) return on_dma_unmap(self, *r);
           if (auto* r = std::get_if<region_read_request>(&m)) {
-            region_read_reply rep{*r, std::vector<uint8_t>(r->count)};
-            if (int e = region_access(st, r->region, r->offset, rep.data.data(), r->count, false)) return outbound::error(e);
-            return outbound::of(std::move(rep));
+            // The reply frame is built first and the device reads straight into it.
+            auto f = make_region_frame(0, command::region_read, true, *r);
+            if (int e = region_access(st, r->region, r->offset, region_frame_data(f), r->count, false))
+              return outbound::error(e);
+            return outbound::of_frame(std::move(f));
           }
           if (auto* w = std::get_if<region_write_request>(&m)) {
             if (int e = region_access(st, w->region, w->offset, w->data.data(), w->count, true)) return outbound::error(e);

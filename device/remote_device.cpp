@@ -274,16 +274,13 @@ status remote_device::read(uint32_t region, uint64_t offset, void* buf, uint64_t
   auto* out = static_cast<uint8_t*>(buf);
   for (uint64_t done = 0; done < count;) {
     uint32_t n = uint32_t(std::min(chunk, count - done));
-    region_read_request r;
-    r.offset = offset + done;
-    r.region = region;
-    r.count = n;
-    auto m = ep_->call_decoded(r);
-    if (!m) return m.err();
-    auto* rep = std::get_if<region_read_reply>(&*m);
-    if (!rep || rep->count != n || rep->region != region || rep->offset != r.offset)
-      return error(errc::protocol_violation, "REGION_READ reply does not match the request");
-    std::memcpy(out + done, rep->data.data(), n);
+    region_access a{offset + done, region, n};
+    // The reply's data is copied once, from the received frame into `buf`.
+    auto r = ep_->call_frame(make_region_frame(0, command::region_read, false, a));
+    if (auto e = r.failure()) return e;
+    const uint8_t* data = region_read_reply_data(*r.reply, a);
+    if (!data) return error(errc::protocol_violation, "REGION_READ reply does not match the request");
+    std::memcpy(out + done, data, n);
     done += n;
   }
   return {};
@@ -302,13 +299,13 @@ status remote_device::write(uint32_t region, uint64_t offset, const void* buf, u
   auto* in = static_cast<const uint8_t*>(buf);
   for (uint64_t done = 0; done < count;) {
     uint32_t n = uint32_t(std::min(chunk, count - done));
-    region_write_request w;
-    w.offset = offset + done;
-    w.region = region;
-    w.count = n;
-    w.data.assign(in + done, in + done + n);
-    auto m = ep_->call_decoded(w);
-    if (!m) return m.err();
+    region_access a{offset + done, region, n};
+    auto r = ep_->call_frame(make_region_frame(0, command::region_write, false, a, in + done));
+    if (auto e = r.failure()) return e;
+    auto m = decode(*r.reply, ep_->config().quirks);
+    auto* rep = m ? std::get_if<region_write_reply>(&*m) : nullptr;
+    if (!rep || rep->count != n || rep->region != region || rep->offset != a.offset)
+      return error(errc::protocol_violation, "REGION_WRITE reply does not match the request");
     done += n;
   }
   return {};
@@ -317,12 +314,8 @@ status remote_device::write(uint32_t region, uint64_t offset, const void* buf, u
 status remote_device::write_posted(uint32_t region, uint64_t offset, const void* buf, uint32_t count) {
   if (auto s = gate(); !s) return s;
   if (count > ep_->negotiated().send_max_data()) return error(errc::too_large, "posted write above max_data_xfer_size");
-  region_write_request w;
-  w.offset = offset;
-  w.region = region;
-  w.count = count;
-  w.data.assign(static_cast<const uint8_t*>(buf), static_cast<const uint8_t*>(buf) + count);
-  ep_->post_noreply(w);
+  ep_->post_frame(make_region_frame(0, command::region_write, false, region_access{offset, region, count},
+                                    static_cast<const uint8_t*>(buf), hflags::no_reply));
   return {};
 }
 

@@ -93,4 +93,23 @@ void frame_assembler::feed(const uint8_t* data, size_t n, fd_list fds, std::vect
   // Otherwise the last byte ended a rejected frame: its fds close here.
 }
 
+std::pair<uint8_t*, size_t> frame_assembler::body_window(size_t min) noexcept {
+  if (failed_ || !in_body_ || draining_) return {nullptr, 0};
+  size_t left = cur_.bytes.size() - body_have_;
+  if (left < min) return {nullptr, 0};
+  return {cur_.bytes.data() + body_have_, left};
+}
+
+void frame_assembler::body_filled(size_t n, fd_list fds, std::vector<event>& out) {
+  if (failed_ || !in_body_ || n > cur_.bytes.size() - body_have_) return;
+  body_have_ += n;
+  for (auto& fd : fds) cur_.fds.push_back(std::move(fd));
+  if (cur_.fds.size() > limits::scm_max_fd) return fail(out, error(errc::bad_fds, "too many fds for one frame"));
+  if (body_have_ == cur_.bytes.size()) {
+    in_body_ = false;
+    out.push_back(event{event::frame_ready, std::move(cur_), {}, {}});
+    cur_ = frame{};
+  }
+}
+
 }  // namespace vfu::proto

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "protocol/errc.hpp"
@@ -42,6 +43,13 @@ class frame_assembler {
   /// assembler stays failed and ignores (closes) everything fed to it.
   void feed(const uint8_t* data, size_t n, fd_list fds, std::vector<event>& out);
 
+  /// Large frames, one copy less: where the rest of the current frame's body goes, for a
+  /// read straight into it. Empty unless a body is under way with at least `min` bytes
+  /// still missing (and the frame is not being drained).
+  std::pair<uint8_t*, size_t> body_window(size_t min) noexcept;
+  /// Reports `n` bytes (at most the window's size) read into body_window(), with that
+  /// read's fds (they belong to this frame: it holds the read's last byte).
+  void body_filled(size_t n, fd_list fds, std::vector<event>& out);
   /// True when some bytes of a frame have been consumed: EOF now is "EOF mid-frame".
   bool mid_frame() const noexcept { return hdr_have_ > 0 || in_body_ || draining_; }
   bool failed() const noexcept { return failed_; }

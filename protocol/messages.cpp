@@ -691,8 +691,9 @@ void enc_dma(writer& w, const dma_access& a, const std::vector<uint8_t>* data) {
 
 }  // namespace
 
-std::vector<uint8_t> encode_payload(const message& msg) {
-  std::vector<uint8_t> out;
+namespace {
+// Appends msg's payload to `out` (a frame's bytes after its header, or an empty vector).
+void encode_into(const message& msg, std::vector<uint8_t>& out) {
   writer w(out);
   auto four = [&](uint32_t a, uint32_t b, uint32_t c2, uint32_t d) { w.put(a); w.put(b); w.put(c2); w.put(d); };
   std::visit(overloaded{
@@ -750,6 +751,12 @@ std::vector<uint8_t> encode_payload(const message& msg) {
       [&](const mig_data_write_reply&) {},
       [&](const error_reply& m) { w.bytes(m.echoed); },
   }, msg);
+}
+}  // namespace
+
+std::vector<uint8_t> encode_payload(const message& msg) {
+  std::vector<uint8_t> out;
+  encode_into(msg, out);
   return out;
 }
 
@@ -784,11 +791,7 @@ std::string message_name(const message& m) {
 frame make_frame(uint16_t msg_id, const message& m, uint32_t extra_flags, fd_list fds) {
   frame f;
   f.bytes.resize(header_size);
-  {
-    writer w(f.bytes);
-    auto payload = encode_payload(m);
-    w.bytes(payload);
-  }
+  encode_into(m, f.bytes);  // in place: a 1 MiB payload is copied once
   header h;
   h.msg_id = msg_id;
   h.command = command_of(m);
@@ -801,6 +804,39 @@ frame make_frame(uint16_t msg_id, const message& m, uint32_t extra_flags, fd_lis
   f.set_hdr(h);
   f.fds = std::move(fds);
   return f;
+}
+
+frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_access& a, const uint8_t* data,
+                        uint32_t extra_flags) {
+  frame f;
+  f.bytes.resize(header_size + region_access_size + (data || reply ? size_t(a.count) : 0));
+  header h;
+  h.msg_id = msg_id;
+  h.command = uint16_t(cmd);
+  h.msg_size = uint32_t(f.bytes.size());
+  h.flags = (reply ? hflags::type_reply : hflags::type_command) | extra_flags;
+  f.set_hdr(h);
+  uint8_t* p = f.bytes.data() + header_size;
+  std::memcpy(p, &a.offset, 8);
+  std::memcpy(p + 8, &a.region, 4);
+  std::memcpy(p + 12, &a.count, 4);
+  if (data) std::memcpy(p + region_access_size, data, a.count);
+  return f;
+}
+
+uint8_t* region_frame_data(frame& f) noexcept { return f.bytes.data() + header_size + region_access_size; }
+
+const uint8_t* region_read_reply_data(const frame& f, const region_access& want) noexcept {
+  auto h = f.hdr();
+  if (!h.is_reply() || h.is_error() || h.command != uint16_t(command::region_read)) return nullptr;
+  if (f.bytes.size() != header_size + region_access_size + size_t(want.count)) return nullptr;
+  region_access got;
+  const uint8_t* p = f.bytes.data() + header_size;
+  std::memcpy(&got.offset, p, 8);
+  std::memcpy(&got.region, p + 8, 4);
+  std::memcpy(&got.count, p + 12, 4);
+  if (got.offset != want.offset || got.region != want.region || got.count != want.count) return nullptr;
+  return p + region_access_size;
 }
 
 frame make_error_reply(const header& request, int errnum) {
