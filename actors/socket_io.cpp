@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "actors/direct_calls.hpp"
+#include "actors/syscalls.hpp"
 #include "actors/types.hpp"
 #include "protocol/limits.hpp"
 
@@ -88,7 +89,7 @@ void stream_transport::on_readable() {
     mh.msg_iovlen = 1;
     mh.msg_control = cbuf;
     mh.msg_controllen = sizeof cbuf;
-    ssize_t n = ::recvmsg(fd_, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    ssize_t n = sys::recvmsg(fd_, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     proto::fd_list fds;
     if (n >= 0) {
       for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
@@ -315,7 +316,7 @@ ssize_t send_iov(int fd, const iovec* iov, size_t n, const proto::fd_list* fds) 
     }
   }
   for (;;) {
-    ssize_t r = ::sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t r = sys::sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (r >= 0) return r;
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;

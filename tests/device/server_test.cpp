@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <thread>
 
+#include "actors/syscalls.hpp"
 #include "device/remote_device.hpp"
 #include "device/samples.hpp"
 #include "tests/test_support.hpp"
@@ -248,6 +249,56 @@ TEST_F(ServerTest, DmaThroughMmappedAndMessageWindowsRaisesMsix) {
     ++n;
   }
   EXPECT_EQ(reg(d, dt::copies), 3u);
+}
+
+// EINTR and EAGAIN on every socket call, in both roles at once (server and client share this
+// process): every 3rd recvmsg/sendmsg fails with EINTR and every 5th with a spurious EAGAIN,
+// while DMA flows by messages in both directions, fds are passed and large frames are
+// written in pieces. Everything must complete, in order and intact, with no fd leaked (the
+// fixture checks).
+TEST_F(ServerTest, EintrAndEagainStormsOnEverySocketCall) {
+  serve("dma-test");
+  copy_rig rig;
+  client_ = open(rig.mem);
+  ASSERT_TRUE(client_);
+  auto& d = *client_;
+  enable(d, rig);
+  auto& faults = sys::faults();
+  struct disarm {
+    ~disarm() { sys::faults().eintr_every = 0, sys::faults().eagain_every = 0; }
+  } disarm_at_exit;
+  faults.eintr_every = 3;
+  faults.eagain_every = 5;
+  constexpr uint32_t rw = dma_flags::read | dma_flags::write;
+  ASSERT_TRUE(d.dma_map(0x100000, 1 << 20, rw, &rig.guest, 0).ok());  // an fd under the storm
+  ASSERT_TRUE(d.dma_map(0x200000, 1 << 20, rw, nullptr).ok());
+  for (int n = 0; n < 12; ++n) {
+    SCOPED_TRACE("round " + std::to_string(n));
+    // A copy by DMA messages (300000 bytes: large frames, partial writes), then one from
+    // the mmapped window into the message window.
+    uint32_t len = n % 2 ? 300000 : 4096;
+    uint64_t src = n % 2 ? 0x200000 : 0x100000, dst = 0x280000;
+    uint8_t* s = rig.ram + (src - 0x100000);
+    uint8_t* t = rig.ram + (dst - 0x100000);
+    for (uint32_t i = 0; i < len; ++i) s[i] = uint8_t(i * 7 + n);
+    std::memset(t, 0, len);
+    ring(d, src, dst, len);
+    ASSERT_TRUE(rig.wait_irq());
+    ASSERT_EQ(std::memcmp(s, t, len), 0);
+    // Register traffic through messages: the scratch region, posted writes and a fence.
+    std::vector<uint8_t> pat(dt::scratch_size, uint8_t(n));
+    ASSERT_TRUE(d.write(dt::scratch_region, 0, pat.data(), pat.size()).ok());
+    for (uint32_t i = 0; i < 32; ++i) {
+      uint8_t v = uint8_t(i + n);
+      ASSERT_TRUE(d.write_posted(dt::scratch_region, i, &v, 1).ok());
+      pat[i] = v;
+    }
+    std::vector<uint8_t> back(pat.size());
+    ASSERT_TRUE(d.read(dt::scratch_region, 0, back.data(), back.size()).ok());
+    ASSERT_EQ(back, pat);
+  }
+  EXPECT_EQ(reg(d, dt::copies), 12u);
+  EXPECT_GT(faults.injected.load(), 100u) << "the storm did not happen";
 }
 
 TEST_F(ServerTest, MaskedMsixVectorSetsPendingBitUntilUnmasked) {
