@@ -404,21 +404,18 @@ proto::result<std::unique_ptr<endpoint>> endpoint::serve_fd(runtime& rt, proto::
   return ep;
 }
 
-std::optional<uint16_t> endpoint::send_direct(proto::frame frame, std::shared_ptr<call_slot> slot,
-                                              std::chrono::milliseconds timeout, proto::error& err) {
-  std::shared_ptr<stream_transport> tr;
-  uint64_t epoch = 0;
-  {
-    std::lock_guard<std::mutex> g(status_->m);
-    if (status_->state == conn_state::ready) {
-      tr = status_->transport;
-      epoch = status_->direct_epoch;
-    }
-  }
-  if (!tr) {
+std::shared_ptr<stream_transport> endpoint::ready_transport(uint64_t& epoch, proto::error& err) {
+  std::lock_guard<std::mutex> g(status_->m);
+  if (status_->state != conn_state::ready) {
     err = proto::error(proto::errc::not_connected, "no connection");
-    return std::nullopt;
+    return nullptr;
   }
+  epoch = status_->direct_epoch;
+  return status_->transport;
+}
+
+std::optional<uint16_t> endpoint::register_direct(proto::frame& frame, const std::shared_ptr<call_slot>& slot,
+                                                  uint64_t epoch, std::chrono::milliseconds timeout, proto::error& err) {
   auto h = frame.hdr();
   bool replied = !h.no_reply();
   auto limit = std::max(cfg_.correlation.short_timeout, cfg_.correlation.long_timeout);
@@ -434,12 +431,40 @@ std::optional<uint16_t> endpoint::send_direct(proto::frame frame, std::shared_pt
   }
   if (!replied) direct_->remove(*id);  // nothing comes back: the id is free again
   frame.set_msg_id(*id);
-  auto f = make_frame_ptr(std::move(frame));
   // A no-wait request is tracked by the correlation actor, which learns of it before it is
   // written, so its reply (and the retire message that follows it) can never arrive first.
   if (replied && !slot)
     caf::anon_send(corr_, track_atom::value, *id, h.command, call_guard_ptr{}, uint32_t(timeout.count()));
-  if (auto st = tr->send(f); !st) err = st.err();  // the connection is failing: see call_frame()
+  return id;
+}
+
+call_result endpoint::await_direct(uint16_t id, uint16_t cmd, call_slot& slot, clock::time_point deadline) {
+  call_result r;
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
+  if (slot.wait_for(std::max(left, std::chrono::milliseconds(0))) || !direct_->expire(id)) {
+    r = slot.take();  // the reply, or the connection's loss
+  } else {
+    CAF_SET_LOGGER_SYS(&rt_.system());
+    CAF_LOG_WARNING(proto::command_name(cmd) << " id " << id << " timed out");
+    r = call_result{nullptr, proto::error(proto::errc::timeout, std::string(proto::command_name(cmd)) + " timed out")};
+  }
+  direct_->release();
+  return r;
+}
+
+std::chrono::milliseconds endpoint::timeout_for(uint16_t cmd, std::chrono::milliseconds t) const {
+  if (t.count()) return t;
+  return classify(cmd) == timeout_class::long_op ? cfg_.correlation.long_timeout : cfg_.correlation.short_timeout;
+}
+
+std::optional<uint16_t> endpoint::send_direct(proto::frame frame, std::shared_ptr<call_slot> slot,
+                                              std::chrono::milliseconds timeout, proto::error& err) {
+  uint64_t epoch = 0;
+  auto tr = ready_transport(epoch, err);
+  if (!tr) return std::nullopt;
+  auto id = register_direct(frame, slot, epoch, timeout, err);
+  if (!id) return std::nullopt;
+  if (auto st = tr->send(make_frame_ptr(std::move(frame))); !st) err = st.err();  // see call_frame()
   return id;
 }
 
@@ -449,25 +474,71 @@ call_result endpoint::call(const proto::message& m, proto::fd_list fds, std::chr
 
 call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds timeout) {
   auto cmd = frame.hdr().command;
-  if (!timeout.count())
-    timeout = classify(cmd) == timeout_class::long_op ? cfg_.correlation.long_timeout : cfg_.correlation.short_timeout;
+  timeout = timeout_for(cmd, timeout);
+  auto deadline = clock::now() + timeout;
   auto slot = std::make_shared<call_slot>();
   proto::error err;
   auto id = send_direct(std::move(frame), slot, timeout, err);
   if (!id) return call_result{nullptr, err};
-  call_result r;
   if (err) {  // not written: nothing will come back
     direct_->remove(*id);
-    r = call_result{nullptr, err};
-  } else if (slot->wait_for(timeout) || !direct_->expire(*id)) {
-    r = slot->take();  // the reply, or the connection's loss
-  } else {
-    CAF_SET_LOGGER_SYS(&rt_.system());
-    CAF_LOG_WARNING(proto::command_name(cmd) << " id " << *id << " timed out");
-    r = call_result{nullptr, proto::error(proto::errc::timeout, std::string(proto::command_name(cmd)) + " timed out")};
+    direct_->release();
+    return call_result{nullptr, err};
   }
-  direct_->release();
-  return r;
+  return await_direct(*id, cmd, *slot, deadline);
+}
+
+std::vector<call_result> endpoint::call_many(const std::vector<proto::message>& msgs, std::chrono::milliseconds timeout) {
+  std::vector<call_result> out(msgs.size());
+  // Never more at once than the back-pressure bound: the calls of one group cannot wait
+  // for each other's completion.
+  size_t group = std::max<uint32_t>(1, cfg_.correlation.max_outstanding);
+  for (size_t base = 0; base < msgs.size(); base += group) {
+    size_t n = std::min(group, msgs.size() - base);
+    proto::error err;
+    uint64_t epoch = 0;
+    auto tr = ready_transport(epoch, err);
+    struct pending {
+      size_t i;
+      uint16_t id, cmd;
+      std::shared_ptr<call_slot> slot;
+      clock::time_point deadline;
+    };
+    std::vector<pending> sent;
+    std::vector<frame_ptr> frames;
+    sent.reserve(n);
+    frames.reserve(n);
+    auto now = clock::now();
+    for (size_t i = base; i < base + n; ++i) {
+      if (!tr) {
+        out[i] = call_result{nullptr, err};
+        continue;
+      }
+      auto f = proto::make_frame(0, msgs[i]);
+      uint16_t cmd = f.hdr().command;
+      auto to = timeout_for(cmd, timeout);
+      auto slot = std::make_shared<call_slot>();
+      proto::error e;
+      auto id = register_direct(f, slot, epoch, to, e);
+      if (!id) {
+        out[i] = call_result{nullptr, e};
+        continue;
+      }
+      sent.push_back(pending{i, *id, cmd, std::move(slot), now + to});
+      frames.push_back(make_frame_ptr(std::move(f)));
+    }
+    if (frames.empty()) continue;
+    if (auto st = tr->send_many(frames.data(), frames.size()); !st) {
+      for (auto& p : sent) {
+        direct_->remove(p.id);
+        direct_->release();
+        out[p.i] = call_result{nullptr, st.err()};
+      }
+      continue;
+    }
+    for (auto& p : sent) out[p.i] = await_direct(p.id, p.cmd, *p.slot, p.deadline);
+  }
+  return out;
 }
 
 proto::result<proto::message> endpoint::call_decoded(const proto::message& m, proto::fd_list fds,

@@ -6,7 +6,7 @@
 //   auto r = (*ep)->call(proto::region_read_request{{0, 7, 4}});  // blocks this thread
 //
 // Threading rules:
-//  - call(), call_frame(), call_decoded(), post(), post_noreply(), post_frame(), wait_posted(),
+//  - call(), call_many(), call_frame(), call_decoded(), post(), post_noreply(), post_frame(), wait_posted(),
 //    state(), wait_state(),
 //    negotiated() and close() may be called from any non-CAF thread (an emulator's vCPU or
 //    main thread), concurrently.
@@ -35,6 +35,7 @@
 #include "actors/direct_calls.hpp"
 #include "actors/dispatcher_actor.hpp"
 #include "actors/runtime.hpp"
+#include "actors/socket_io.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {
@@ -85,6 +86,13 @@ class endpoint {
   /// `timeout` 0 = the command class's timeout.
   call_result call(const proto::message& m, proto::fd_list fds = {},
                    std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+  /// Several independent requests at once: written together (gathered into as few sendmsg
+  /// calls as possible, at most correlation.max_outstanding at a time), then waited for
+  /// together. Results are in the order of `msgs`; each completes on its own (reply, error
+  /// reply, its own timeout, or the connection's loss). For a host with a batch of accesses
+  /// ready (coalesced MMIO, a queue of config reads): one wake-up for the whole batch.
+  std::vector<call_result> call_many(const std::vector<proto::message>& msgs,
+                                     std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
   /// call() with a frame built by the caller (msg_id is assigned here): bulk data paths
   /// build REGION_WRITE frames in one allocation (proto::make_region_frame).
   call_result call_frame(proto::frame f, std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
@@ -132,8 +140,17 @@ class endpoint {
   endpoint(runtime& rt, endpoint_config cfg, role r);
   void start_actors(caf::actor handler);
   /// Direct-call lane (direct_calls.hpp): registers, tracks and writes one request.
+  using clock = std::chrono::steady_clock;
   std::optional<uint16_t> send_direct(proto::frame f, std::shared_ptr<call_slot> slot,
                                       std::chrono::milliseconds timeout, proto::error& err);
+  /// The current connection's transport and direct-call epoch, if it is ready.
+  std::shared_ptr<stream_transport> ready_transport(uint64_t& epoch, proto::error& err);
+  /// Back-pressure, id and (for no-wait requests) tracking; sets the frame's msg_id.
+  std::optional<uint16_t> register_direct(proto::frame& f, const std::shared_ptr<call_slot>& slot, uint64_t epoch,
+                                          std::chrono::milliseconds timeout, proto::error& err);
+  /// Waits for a registered call until `deadline`, then releases its back-pressure slot.
+  call_result await_direct(uint16_t id, uint16_t cmd, call_slot& slot, clock::time_point deadline);
+  std::chrono::milliseconds timeout_for(uint16_t cmd, std::chrono::milliseconds t) const;
 
   runtime& rt_;
   endpoint_config cfg_;

@@ -172,17 +172,23 @@ void stream_transport::on_readable() {
   arm();
 }
 
-proto::status stream_transport::send(const frame_ptr& f) {
+proto::status stream_transport::send(const frame_ptr& f) { return send_many(&f, 1); }
+
+proto::status stream_transport::send_many(const frame_ptr* fs, size_t n) {
   std::lock_guard<std::mutex> g(wm_);
   if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
-  outq_.push_back(f);
-  queued_ += f->bytes.size();
+  bool any_fds = false;
+  for (size_t i = 0; i < n; ++i) {
+    outq_.push_back(fs[i]);
+    queued_ += fs[i]->bytes.size();
+    any_fds = any_fds || !fs[i]->fds.empty();
+  }
   if (queued_ > max_send_queue) {
     write_failed(0);
     return proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB");
   }
-  if (write_armed_) return {};  // the io thread will write it, in order
-  if (f->fds.empty() && event_loop::on_loop_thread()) {
+  if (write_armed_) return {};  // the io thread will write them, in order
+  if (!any_fds && event_loop::on_loop_thread()) {
     if (!flush_pending_) {
       flush_pending_ = true;
       event_loop::defer_flush(shared_from_this());

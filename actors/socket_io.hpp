@@ -50,6 +50,8 @@ class stream_transport : public deferred_writer, public std::enable_shared_from_
   /// Sends a whole frame (any thread). An error means the connection is broken; the owner
   /// is told with (ioerr_atom) as well.
   proto::status send(const frame_ptr& f);
+  /// Sends `n` frames in order, gathered into as few sendmsg calls as the fd rule allows.
+  proto::status send_many(const frame_ptr* fs, size_t n);
   /// Starts reading; batches go to `owner` as (frames_atom, event_batch); EOF or an error
   /// as (ioerr_atom, proto::error). Reading stops after either.
   void start(caf::actor owner);

@@ -632,25 +632,30 @@ int main(int argc, char** argv) {
     return rows.size() - 1;
   };
   size_t f1 = 0, f16 = 0, f64 = 0;
+  auto floor_k = [&](size_t& slot, int k) -> const row& {  // made once, on first use
+    if (!slot) slot = fl(floor("floor: 32 B / 36 B, " + std::to_string(k) + " in flight", rd_req, rd_rep, k));
+    return rows[slot];
+  };
   if (want("sync") || want("client") || want("dma")) f1 = fl(floor("floor: 32 B / 36 B ping-pong, 1 in flight", rd_req, rd_rep, 1));
   if (want("sync")) {
     add(raw_rows("raw client: config read 4 B, 1 in flight", s.pid, s.gpio, reads(7, 0, 1), rd_rep, 1), &rows[f1]);
     add(raw_rows("raw client: BAR2 read 4 B, 1 in flight", s.pid, s.gpio, reads(2, 1, 1), rd_rep, 1), &rows[f1]);
   }
   if (want("pipelined")) {
-    f16 = fl(floor("floor: 32 B / 36 B, 16 in flight", rd_req, rd_rep, 16));
-    add(raw_rows("raw client: BAR2 read 4 B, 16 in flight", s.pid, s.gpio, reads(2, 1, 16), 16 * rd_rep, 16), &rows[f16]);
-    f64 = fl(floor("floor: 32 B / 36 B, 64 in flight", rd_req, rd_rep, 64));
-    add(raw_rows("raw client: BAR2 read 4 B, 64 in flight", s.pid, s.gpio, reads(2, 1, 64), 64 * rd_rep, 64), &rows[f64]);
+    add(raw_rows("raw client: BAR2 read 4 B, 16 in flight", s.pid, s.gpio, reads(2, 1, 16), 16 * rd_rep, 16), &floor_k(f16, 16));
+    add(raw_rows("raw client: BAR2 read 4 B, 64 in flight", s.pid, s.gpio, reads(2, 1, 64), 64 * rd_rep, 64), &floor_k(f64, 64));
   }
+  size_t fp = 0;
+  auto floor_posted = [&]() -> const row& {  // 64 posted 1-byte writes (33 B each) and a fence
+    if (!fp) fp = fl(floor("floor: 33 B x 64 without reply + 32 B / 36 B fence", 33, rd_rep, 65, 65));
+    return rows[fp];
+  };
   if (want("posted")) {
-    // 64 posted 1-byte writes (NO_REPLY, 33 B each) and one read to fence them.
-    auto fp = fl(floor("floor: 33 B x 64 without reply + 32 B / 36 B fence", 33, rd_rep, 65, 65));
     std::vector<proto::frame> fr;
     for (int i = 0; i < 64; ++i)
       fr.push_back(proto::make_frame(uint16_t(i + 2), proto::region_write_request{{0, 2, 1}, {1}}, proto::hflags::no_reply));
     fr.push_back(proto::make_frame(100, proto::region_read_request{{1, 2, 4}}));
-    add(raw_rows("raw client: 64 posted writes + 1 read", s.pid, s.gpio, fr, rd_rep, 65), &rows[fp]);
+    add(raw_rows("raw client: 64 posted writes + 1 read", s.pid, s.gpio, fr, rd_rep, 65), &floor_posted());
   }
   runtime rt;
   if (want("client")) {
@@ -662,6 +667,15 @@ int main(int argc, char** argv) {
     rows.back().floor = rows[raw1].name;
     rows.back().ratio = rows.back().rate / rows[raw1].rate;
     add(client_threads("vfu-broker client API: BAR2 read 4 B, 4 threads", s.pid, *d, 4, 2), &rows[f1]);
+    for (int k : {16, 64}) {
+      std::vector<proto::message> batch(size_t(k), proto::region_read_request{{1, 2, 4}});
+      auto r = measure("vfu-broker client API: call_many, " + std::to_string(k) + " in flight", s.pid, uint64_t(k), [&] {
+        for (auto& c : d->ep().call_many(batch))
+          if (!c.ok()) return false;
+        return true;
+      });
+      add(r, &floor_k(k == 16 ? f16 : f64, k));
+    }
     uint8_t one = 1;
     uint32_t v;
     add(measure("vfu-broker client API: 64 posted writes + 1 read", s.pid, 65,
@@ -670,7 +684,7 @@ int main(int argc, char** argv) {
                     if (!d->write_posted(2, 0, &one, 1)) return false;
                   return bool(d->read(2, 1, &v, 4));
                 }),
-        nullptr);
+        &floor_posted());
   }
   if (want("bandwidth")) {
     constexpr size_t mib = 1u << 20;

@@ -274,6 +274,59 @@ TEST_F(BrokerTest, TimeoutCompletesAndLateReplyIsDropped) {
   EXPECT_EQ(std::get<proto::region_read_reply>(*r2).data[0], 2);
 }
 
+// call_many puts a whole group on the wire before it waits: the peer sees all 16 requests of
+// a group before it answers any, answers them in reverse order and fails one, and every
+// caller-side result still lines up with its own request.
+TEST_F(BrokerTest, CallManyPipelinesAGroupAndMatchesOutOfOrderReplies) {
+  auto [a, b] = test::socket_pair();
+  test::raw_peer server(std::move(b));
+  constexpr int group = 16, total = 40;
+  std::atomic<int> largest_batch{0};
+  std::thread srv([&] {
+    auto v = server.recv();
+    server.send(proto::version_reply{}, v->hdr().msg_id);
+    for (int done = 0; done < total;) {
+      std::vector<proto::frame> got;
+      int want = std::min(group, total - done);
+      for (int i = 0; i < want; ++i) got.push_back(*server.recv());
+      largest_batch = std::max(largest_batch.load(), int(got.size()));
+      for (auto it = got.rbegin(); it != got.rend(); ++it) {
+        auto m = proto::decode(*it);
+        auto& r = std::get<proto::region_read_request>(*m);
+        if (r.offset == 7) {
+          server.send_bytes(proto::make_error_reply(it->hdr(), EIO).bytes.data(), proto::header_size);
+          continue;
+        }
+        server.send(proto::region_read_reply{r, {uint8_t(r.offset), uint8_t(r.offset >> 8)}}, it->hdr().msg_id);
+      }
+      done += want;
+    }
+  });
+  endpoint_config cfg;
+  cfg.correlation.max_outstanding = group;
+  client_ = std::move(endpoint::connect_fd(*rt_, std::move(a), cfg).value());
+  std::vector<proto::message> reqs;
+  for (int i = 0; i < total; ++i) reqs.push_back(rr(uint64_t(i) * 3 + 1, 2));
+  reqs[2] = rr(7, 2);  // fails
+  auto res = client_->call_many(reqs);
+  srv.join();
+  ASSERT_EQ(res.size(), size_t(total));
+  EXPECT_EQ(largest_batch.load(), group) << "the group was not in flight at once";
+  for (int i = 0; i < total; ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    auto& want = std::get<proto::region_read_request>(reqs[size_t(i)]);
+    if (want.offset == 7) {
+      EXPECT_EQ(res[size_t(i)].failure().errnum, EIO);
+      continue;
+    }
+    ASSERT_TRUE(res[size_t(i)].ok()) << res[size_t(i)].failure().message();
+    auto m = proto::decode(*res[size_t(i)].reply);
+    auto& rep = std::get<proto::region_read_reply>(*m);
+    EXPECT_EQ(rep.offset, want.offset);
+    EXPECT_EQ(rep.data, (std::vector<uint8_t>{uint8_t(want.offset), uint8_t(want.offset >> 8)}));
+  }
+}
+
 TEST_F(BrokerTest, ErrorReplyCarriesThePeersErrno) {
   start_pair(pattern_device);
   auto r = client_->call_decoded(proto::reset_request{});
