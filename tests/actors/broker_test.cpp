@@ -327,6 +327,36 @@ TEST_F(BrokerTest, CallManyPipelinesAGroupAndMatchesOutOfOrderReplies) {
   }
 }
 
+// Hosts whose handlers block run a separate io thread and several CAF workers
+// (runtime_options::single_loop = false): the same traffic works there, single calls,
+// batches and posted writes, with every reply matched to its request.
+TEST_F(BrokerTest, SeparateIoThreadModeServesTheSameTraffic) {
+  rt_.reset();
+  runtime_options opts;
+  opts.single_loop = false;
+  opts.workers = 2;
+  rt_ = std::make_unique<runtime>(std::vector<std::string>{}, opts);
+  start_pair(pattern_device);
+  for (uint64_t i = 0; i < 200; ++i) {
+    auto r = client_->call_decoded(rr(i, 4));
+    ASSERT_TRUE(r.ok()) << r.err().message();
+    EXPECT_EQ(std::get<proto::region_read_reply>(*r).data,
+              (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1), uint8_t(i + 2), uint8_t(i + 3)}));
+  }
+  std::vector<proto::message> batch;
+  for (uint64_t i = 0; i < 32; ++i) batch.push_back(rr(i * 2, 1));
+  auto res = client_->call_many(batch);
+  for (size_t i = 0; i < res.size(); ++i) {
+    ASSERT_TRUE(res[i].ok()) << res[i].failure().message();
+    auto m = proto::decode(*res[i].reply);
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(std::get<proto::region_read_reply>(*m).data[0], uint8_t(i * 2));
+  }
+  for (int i = 0; i < 50; ++i) client_->post_noreply(proto::region_write_request{{0, 0, 1}, {1}});
+  EXPECT_TRUE(client_->call_decoded(rr(9, 1)).ok());
+  EXPECT_NE(client_->stats().find("frames_in=234"), std::string::npos) << client_->stats();
+}
+
 TEST_F(BrokerTest, ErrorReplyCarriesThePeersErrno) {
   start_pair(pattern_device);
   auto r = client_->call_decoded(proto::reset_request{});
