@@ -185,6 +185,34 @@ row floor(const std::string& name, size_t req, size_t rep, int inflight, int rep
   return r;
 }
 
+/// Drives each fd from its own thread for g_secs: write `req`, read a `rep_size` reply, 1 in
+/// flight per fd. Total ops/s and the server's CPU per op.
+row drive_each(const std::string& name, pid_t server, const std::vector<int>& fds, const std::vector<uint8_t>& req,
+               size_t rep_size) {
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> ops{0};
+  uint64_t c0 = cpu_ns(server);
+  auto t0 = clk::now();
+  std::vector<std::thread> ts;
+  for (int fd : fds)
+    ts.emplace_back([&, fd] {
+      std::vector<uint8_t> in(rep_size);
+      while (!stop) {
+        if (!write_all(fd, req.data(), req.size()) || !read_all(fd, in.data(), in.size())) return;
+        ++ops;
+      }
+    });
+  std::this_thread::sleep_for(std::chrono::duration<double>(g_secs));
+  stop = true;
+  for (auto& t : ts) t.join();
+  double el = std::chrono::duration<double>(clk::now() - t0).count();
+  row r;
+  r.name = name;
+  r.rate = double(ops) / el;
+  r.srv_us = double(cpu_ns(server) - c0) / 1000.0 / double(std::max<uint64_t>(1, ops));
+  return r;
+}
+
 /// N socketpairs served by one process with poll(), one read and one write per message;
 /// N client threads with 1 request in flight each.
 row floor_multi(const std::string& name, int n) {
@@ -210,27 +238,7 @@ row floor_multi(const std::string& name, int n) {
     }
   }
   for (int s : sv) ::close(s);
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> ops{0};
-  std::vector<std::thread> ts;
-  uint64_t c0 = cpu_ns(pid);
-  auto t0 = clk::now();
-  for (int i = 0; i < n; ++i)
-    ts.emplace_back([&, fd = cl[size_t(i)]] {
-      uint8_t out[32] = {}, in[36];
-      while (!stop) {
-        if (!write_all(fd, out, sizeof out) || !read_all(fd, in, sizeof in)) return;
-        ++ops;
-      }
-    });
-  std::this_thread::sleep_for(std::chrono::duration<double>(g_secs));
-  stop = true;
-  for (auto& t : ts) t.join();
-  double el = std::chrono::duration<double>(clk::now() - t0).count();
-  row r;
-  r.name = name;
-  r.rate = double(ops) / el;
-  r.srv_us = double(cpu_ns(pid) - c0) / 1000.0 / double(std::max<uint64_t>(1, ops));
+  auto r = drive_each(name, pid, cl, std::vector<uint8_t>(32), 36);
   for (int c : cl) ::close(c);
   ::waitpid(pid, nullptr, 0);
   return r;
@@ -410,31 +418,14 @@ row dma_round_trips(runtime& rt, const servers& s, uint32_t len) {
 /// N gpio devices in one vfu-serve, each driven at once by a raw client with 1 in flight.
 row many_devices(const servers& s) {
   int n = int(s.gpios.size());
-  std::vector<proto::unique_fd> fds;
-  for (auto& p : s.gpios) fds.push_back(raw_connect(p));
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> ops{0};
+  std::vector<proto::unique_fd> conns;
+  std::vector<int> fds;
+  for (auto& p : s.gpios) {
+    conns.push_back(raw_connect(p));
+    fds.push_back(conns.back().get());
+  }
   auto req = proto::make_frame(2, proto::region_read_request{{0, 2, 4}});
-  uint64_t c0 = cpu_ns(s.pid);
-  auto t0 = clk::now();
-  std::vector<std::thread> ts;
-  for (int i = 0; i < n; ++i)
-    ts.emplace_back([&, fd = fds[size_t(i)].get()] {
-      uint8_t in[36];
-      while (!stop) {
-        if (!write_all(fd, req.bytes.data(), req.bytes.size()) || !read_all(fd, in, sizeof in)) return;
-        ++ops;
-      }
-    });
-  std::this_thread::sleep_for(std::chrono::duration<double>(g_secs));
-  stop = true;
-  for (auto& t : ts) t.join();
-  double el = std::chrono::duration<double>(clk::now() - t0).count();
-  row r;
-  r.name = std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each";
-  r.rate = double(ops) / el;
-  r.srv_us = double(cpu_ns(s.pid) - c0) / 1000.0 / double(std::max<uint64_t>(1, ops));
-  return r;
+  return drive_each(std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each", s.pid, fds, req.bytes, 36);
 }
 
 // ---- idle devices and soak -------------------------------------------------------------------

@@ -48,6 +48,7 @@ class ServerTest : public test::socket_dir_test {
     EXPECT_TRUE(d.read(region_index::config, off, &v, 4).ok());
     return v;
   }
+  void start_copy_device(struct copy_rig& rig);
   void set_cfg32(dev::remote_device& d, uint32_t off, uint32_t v) {
     EXPECT_TRUE(d.write(region_index::config, off, &v, 4).ok());
   }
@@ -224,13 +225,18 @@ uint32_t reg(dev::remote_device& d, uint32_t off) {
   return v;
 }
 
-TEST_F(ServerTest, DmaThroughMmappedAndMessageWindowsRaisesMsix) {
+// dma-test served and opened with `rig`'s guest memory, bus mastering and MSI-X on.
+void ServerTest::start_copy_device(copy_rig& rig) {
   serve("dma-test");
-  copy_rig rig;
   client_ = open(rig.mem);
   ASSERT_TRUE(client_);
+  enable(*client_, rig);
+}
+
+TEST_F(ServerTest, DmaThroughMmappedAndMessageWindowsRaisesMsix) {
+  copy_rig rig;
+  ASSERT_NO_FATAL_FAILURE(start_copy_device(rig));
   auto& d = *client_;
-  enable(d, rig);
   ASSERT_TRUE(d.dma_map(0x100000, 1 << 20, dma_flags::read | dma_flags::write, &rig.guest, 0).ok());
   ASSERT_TRUE(d.dma_map(0x200000, 1 << 20, dma_flags::read | dma_flags::write, nullptr).ok());
   // Copies within each window, and one from the mmapped window to the message window.
@@ -257,12 +263,9 @@ TEST_F(ServerTest, DmaThroughMmappedAndMessageWindowsRaisesMsix) {
 // written in pieces. Everything must complete, in order and intact, with no fd leaked (the
 // fixture checks).
 TEST_F(ServerTest, EintrAndEagainStormsOnEverySocketCall) {
-  serve("dma-test");
   copy_rig rig;
-  client_ = open(rig.mem);
-  ASSERT_TRUE(client_);
+  ASSERT_NO_FATAL_FAILURE(start_copy_device(rig));
   auto& d = *client_;
-  enable(d, rig);
   auto& faults = sys::faults();
   struct disarm {
     ~disarm() { sys::faults().eintr_every = 0, sys::faults().eagain_every = 0; }
