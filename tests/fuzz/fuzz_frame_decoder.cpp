@@ -12,6 +12,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "protocol/assembler.hpp"
@@ -65,6 +66,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   frame_assembler a(max_frame);
   std::vector<frame_assembler::event> events;
   size_t i = 0;
+  bool gave_fds = false;
   while (i < size && !a.failed()) {
     uint8_t b = data[i];
     size_t piece = size_t(b % 23) + 1;
@@ -72,8 +74,39 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     fd_list fds;
     if ((b & 0xe0) == 0xe0)  // about one piece in eight carries 1-3 fds
       for (int k = 0; k < (b & 3); ++k) fds.emplace_back(::fcntl(devnull(), F_DUPFD_CLOEXEC, 0));
+    gave_fds = gave_fds || !fds.empty();
     a.feed(data + i, piece, std::move(fds), events);
     i += piece;
+  }
+  // The same bytes through the transport's large-body path: whenever a body of at least 32
+  // bytes is under way, a "read" goes straight into the frame (at most the piece, at most
+  // the window). The events and frames must be exactly those of plain feed() (compared for
+  // inputs without fds: too many fds on a frame is a fatal event of its own).
+  if (!gave_fds) {
+    frame_assembler b(max_frame);
+    std::vector<frame_assembler::event> bev;
+    size_t j = 0;
+    while (j < size && !b.failed()) {
+      size_t piece = std::min(size_t(data[j] % 23) + 1, size - j);
+      auto win = b.body_window(32);
+      if (win.first) {
+        size_t n = std::min(piece, win.second);
+        std::memcpy(win.first, data + j, n);
+        b.body_filled(n, {}, bev);
+        j += n;
+      } else {
+        b.feed(data + j, piece, {}, bev);
+        j += piece;
+      }
+    }
+    size_t fa = 0, fb = 0;
+    for (auto& ev : events) fa += ev.kind == frame_assembler::event::frame_ready;
+    for (auto& ev : bev) fb += ev.kind == frame_assembler::event::frame_ready;
+    if (fa != fb) std::abort();
+    for (size_t k = 0, m = 0; k < events.size() && m < bev.size(); ++k, ++m) {
+      if (events[k].kind != bev[m].kind) std::abort();
+      if (events[k].kind == frame_assembler::event::frame_ready && events[k].f.bytes != bev[m].f.bytes) std::abort();
+    }
   }
   static const quirks modes[] = {quirks::spec(), quirks::qemu() | quirks::libvfio_user()};
   decode_limits lim;

@@ -68,6 +68,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto dev = dev::spawn_device(rt->system(), dev::make_sample(mode & 1 ? "dma-test" : "gpio"));
   endpoint_config cfg;
   cfg.correlation.short_timeout = std::chrono::milliseconds(50);  // DMA nobody answers
+  const int server_fd = sv[0];
   auto ep = endpoint::serve_fd(*rt, proto::unique_fd(sv[0]), cfg, dev);
   if (!ep) std::abort();
   if (mode & 2) {
@@ -83,7 +84,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (;;) {
     pollfd p{client.get(), POLLIN, 0};
     if (::poll(&p, 1, 30000) != 1) {
-      std::fprintf(stderr, "server did not close the connection within 30 s\n");
+      // What the server thinks, to tell "never saw the EOF" from "ended but did not close".
+      std::fprintf(stderr, "server did not close the connection within 30 s: state %s, generation %llu, %s\n",
+                   to_string((*ep)->state()), (unsigned long long)(*ep)->generation(), (*ep)->stats().c_str());
+      std::fprintf(stderr, "server socket was fd %d, client fd %d\n", server_fd, client.get());
+      fuzz::dump_fds();
+      fuzz::print_closes_of(server_fd);
       std::abort();
     }
     ssize_t n = ::recv(client.get(), buf, sizeof buf, 0);

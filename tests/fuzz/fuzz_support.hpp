@@ -5,7 +5,49 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <execinfo.h>
+
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+
+// Linked with -Wl,--wrap=close: a close() that fails with EBADF closed a number nobody owned,
+// i.e. a double close (the live targets include this header exactly once).
+extern "C" int __real_close(int fd);
+extern "C" void __sanitizer_print_stack_trace();
+namespace vfu::fuzz {
+// The last closes, with who made them: for a finding where a socket stops being watched.
+struct close_record {
+  int fd;
+  int depth;
+  void* frames[24];
+};
+inline close_record close_log[256];
+inline std::atomic<unsigned> close_next{0};
+inline void print_closes_of(int fd) {
+  unsigned end = close_next.load();
+  for (unsigned i = end > 256 ? end - 256 : 0; i < end; ++i) {
+    auto& r = close_log[i % 256];
+    if (r.fd != fd) continue;
+    std::fprintf(stderr, "close(%d), %u closes ago:\n", fd, end - i);
+    backtrace_symbols_fd(r.frames, r.depth, 2);
+  }
+}
+}  // namespace vfu::fuzz
+
+extern "C" int __wrap_close(int fd) {
+  auto& r = vfu::fuzz::close_log[vfu::fuzz::close_next.fetch_add(1) % 256];
+  r.fd = fd;
+  r.depth = backtrace(r.frames, 24);
+  int res = __real_close(fd);
+  if (res != 0 && errno == EBADF) {
+    std::fprintf(stderr, "close(%d) failed with EBADF: an fd closed twice\n", fd);
+    __sanitizer_print_stack_trace();
+    std::abort();
+  }
+  return res;
+}
 
 namespace vfu::fuzz {
 
@@ -17,6 +59,30 @@ inline int open_fds() {
     ::closedir(d);
   }
   return n;
+}
+
+/// Every open fd with what it refers to, and the registrations of every epoll fd: for a
+/// finding where a socket stops being watched.
+inline void dump_fds() {
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char path[64], target[256] = {};
+    std::snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+    ssize_t n = ::readlink(path, target, sizeof target - 1);
+    std::fprintf(stderr, "  fd %s -> %s\n", e->d_name, n > 0 ? target : "?");
+    if (n > 0 && std::strstr(target, "eventpoll")) {
+      std::snprintf(path, sizeof path, "/proc/self/fdinfo/%s", e->d_name);
+      if (FILE* f = std::fopen(path, "r")) {
+        char line[256];
+        while (std::fgets(line, sizeof line, f))
+          if (std::strncmp(line, "tfd:", 4) == 0) std::fprintf(stderr, "      %s", line);
+        std::fclose(f);
+      }
+    }
+  }
+  ::closedir(d);
 }
 
 /// Aborts if more fds are open than before the input, once the io thread had up to 2 s to
@@ -35,6 +101,12 @@ inline void check_no_fd_leak(int baseline) {
   }
   if (now > baseline) {
     std::fprintf(stderr, "fd leak: %d open, baseline %d\n", now, baseline);
+    std::abort();
+  }
+  // Fewer than before: something closed an fd this input did not own (a double close). The
+  // number may already belong to a later socket, whose epoll registration would vanish.
+  if (now < baseline) {
+    std::fprintf(stderr, "fd closed twice: %d open, baseline %d\n", now, baseline);
     std::abort();
   }
 }
