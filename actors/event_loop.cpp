@@ -51,7 +51,9 @@ class loop_policy : public caf::policy::unprofiled {
     {
       std::lock_guard<std::mutex> g(st.lock);
       st.queue.push_back(job);
-      if (st.sleeping && !st.wake_posted) wake = st.wake_posted = true;
+      // On the loop thread (an io handler inside run_one sending to an actor) nothing needs
+      // waking: the loop looks at the queue as soon as the handler returns.
+      if (st.sleeping && !st.wake_posted && !t_on_loop) wake = st.wake_posted = true;
     }
     if (wake) {
       boost::asio::post(*st.io, [] {});

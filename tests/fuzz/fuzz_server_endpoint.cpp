@@ -11,10 +11,12 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "actors/endpoint.hpp"
@@ -69,6 +71,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   endpoint_config cfg;
   cfg.correlation.short_timeout = std::chrono::milliseconds(50);  // DMA nobody answers
   const int server_fd = sv[0];
+  struct stat sb {};
+  const unsigned long server_ino = ::fstat(sv[0], &sb) == 0 ? (unsigned long)sb.st_ino : 0;
   auto ep = endpoint::serve_fd(*rt, proto::unique_fd(sv[0]), cfg, dev);
   if (!ep) std::abort();
   if (mode & 2) {
@@ -87,7 +91,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       // What the server thinks, to tell "never saw the EOF" from "ended but did not close".
       std::fprintf(stderr, "server did not close the connection within 30 s: state %s, generation %llu, %s\n",
                    to_string((*ep)->state()), (unsigned long long)(*ep)->generation(), (*ep)->stats().c_str());
-      std::fprintf(stderr, "server socket was fd %d, client fd %d\n", server_fd, client.get());
+      std::fprintf(stderr, "server socket was fd %d (inode %lu), client fd %d\n", server_fd, server_ino, client.get());
+      {  // is the supervisor alive? (it answers anything unexpected with an error at once)
+        caf::scoped_actor self{rt->system()};
+        self->request((*ep)->supervisor(), std::chrono::seconds(1), stats_atom::value)
+            .receive([](std::string&) {},
+                     [](caf::error& e) { std::fprintf(stderr, "supervisor: %s\n", render(e).c_str()); });
+        self->request((*ep)->dispatcher(), std::chrono::seconds(1), stats_atom::value)
+            .receive([](std::string&) {},
+                     [](caf::error& e) { std::fprintf(stderr, "dispatcher: %s\n", render(e).c_str()); });
+      }
+      {  // does the kernel still have the server socket (/proc/net/unix: RefCount, State)?
+        char want[32];
+        std::snprintf(want, sizeof want, " %lu", server_ino);
+        if (FILE* f = std::fopen("/proc/net/unix", "r")) {
+          char line[512];
+          while (std::fgets(line, sizeof line, f))
+            if (std::strstr(line, want) || std::strncmp(line, "Num", 3) == 0) std::fprintf(stderr, "unix: %s", line);
+          std::fclose(f);
+        }
+        uint8_t b;
+        ssize_t n = ::recv(client.get(), &b, 1, MSG_DONTWAIT);
+        std::fprintf(stderr, "client recv: %zd (%s)\n", n, n < 0 ? std::strerror(errno) : "data or EOF");
+      }
       fuzz::dump_fds();
       fuzz::print_closes_of(server_fd);
       std::abort();

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <dirent.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -12,35 +14,40 @@
 #include <cstdlib>
 #include <cstring>
 
-// Linked with -Wl,--wrap=close: a close() that fails with EBADF closed a number nobody owned,
-// i.e. a double close (the live targets include this header exactly once).
-extern "C" int __real_close(int fd);
+// This definition of close() takes the place of libc's for the whole process, shared
+// libraries included (CAF's too): a close() that fails with EBADF closed a number nobody
+// owned, i.e. a double close, and the last closers are kept with their stacks (the live
+// targets include this header exactly once).
 extern "C" void __sanitizer_print_stack_trace();
 namespace vfu::fuzz {
 // The last closes, with who made them: for a finding where a socket stops being watched.
 struct close_record {
   int fd;
+  unsigned long ino;  ///< the file it closed
   int depth;
   void* frames[24];
 };
 inline close_record close_log[256];
 inline std::atomic<unsigned> close_next{0};
-inline void print_closes_of(int fd) {
+/// The closes of `fd` among the last 256, and every close among the last `recent`.
+inline void print_closes_of(int fd, unsigned recent = 16) {
   unsigned end = close_next.load();
   for (unsigned i = end > 256 ? end - 256 : 0; i < end; ++i) {
     auto& r = close_log[i % 256];
-    if (r.fd != fd) continue;
-    std::fprintf(stderr, "close(%d), %u closes ago:\n", fd, end - i);
+    if (r.fd != fd && end - i > recent) continue;
+    std::fprintf(stderr, "close(%d) of inode %lu, %u closes ago:\n", fd, r.ino, end - i);
     backtrace_symbols_fd(r.frames, r.depth, 2);
   }
 }
 }  // namespace vfu::fuzz
 
-extern "C" int __wrap_close(int fd) {
+extern "C" int close(int fd) {
   auto& r = vfu::fuzz::close_log[vfu::fuzz::close_next.fetch_add(1) % 256];
   r.fd = fd;
+  struct stat sb {};
+  r.ino = ::fstat(fd, &sb) == 0 ? (unsigned long)sb.st_ino : 0;
   r.depth = backtrace(r.frames, 24);
-  int res = __real_close(fd);
+  int res = int(::syscall(SYS_close, fd));
   if (res != 0 && errno == EBADF) {
     std::fprintf(stderr, "close(%d) failed with EBADF: an fd closed twice\n", fd);
     __sanitizer_print_stack_trace();
