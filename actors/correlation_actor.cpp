@@ -153,12 +153,11 @@ caf::behavior correlation_actor(caf::stateful_actor<correlation_state>* self, co
   });
   return {
       [=](attach_atom, std::shared_ptr<direct_calls>& d) { self->state.direct = d; },
-      [=](track_atom, uint16_t id, uint16_t cmd, call_guard_ptr& g, uint32_t ms) {
+      [=](track_atom, uint16_t id, uint16_t cmd, uint32_t ms) {  // a no-wait direct request
         auto& st = self->state;
         state_t::entry e;
         e.cmd = cmd;
-        e.k = g ? state_t::kind::blocking : state_t::kind::nowait;
-        e.guard = std::move(g);
+        e.k = state_t::kind::nowait;
         e.tracked = true;
         if (!st.socket) {
           complete(self, e, id, call_result{nullptr, proto::error(proto::errc::not_connected, "no connection")});
@@ -167,7 +166,7 @@ caf::behavior correlation_actor(caf::stateful_actor<correlation_state>* self, co
         auto to = ms ? std::chrono::milliseconds(ms)
                      : (classify(cmd) == timeout_class::long_op ? st.cfg.long_timeout : st.cfg.short_timeout);
         e.deadline = clock::now() + to;
-        if (e.k == state_t::kind::nowait) st.youngest_nowait = id;
+        st.youngest_nowait = id;
         schedule_sweep(self, e.deadline);
         st.pending.emplace(id, std::move(e));
         if (st.pending.size() > st.stats.pending_high_water) st.stats.pending_high_water = uint32_t(st.pending.size());

@@ -9,10 +9,10 @@
 //  - nobody ("no-wait"): (post_atom, frame); failures are logged, and (waitpost_atom) waits
 //    for the youngest such request, as QEMU's client does;
 //  - NO_REPLY commands: (noreply_atom, frame), sent in order and never tracked;
-//  - a thread on the direct-call lane (direct_calls.hpp): (track_atom, id, command, guard or
-//    null, timeout_ms) before it writes its frame itself; the io thread completes it and
-//    sends (retire_atom, headers); timeouts and connection loss are handled here as for
-//    every other request.
+//  - a no-wait request on the direct-call lane (direct_calls.hpp): (track_atom, id, command,
+//    timeout_ms) before the thread writes its frame itself; the loop sends (retire_atom,
+//    headers) when its reply comes; its timeout and connection loss are handled here as for
+//    every other request. (Blocking direct calls never reach this actor.)
 // Message ids are 16-bit, wrap, and are never reused while pending. At most
 // `max_outstanding` requests are on the wire; more wait in a FIFO (back-pressure), and past
 // `max_queued` a request fails at once with EAGAIN.

@@ -434,7 +434,7 @@ std::optional<uint16_t> endpoint::register_direct(proto::frame& frame, const std
   // A no-wait request is tracked by the correlation actor, which learns of it before it is
   // written, so its reply (and the retire message that follows it) can never arrive first.
   if (replied && !slot)
-    caf::anon_send(corr_, track_atom::value, *id, h.command, call_guard_ptr{}, uint32_t(timeout.count()));
+    caf::anon_send(corr_, track_atom::value, *id, h.command, uint32_t(timeout.count()));
   return id;
 }
 

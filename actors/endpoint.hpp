@@ -35,7 +35,6 @@
 #include "actors/direct_calls.hpp"
 #include "actors/dispatcher_actor.hpp"
 #include "actors/runtime.hpp"
-#include "actors/socket_io.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {
@@ -59,6 +58,7 @@ struct endpoint_config {
 };
 
 struct endpoint_status;  // shared between the API object and its supervisor
+class stream_transport;
 
 class endpoint {
  public:

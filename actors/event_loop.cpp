@@ -17,11 +17,13 @@ namespace {
 thread_local bool t_on_loop = false;
 thread_local std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
 
+// Swaps with a spare that keeps its capacity: no allocation per flush.
 void run_deferred(std::vector<std::shared_ptr<deferred_writer>>& v) {
+  static thread_local std::vector<std::shared_ptr<deferred_writer>> batch;
   while (!v.empty()) {
-    auto batch = std::move(v);
-    v.clear();
+    batch.swap(v);
     for (auto& w : batch) w->flush_deferred();
+    batch.clear();
   }
 }
 

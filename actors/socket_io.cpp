@@ -131,36 +131,26 @@ void stream_transport::on_readable() {
   // A reply to a blocked thread's direct call wakes that thread from here, and the actors
   // never see it. A no-wait request's reply is retired by the correlation actor (its
   // header); a reply nobody asked for goes on to it as any other (logged, counted).
+  // One pass over the batch, in place: count the frames and take out the ones that are done.
   std::vector<proto::header> retired;
-  uint64_t direct_replies = 0;
-  if (direct_) {
-    auto kept = std::make_shared<std::vector<proto::frame_assembler::event>>();
-    kept->reserve(batch->size());
-    for (auto& ev : *batch) {
-      if (ev.kind == proto::frame_assembler::event::frame_ready) {
-        auto h = ev.f.hdr();
-        if (h.is_reply() && direct_calls::owns(h.msg_id)) {
-          auto fp = make_frame_ptr(std::move(ev.f));
-          switch (direct_->complete(fp)) {
-            case direct_calls::outcome::completed: ++direct_replies; continue;
-            case direct_calls::outcome::nowait: retired.push_back(h); continue;
-            case direct_calls::outcome::late:
-              ++direct_replies;
-              CAF_LOG_DEBUG("dropped late reply " << proto::describe(h, fp->fds.size()));
-              continue;
-            case direct_calls::outcome::unknown:
-              ev.f = std::move(*fp);
-              break;
-          }
-        }
+  size_t keep = 0;
+  for (auto& ev : *batch) {
+    if (ev.kind == proto::frame_assembler::event::frame_ready) {
+      ++frames_in;
+      auto h = ev.f.hdr();
+      if (direct_ && h.is_reply() && direct_calls::owns(h.msg_id)) {
+        auto fp = make_frame_ptr(std::move(ev.f));
+        auto o = direct_->complete(fp);
+        if (o == direct_calls::outcome::nowait) retired.push_back(h);
+        if (o == direct_calls::outcome::late) CAF_LOG_DEBUG("dropped late reply " << proto::describe(h, fp->fds.size()));
+        if (o != direct_calls::outcome::unknown) continue;
+        ev.f = std::move(*fp);
       }
-      kept->push_back(std::move(ev));
     }
-    batch = std::move(kept);
+    if (&(*batch)[keep] != &ev) (*batch)[keep] = std::move(ev);
+    ++keep;
   }
-  for (auto& ev : *batch)
-    if (ev.kind == proto::frame_assembler::event::frame_ready) ++frames_in;
-  frames_in += retired.size() + direct_replies;
+  batch->erase(batch->begin() + long(keep), batch->end());
   if (!retired.empty()) caf::anon_send(owner_, retire_atom::value, std::move(retired));
   bool fatal = asm_.failed() || fail;
   if (!batch->empty()) caf::anon_send(owner_, frames_atom::value, batch);

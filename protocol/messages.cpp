@@ -343,6 +343,7 @@ result<message> dec_set_irqs(const dctx& c) {
 
 // ---- REGION_READ / REGION_WRITE --------------------------------------------------------
 void read_access(reader& r, region_access& a) { r.get(a.offset); r.get(a.region); r.get(a.count); }
+void write_access(writer& w, const region_access& a) { w.put(a.offset); w.put(a.region); w.put(a.count); }
 
 result<message> dec_region_rw(const dctx& c, bool write) {
   if (c.p.size < 16) return c.short_payload(16);
@@ -728,10 +729,10 @@ void encode_into(const message& msg, std::vector<uint8_t>& out) {
         w.put(m.argsz); w.put(m.flags); w.put(m.index); w.put(m.start); w.put(m.count); w.bytes(m.bools);
       },
       [&](const set_irqs_reply&) {},
-      [&](const region_read_request& m) { w.put(m.offset); w.put(m.region); w.put(m.count); },
-      [&](const region_read_reply& m) { w.put(m.offset); w.put(m.region); w.put(m.count); w.bytes(m.data); },
-      [&](const region_write_request& m) { w.put(m.offset); w.put(m.region); w.put(m.count); w.bytes(m.data); },
-      [&](const region_write_reply& m) { w.put(m.offset); w.put(m.region); w.put(m.count); },
+      [&](const region_read_request& m) { write_access(w, m); },
+      [&](const region_read_reply& m) { write_access(w, m); w.bytes(m.data); },
+      [&](const region_write_request& m) { write_access(w, m); w.bytes(m.data); },
+      [&](const region_write_reply& m) { write_access(w, m); },
       [&](const dma_read_request& m) { enc_dma(w, m, nullptr); },
       [&](const dma_read_reply& m) { enc_dma(w, m, &m.data); },
       [&](const dma_write_request& m) { enc_dma(w, m, &m.data); },
@@ -809,18 +810,18 @@ frame make_frame(uint16_t msg_id, const message& m, uint32_t extra_flags, fd_lis
 frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_access& a, const uint8_t* data,
                         uint32_t extra_flags) {
   frame f;
-  f.bytes.resize(header_size + region_access_size + (data || reply ? size_t(a.count) : 0));
+  f.bytes.reserve(header_size + region_access_size + a.count);
+  f.bytes.resize(header_size);
+  writer w(f.bytes);
+  write_access(w, a);
+  if (data) w.bytes(data, a.count);
+  else if (reply) w.zeros(a.count);  // filled in place by the caller
   header h;
   h.msg_id = msg_id;
   h.command = uint16_t(cmd);
   h.msg_size = uint32_t(f.bytes.size());
   h.flags = (reply ? hflags::type_reply : hflags::type_command) | extra_flags;
   f.set_hdr(h);
-  uint8_t* p = f.bytes.data() + header_size;
-  std::memcpy(p, &a.offset, 8);
-  std::memcpy(p + 8, &a.region, 4);
-  std::memcpy(p + 12, &a.count, 4);
-  if (data) std::memcpy(p + region_access_size, data, a.count);
   return f;
 }
 
@@ -830,13 +831,11 @@ const uint8_t* region_read_reply_data(const frame& f, const region_access& want)
   auto h = f.hdr();
   if (!h.is_reply() || h.is_error() || h.command != uint16_t(command::region_read)) return nullptr;
   if (f.bytes.size() != header_size + region_access_size + size_t(want.count)) return nullptr;
+  reader r(f.payload());
   region_access got;
-  const uint8_t* p = f.bytes.data() + header_size;
-  std::memcpy(&got.offset, p, 8);
-  std::memcpy(&got.region, p + 8, 4);
-  std::memcpy(&got.count, p + 12, 4);
+  read_access(r, got);
   if (got.offset != want.offset || got.region != want.region || got.count != want.count) return nullptr;
-  return p + region_access_size;
+  return r.here();
 }
 
 frame make_error_reply(const header& request, int errnum) {
