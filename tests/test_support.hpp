@@ -54,8 +54,10 @@ inline proto::unique_fd listen_unix(const std::string& path) {
 }
 
 /// Fixture base for tests with a socket path: a private temporary folder (short enough for
-/// sun_path), and a check that the test leaked no file descriptor. Derived fixtures release
-/// their endpoints and runtime, then call socket_dir_test::TearDown().
+/// sun_path), and a check that the test leaked no file descriptor. Derived fixtures create
+/// their runtime after socket_dir_test::SetUp() (so the baseline is counted before any of
+/// the test's threads start), release their endpoints and runtime, then call
+/// socket_dir_test::TearDown().
 class socket_dir_test : public ::testing::Test {
  protected:
   void SetUp() override {

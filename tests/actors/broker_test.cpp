@@ -40,7 +40,12 @@ proto::region_read_request rr(uint64_t off, uint32_t count, uint32_t region = 0)
 
 class BrokerTest : public ::testing::Test {
  protected:
-  void SetUp() override { fds_before_ = test::count_open_fds(); }
+  // The fd baseline is counted before the runtime exists: its threads' start-up cannot
+  // overlap the count.
+  void SetUp() override {
+    fds_before_ = test::count_open_fds();
+    rt_ = std::make_unique<runtime>();
+  }
   void TearDown() override {
     server_.reset();
     client_.reset();
@@ -66,7 +71,7 @@ class BrokerTest : public ::testing::Test {
   }
 
   int fds_before_ = 0;
-  std::unique_ptr<runtime> rt_ = std::make_unique<runtime>();
+  std::unique_ptr<runtime> rt_;
   std::unique_ptr<endpoint> server_, client_;
 };
 

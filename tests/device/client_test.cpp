@@ -27,6 +27,12 @@ namespace dt = vfu::dev::dmatest;
 
 class ClientTest : public test::socket_dir_test {
  protected:
+  // The fd baseline is counted before the runtime exists: its threads' start-up cannot
+  // overlap the count.
+  void SetUp() override {
+    socket_dir_test::SetUp();
+    rt_ = std::make_unique<runtime>();
+  }
   void TearDown() override {
     client_.reset();
     server_.reset();
@@ -62,7 +68,7 @@ class ClientTest : public test::socket_dir_test {
   }
 
   pid_t child_ = -1;
-  std::unique_ptr<runtime> rt_ = std::make_unique<runtime>();
+  std::unique_ptr<runtime> rt_;  ///< made in SetUp, after the fd baseline
   std::unique_ptr<endpoint> server_;
   std::unique_ptr<dev::remote_device> client_;
 };

@@ -24,6 +24,7 @@ class FaultTest : public test::socket_dir_test {
  protected:
   void SetUp() override {
     socket_dir_test::SetUp();
+    rt_ = std::make_unique<runtime>();
     auto ep = endpoint::listen(*rt_, path_, {}, dev::spawn_device(rt_->system(), dev::make_sample("gpio")));
     ASSERT_TRUE(ep.ok());
     server_ = std::move(ep.value());
@@ -43,7 +44,7 @@ class FaultTest : public test::socket_dir_test {
     return r && r->hdr().msg_id == 9 && !r->hdr().is_error();
   }
 
-  std::unique_ptr<runtime> rt_ = std::make_unique<runtime>();
+  std::unique_ptr<runtime> rt_;  ///< made in SetUp, after the fd baseline
   std::unique_ptr<endpoint> server_;
 };
 
