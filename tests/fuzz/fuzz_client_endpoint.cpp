@@ -45,9 +45,8 @@ void fake_server(int fd, const uint8_t* data, size_t size, bool good_version) {
   };
   uint8_t buf[65536];
   for (;;) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 2000) != 1) break;
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (fuzz::wait_readable(fd, 2000) != 1) break;
+    ssize_t n = fuzz::recv_some(fd, buf, sizeof buf);
     if (n <= 0) break;
     std::vector<proto::frame_assembler::event> evs;
     in.feed(buf, size_t(n), {}, evs);

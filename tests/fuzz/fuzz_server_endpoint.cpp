@@ -60,6 +60,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 2) return 0;
   const int baseline = fuzz::open_fds();  // per input: libFuzzer itself opens fds as it goes
+  const long t0 = fuzz::now_usec();
   uint8_t mode = data[0];
   size_t piece = 1 + data[1] % 97;
   data += 2;
@@ -86,12 +87,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // 2-core machine running two fuzzers and a build took over 5 s once).
   uint8_t buf[65536];
   for (;;) {
-    pollfd p{client.get(), POLLIN, 0};
-    if (::poll(&p, 1, 30000) != 1) {
+    if (fuzz::wait_readable(client.get(), 30000) != 1) {
       // What the server thinks, to tell "never saw the EOF" from "ended but did not close".
       std::fprintf(stderr, "server did not close the connection within 30 s: state %s, generation %llu, %s\n",
                    to_string((*ep)->state()), (unsigned long long)(*ep)->generation(), (*ep)->stats().c_str());
-      std::fprintf(stderr, "server socket was fd %d (inode %lu), client fd %d\n", server_fd, server_ino, client.get());
+      std::fprintf(stderr, "server socket was fd %d (inode %lu), client fd %d; input began %.3f s ago on thread %d\n",
+                   server_fd, server_ino, client.get(), double(fuzz::now_usec() - t0) / 1e6, int(::syscall(SYS_gettid)));
       {  // is the supervisor alive? (it answers anything unexpected with an error at once)
         caf::scoped_actor self{rt->system()};
         self->request((*ep)->supervisor(), std::chrono::seconds(1), stats_atom::value)
@@ -115,10 +116,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::fprintf(stderr, "client recv: %zd (%s)\n", n, n < 0 ? std::strerror(errno) : "data or EOF");
       }
       fuzz::dump_fds();
-      fuzz::print_closes_of(server_fd);
+      fuzz::print_closes_of(server_fd, server_ino);
       std::abort();
     }
-    ssize_t n = ::recv(client.get(), buf, sizeof buf, 0);
+    ssize_t n = fuzz::recv_some(client.get(), buf, sizeof buf);
     if (n <= 0) break;
   }
   client.reset();
