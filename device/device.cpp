@@ -255,7 +255,11 @@ int region_access(device_state& st, uint32_t region, uint64_t off, uint8_t* buf,
     else std::memcpy(buf, mem + off, count);
     return 0;
   }
-  return write ? st.model->region_write(region, off, buf, count) : st.model->region_read(region, off, buf, count);
+  if (write) return st.model->region_write(region, off, buf, count);
+  // A reply's buffer is not zeroed when it is made (make_region_frame): a model that writes
+  // fewer bytes than asked must not send the peer whatever the heap held there.
+  std::memset(buf, 0, count);
+  return st.model->region_read(region, off, buf, count);
 }
 
 // ---- command handlers -------------------------------------------------------------------

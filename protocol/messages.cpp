@@ -694,7 +694,7 @@ void enc_dma(writer& w, const dma_access& a, const std::vector<uint8_t>* data) {
 
 namespace {
 // Appends msg's payload to `out` (a frame's bytes after its header, or an empty vector).
-void encode_into(const message& msg, std::vector<uint8_t>& out) {
+void encode_into(const message& msg, frame_bytes& out) {
   writer w(out);
   auto four = [&](uint32_t a, uint32_t b, uint32_t c2, uint32_t d) { w.put(a); w.put(b); w.put(c2); w.put(d); };
   std::visit(overloaded{
@@ -756,9 +756,9 @@ void encode_into(const message& msg, std::vector<uint8_t>& out) {
 }  // namespace
 
 std::vector<uint8_t> encode_payload(const message& msg) {
-  std::vector<uint8_t> out;
+  frame_bytes out;
   encode_into(msg, out);
-  return out;
+  return std::vector<uint8_t>(out.begin(), out.end());
 }
 
 uint16_t command_of(const message& m) noexcept {
@@ -815,7 +815,7 @@ frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_a
   writer w(f.bytes);
   write_access(w, a);
   if (data) w.bytes(data, a.count);
-  else if (reply) w.zeros(a.count);  // filled in place by the caller
+  else if (reply) w.grow(a.count);  // uninitialised: the caller fills every byte in place
   header h;
   h.msg_id = msg_id;
   h.command = uint16_t(cmd);

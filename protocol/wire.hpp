@@ -46,7 +46,7 @@ class reader {
 
 class writer {
  public:
-  explicit writer(std::vector<uint8_t>& out) : out_(out) {}
+  explicit writer(frame_bytes& out) : out_(out) {}
   template <class T>
   void put(T v) {
     static_assert(std::is_trivially_copyable_v<T>);
@@ -57,11 +57,13 @@ class writer {
   void bytes(const uint8_t* p, size_t n) { out_.insert(out_.end(), p, p + n); }
   void bytes(const std::vector<uint8_t>& v) { out_.insert(out_.end(), v.begin(), v.end()); }
   void zeros(size_t n) { out_.resize(out_.size() + n, 0); }
+  /// n more bytes, uninitialised (frame_bytes): for a caller that writes all of them.
+  void grow(size_t n) { out_.resize(out_.size() + n); }
   size_t size() const noexcept { return out_.size(); }
-  std::vector<uint8_t>& buffer() noexcept { return out_; }
+  frame_bytes& buffer() noexcept { return out_; }
 
  private:
-  std::vector<uint8_t>& out_;
+  frame_bytes& out_;
 };
 
 /// a + b, or false when it wraps (libvfio-user's satadd idea, as a checked add).

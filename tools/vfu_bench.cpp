@@ -425,7 +425,7 @@ row many_devices(const servers& s) {
     fds.push_back(conns.back().get());
   }
   auto req = proto::make_frame(2, proto::region_read_request{{0, 2, 4}});
-  return drive_each(std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each", s.pid, fds, req.bytes, 36);
+  return drive_each(std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each", s.pid, fds, std::vector<uint8_t>(req.bytes.begin(), req.bytes.end()), 36);
 }
 
 // ---- idle devices and soak -------------------------------------------------------------------

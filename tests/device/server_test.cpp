@@ -150,6 +150,54 @@ TEST_F(ServerTest, ConfigSpaceHasIdsBarSizingAndCapabilityList) {
   EXPECT_EQ(cfg[0x62] + 1, dt::msix_vectors);
 }
 
+// REGION_READ replies are built without zeroing (the device fills them in place): a model
+// that says it read but wrote nothing must still send zeros, never stale heap bytes.
+TEST_F(ServerTest, ReadReplyOfAModelThatWritesNothingIsZeroNotStaleHeap) {
+  // BAR0 remembers what is written to it; BAR2's reads succeed and write nothing. Both are
+  // reached by messages only (no shared memory).
+  struct lazy_model : dev::device_model {
+    dev::device_spec spec_;
+    std::vector<uint8_t> bar0 = std::vector<uint8_t>(0x1000);
+    lazy_model() {
+      spec_.ids.vendor = 0x1234;
+      spec_.bars[0] = dev::bar_spec{0x1000, false, false, false};
+      spec_.bars[2] = dev::bar_spec{0x1000, false, false, false};
+      spec_.regions[0].size = 0x1000;
+      spec_.regions[2].size = 0x1000;
+    }
+    const dev::device_spec& spec() const override { return spec_; }
+    int region_read(uint32_t region, uint64_t off, uint8_t* buf, uint32_t n) override {
+      if (region == 0) std::memcpy(buf, bar0.data() + off, n);
+      return 0;
+    }
+    int region_write(uint32_t region, uint64_t off, const uint8_t* buf, uint32_t n) override {
+      if (region == 0) std::memcpy(bar0.data() + off, buf, n);
+      return 0;
+    }
+  };
+  auto dev = dev::spawn_device(rt_->system(), std::make_shared<lazy_model>());
+  auto ep = endpoint::listen(*rt_, path_, {}, dev);
+  ASSERT_TRUE(ep.ok()) << ep.err().message();
+  server_ = std::move(ep.value());
+  client_ = open();
+  ASSERT_TRUE(client_);
+  // Small enough for glibc's per-thread cache, which hands a freed block straight back to
+  // the next allocation of its size (larger blocks may come back from the OS as zeros).
+  std::vector<uint8_t> pattern(512, 0xa5), got(512, 0x11);
+  for (int round = 0; round < 8; ++round) {
+    // A heap block of the reply's size has just held 0xa5 bytes on the server...
+    ASSERT_TRUE(client_->write(0, 0, pattern.data(), pattern.size()).ok());
+    ASSERT_TRUE(client_->read(0, 0, got.data(), got.size()).ok());
+    ASSERT_EQ(got, pattern);
+    // ...and a read of the same size from the model that writes nothing must be zeros.
+    ASSERT_TRUE(client_->read(2, 0, got.data(), got.size()).ok());
+    ASSERT_EQ(got, std::vector<uint8_t>(got.size(), 0)) << "round " << round;
+  }
+  client_.reset();
+  server_.reset();
+  caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);
+}
+
 TEST_F(ServerTest, GpioAnswersLikeLibvfioUsersSample) {
   serve("gpio");
   client_ = open();

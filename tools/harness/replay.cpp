@@ -29,7 +29,8 @@ field_value text_value(std::string t) {
 }
 
 /// What is compared of a reply: header essentials, fd count, decoded fields.
-field_list reply_fields(const std::vector<uint8_t>& bytes, size_t nfds, const quirks& q) {
+template <class Bytes>
+field_list reply_fields(const Bytes& bytes, size_t nfds, const quirks& q) {
   field_list out;
   header h = read_header(bytes.data());
   out.emplace_back("hdr.command", text_value(std::string(command_name(h.command)) + " (" + std::to_string(h.command) + ")"));
@@ -121,7 +122,7 @@ void answer_server_request(io::connection& c, session_view& sv, const frame& req
   }
   frame f;
   if (answer) {
-    f.bytes = answer->bytes;
+    f.bytes.assign(answer->bytes.begin(), answer->bytes.end());
     f.set_msg_id(rh.msg_id);
   } else {
     f = make_error_reply(rh, ENOSYS);
@@ -172,7 +173,7 @@ replay_report replay_capture(io::connection& c, const vec_file& vf, const replay
     if (!r.client_to_server || !h.is_command()) continue;
     ++rep.requests;
     frame f;
-    f.bytes = r.bytes;
+    f.bytes.assign(r.bytes.begin(), r.bytes.end());
     std::string err;
     if (!synth_fds(r, q, f.fds, err)) {
       rep.error = "line " + std::to_string(r.line) + ": " + err;

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "protocol/frame.hpp"
+
 namespace vfu::harness {
 
 struct flag_name {
@@ -38,6 +40,12 @@ bool parse_errno(const std::string& s, int& out, std::string& err);
 bool parse_duration(const std::string& s, std::chrono::microseconds& out, std::string& err);
 /// Hex bytes, an optional "*N" repeat ("00*16"); "" is empty.
 bool parse_bytes(const std::string& s, std::vector<uint8_t>& out, std::string& err);
+inline bool parse_bytes(const std::string& s, proto::frame_bytes& out, std::string& err) {
+  std::vector<uint8_t> v;
+  if (!parse_bytes(s, v, err)) return false;
+  out.assign(v.begin(), v.end());
+  return true;
+}
 /// "yes/no/true/false/1/0".
 bool parse_bool(const std::string& s, bool& out, std::string& err);
 
@@ -49,6 +57,9 @@ std::string format_flags(uint64_t v, const flag_table& t);
 std::string format_number(uint64_t v);
 /// Hex, cut after `max` bytes with "... (N bytes)".
 std::string format_bytes(const std::vector<uint8_t>& b, size_t max = 48);
+inline std::string format_bytes(const proto::frame_bytes& b, size_t max = 48) {
+  return format_bytes(std::vector<uint8_t>(b.begin(), b.end()), max);
+}
 /// "1.23 ms", "45 us".
 std::string format_duration(std::chrono::nanoseconds d);
 
