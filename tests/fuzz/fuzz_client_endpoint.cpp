@@ -57,7 +57,7 @@ void fake_server(int fd, const uint8_t* data, size_t size, bool good_version) {
       std::vector<uint8_t> out;
       if (h.command == uint16_t(proto::command::version) && good_version) {
         auto v = proto::make_frame(h.msg_id, proto::version_reply{{0, 2, std::string("{\"capabilities\":{}}")}});
-        out = v.bytes;
+        out.assign(v.bytes.begin(), v.bytes.end());
       } else {
         // Unprompted commands from the input first, then the reply.
         while (next_frame(out)) {

@@ -28,8 +28,7 @@ int devnull() {
   return fd;
 }
 
-[[noreturn]] void die(const char* what, const frame& f, const std::vector<uint8_t>& a,
-                      const std::vector<uint8_t>& b) {
+[[noreturn]] void die(const char* what, const frame& f, const frame_bytes& a, const frame_bytes& b) {
   std::fprintf(stderr, "fuzz_frame_decoder: %s\n  frame %s\n  enc1  %s\n  enc2  %s\n", what,
                to_hex({f.bytes.data(), f.bytes.size()}).c_str(), to_hex({a.data(), a.size()}).c_str(),
                to_hex({b.data(), b.size()}).c_str());
