@@ -63,6 +63,33 @@ TEST_F(FaultTest, ClientDeathAtEveryByteOfARequest) {
   EXPECT_EQ(server_->generation(), 2 * (f.bytes.size() + 1));
 }
 
+// A client that writes its last requests and half-closes at once (shutdown(SHUT_WR)): its
+// bytes and its EOF reach the server together, often in one readiness event, so a server
+// that trusted a short read to mean "nothing more to come" would never see the EOF. It
+// gets every reply, in order, and then the server's close.
+TEST_F(FaultTest, HalfClosedClientGetsEveryReplyAndThenTheServersClose) {
+  for (int round = 0; round < 20; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    test::raw_peer p(dial());
+    ASSERT_TRUE(p.version());
+    std::vector<uint8_t> burst;
+    for (uint16_t id = 1; id <= 8; ++id) {
+      auto f = make_frame(id, region_read_request{{1, 2, 1}});
+      burst.insert(burst.end(), f.bytes.begin(), f.bytes.end());
+    }
+    ASSERT_TRUE(p.send_bytes(burst.data(), burst.size()));
+    ASSERT_EQ(::shutdown(p.fd(), SHUT_WR), 0);
+    for (uint16_t id = 1; id <= 8; ++id) {
+      auto r = p.recv();
+      ASSERT_TRUE(r);
+      EXPECT_EQ(r->hdr().msg_id, id);
+      EXPECT_FALSE(r->hdr().is_error());
+    }
+    EXPECT_TRUE(p.wait_eof(5s)) << "the server kept a half-closed connection open";
+    ASSERT_TRUE(server_->wait_state(conn_state::connecting, 5s));
+  }
+}
+
 TEST_F(FaultTest, FdExhaustionWhilePeerSendsFdsClosesTheConnectionCleanly) {
   // One whole session first: it walks the connection-loss path once, so that UBSan's
   // dynamic-type cache is warm (a cold lookup opens /proc files, which fails below).
