@@ -187,7 +187,7 @@ row floor(const std::string& name, size_t req, size_t rep, int inflight, int rep
 
 /// Drives each fd from its own thread for g_secs: write `req`, read a `rep_size` reply, 1 in
 /// flight per fd. Total ops/s and the server's CPU per op.
-row drive_each(const std::string& name, pid_t server, const std::vector<int>& fds, const std::vector<uint8_t>& req,
+row drive_each(const std::string& name, pid_t server, const std::vector<int>& fds, proto::byte_view req,
                size_t rep_size) {
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> ops{0};
@@ -198,7 +198,7 @@ row drive_each(const std::string& name, pid_t server, const std::vector<int>& fd
     ts.emplace_back([&, fd] {
       std::vector<uint8_t> in(rep_size);
       while (!stop) {
-        if (!write_all(fd, req.data(), req.size()) || !read_all(fd, in.data(), in.size())) return;
+        if (!write_all(fd, req.data, req.size) || !read_all(fd, in.data(), in.size())) return;
         ++ops;
       }
     });
@@ -238,7 +238,8 @@ row floor_multi(const std::string& name, int n) {
     }
   }
   for (int s : sv) ::close(s);
-  auto r = drive_each(name, pid, cl, std::vector<uint8_t>(32), 36);
+  const std::vector<uint8_t> req(32);
+  auto r = drive_each(name, pid, cl, {req.data(), req.size()}, 36);
   for (int c : cl) ::close(c);
   ::waitpid(pid, nullptr, 0);
   return r;
@@ -425,7 +426,7 @@ row many_devices(const servers& s) {
     fds.push_back(conns.back().get());
   }
   auto req = proto::make_frame(2, proto::region_read_request{{0, 2, 4}});
-  return drive_each(std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each", s.pid, fds, std::vector<uint8_t>(req.bytes.begin(), req.bytes.end()), 36);
+  return drive_each(std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each", s.pid, fds, {req.bytes.data(), req.bytes.size()}, 36);
 }
 
 // ---- idle devices and soak -------------------------------------------------------------------

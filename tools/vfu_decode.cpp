@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
       auto& c = by_cmd[h.command];
       c.bytes += int(r.bytes.size());
       c.fds += int(r.nfds);
-      bool exact = m.ok() && [&] { auto b = make_frame(h.msg_id, *m, h.flags & hflags::no_reply).bytes; return std::equal(b.begin(), b.end(), r.bytes.begin(), r.bytes.end()); }();
+      bool exact = m.ok() && make_frame(h.msg_id, *m, h.flags & hflags::no_reply).bytes == r.bytes;
       if (!m.ok() || !exact) {
         ++c.bad;
         ++failures;

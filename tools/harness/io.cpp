@@ -72,7 +72,7 @@ std::string connection::why_closed() const {
   return "open";
 }
 
-std::string connection::send(const std::vector<uint8_t>& bytes, const proto::fd_list& fds, const send_options& o,
+std::string connection::send(const proto::frame_bytes& bytes, const proto::fd_list& fds, const send_options& o,
                              deadline dl) {
   if (!fd_ || eof_) return "cannot send: " + why_closed();
   size_t total = o.cut ? std::min(*o.cut, bytes.size()) : bytes.size();

@@ -52,10 +52,7 @@ class connection {
 
   /// Writes one frame's bytes with its fds (sent with the piece holding the last byte sent).
   /// Returns an empty string or what went wrong.
-  std::string send(const std::vector<uint8_t>& bytes, const proto::fd_list& fds, const send_options& o, deadline dl);
-  std::string send(const proto::frame_bytes& bytes, const proto::fd_list& fds, const send_options& o, deadline dl) {
-    return send(std::vector<uint8_t>(bytes.begin(), bytes.end()), fds, o, dl);
-  }
+  std::string send(const proto::frame_bytes& bytes, const proto::fd_list& fds, const send_options& o, deadline dl);
 
   enum class got { frame, timeout, closed };
   /// The next queued or arriving frame whose header satisfies `want`; others stay queued.

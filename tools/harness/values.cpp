@@ -247,10 +247,10 @@ std::string format_flags(uint64_t v, const flag_table& t) {
   return names + " (" + buf + ")";
 }
 
-std::string format_bytes(const std::vector<uint8_t>& b, size_t max) {
-  if (b.empty()) return "(empty)";
-  if (b.size() <= max) return proto::to_hex({b.data(), b.size()});
-  return proto::to_hex({b.data(), max}) + "... (" + std::to_string(b.size()) + " bytes)";
+std::string format_bytes(proto::byte_view b, size_t max) {
+  if (b.size == 0) return "(empty)";
+  if (b.size <= max) return proto::to_hex(b);
+  return proto::to_hex({b.data, max}) + "... (" + std::to_string(b.size) + " bytes)";
 }
 
 std::string format_duration(std::chrono::nanoseconds d) {

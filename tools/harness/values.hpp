@@ -56,9 +56,11 @@ std::string format_flags(uint64_t v, const flag_table& t);
 /// "256 (0x100)" for larger numbers, "7" for small ones.
 std::string format_number(uint64_t v);
 /// Hex, cut after `max` bytes with "... (N bytes)".
-std::string format_bytes(const std::vector<uint8_t>& b, size_t max = 48);
-inline std::string format_bytes(const proto::frame_bytes& b, size_t max = 48) {
-  return format_bytes(std::vector<uint8_t>(b.begin(), b.end()), max);
+std::string format_bytes(proto::byte_view b, size_t max = 48);
+/// Of any contiguous bytes (std::vector<uint8_t>, a frame's bytes).
+template <class Bytes>
+std::string format_bytes(const Bytes& b, size_t max = 48) {
+  return format_bytes(proto::byte_view{b.data(), b.size()}, max);
 }
 /// "1.23 ms", "45 us".
 std::string format_duration(std::chrono::nanoseconds d);
