@@ -82,7 +82,13 @@ void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
 
 void dispatch_next(self_t self) {
   auto& st = self->state;
-  if (st.busy || st.queue.empty()) return;
+  if (st.busy || st.queue.empty()) {
+    if (!st.busy && !st.drains.empty()) {  // every request so far is answered
+      for (auto& p : st.drains) p.deliver(caf::unit);
+      st.drains.clear();
+    }
+    return;
+  }
   auto it = std::move(st.queue.front());
   st.queue.pop_front();
   st.busy = true;
@@ -165,6 +171,12 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         ++st.served;
         st.queue.push_back(dispatcher_state::item{sock, h, std::move(in), target});
         dispatch_next(self);
+      },
+      [=](drain_atom) -> caf::result<void> {
+        auto& st = self->state;
+        if (!st.busy && st.queue.empty()) return caf::unit;
+        st.drains.push_back(self->make_response_promise());
+        return caf::delegated<void>{};
       },
       [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
   };

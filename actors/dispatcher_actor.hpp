@@ -58,12 +58,14 @@ struct dispatcher_state {
   proto::decode_limits limits;
   bool negotiated = false;
   uint64_t served = 0, decode_errors = 0;
+  std::vector<caf::response_promise> drains;  ///< (drain_atom) requests: answered when idle
   static inline const char* name = "vfu.dispatcher";
 };
 
 /// Messages: (handler_atom, uint16_t cmd, actor) registers a handler (cmd 0 = whole
 /// device); (inbound_atom, frame_ptr) from a socket actor; (limits_atom, conn_limits) after
-/// a client-side negotiation; (connlost_atom) resets negotiation state.
+/// a client-side negotiation; (connlost_atom) resets negotiation state; (drain_atom) is
+/// answered once every request received so far has been answered.
 caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,
                                caf::actor correlation);
 

@@ -5,6 +5,10 @@
 #include <caf/resumable.hpp>
 #include <caf/scheduler/coordinator.hpp>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -16,6 +20,13 @@ namespace {
 
 thread_local bool t_on_loop = false;
 thread_local std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
+thread_local std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
+
+// Sockets read directly while the loop polls: the most recently active ones.
+constexpr size_t max_hot = 4;
+// While it has hot sockets, the polling loop also asks epoll (other sockets, timers, posted
+// handlers) once in this many rounds.
+constexpr int epoll_every = 4;
 
 // Swaps with a spare that keeps its capacity: no allocation per flush.
 void run_deferred(std::vector<std::shared_ptr<deferred_writer>>& v) {
@@ -26,6 +37,20 @@ void run_deferred(std::vector<std::shared_ptr<deferred_writer>>& v) {
     batch.clear();
   }
 }
+
+// QEMU's adaptive polling (util/aio-posix.c, adjust_polling_time; an iothread's
+// poll-max-ns): how long the idle loop polls before it blocks. A wait that ended within the
+// window needs no change; one that would have needed more than max_ns resets the window to
+// 0 (QEMU's default shrink); one shorter than max_ns grows it (4 us, then doubling).
+struct adaptive_poll {
+  int64_t max_ns = 0;  ///< 0: never poll
+  int64_t ns = 0;      ///< the current window
+  void adjust(int64_t block_ns) {
+    if (block_ns <= ns) return;
+    if (block_ns > max_ns) ns = 0;
+    else if (ns < max_ns) ns = std::min(max_ns, ns ? ns * 2 : int64_t{4000});
+  }
+};
 
 // A CAF scheduler policy (the interface of caf::policy::work_sharing) whose one worker
 // waits in the io_context instead of on a condition variable.
@@ -41,6 +66,10 @@ class loop_policy : public caf::policy::unprofiled {
     bool wake_posted = false;  ///< a wake-up is on its way; no need for another
     int budget = poll_every;
     std::vector<std::shared_ptr<deferred_writer>> deferred;  ///< loop thread only
+    adaptive_poll poll;                                      ///< loop thread only
+    std::atomic<uint64_t> idle{0}, caught{0}, direct_reads{0}, blocked{0};  ///< stats()
+    std::atomic<int64_t> window{0};  ///< poll.ns, for stats()
+    std::vector<std::shared_ptr<pollable>> hot;              ///< loop thread only
   };
   struct worker_data {
     explicit worker_data(caf::scheduler::abstract_coordinator*) {}
@@ -84,6 +113,7 @@ class loop_policy : public caf::policy::unprofiled {
     auto& st = d(w->parent());
     t_on_loop = true;
     t_deferred = &st.deferred;
+    t_hot = st.poll.max_ns > 0 ? &st.hot : nullptr;
     for (;;) {
       bool idle;
       {
@@ -111,7 +141,7 @@ class loop_policy : public caf::policy::unprofiled {
         std::unique_lock<std::mutex> g(st.lock);
         st.cv.wait(g, [&] { return !st.queue.empty(); });
       } else {
-        st.io->run_one();
+        wait_for_io(st);
       }
       std::lock_guard<std::mutex> g(st.lock);
       st.sleeping = false;
@@ -119,9 +149,58 @@ class loop_policy : public caf::policy::unprofiled {
     }
   }
 
+  // Idle: poll the io_context for up to poll.ns (adaptive), then block in it. Called with
+  // st.sleeping set; while polling the loop is awake, so other threads' enqueues are
+  // noticed here instead of posting a wake-up.
+  template <class Data>
+  static void wait_for_io(Data& st) {
+    using clock = std::chrono::steady_clock;
+    if (st.poll.max_ns == 0) {
+      st.io->run_one();
+      return;
+    }
+    auto start = clock::now();
+    bool got = false;
+    if (st.poll.ns > 0) {
+      {
+        std::lock_guard<std::mutex> g(st.lock);
+        st.sleeping = false;
+      }
+      auto deadline = start + std::chrono::nanoseconds(st.poll.ns);
+      int round = 0;
+      do {
+        // The sockets that were just active are read directly: a request that arrives costs
+        // one recvmsg, as for a blocking server, not an epoll_wait and a recvmsg. Their
+        // readiness waits stay armed, so nothing that arrives is missed when the loop
+        // blocks (and a stale readiness event then costs one read that finds nothing).
+        for (size_t i = 0; i < st.hot.size(); ++i)
+          if (st.hot[i]->poll_read()) got = true;
+        if (got) st.direct_reads.fetch_add(1, std::memory_order_relaxed);
+        if (!got && (st.hot.empty() || ++round % epoll_every == 0) && st.io->poll() > 0)
+          got = true;  // another socket, a timer or a posted handler (epoll_wait, timeout 0)
+        std::lock_guard<std::mutex> g(st.lock);
+        if (!st.queue.empty()) got = true;  // a message from another thread
+        if (!got && clock::now() >= deadline) st.sleeping = true;  // under the lock: see enqueue
+        if (got || st.sleeping) break;
+      } while (true);
+    }
+    st.idle.fetch_add(1, std::memory_order_relaxed);
+    if (got) {
+      st.caught.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      st.blocked.fetch_add(1, std::memory_order_relaxed);
+      st.hot.clear();  // blocking: whoever wakes the loop is hot next
+      st.io->run_one();
+    }
+    st.poll.adjust(std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count());
+    st.window.store(st.poll.ns, std::memory_order_relaxed);
+  }
+
   template <class Worker>
   void before_shutdown(Worker* w) {
     run_deferred(d(w->parent()).deferred);
+    d(w->parent()).hot.clear();
+    t_hot = nullptr;
     t_deferred = nullptr;
     t_on_loop = false;
   }
@@ -143,7 +222,10 @@ class loop_policy : public caf::policy::unprofiled {
 
 class loop_coordinator : public caf::scheduler::coordinator<loop_policy> {
  public:
-  loop_coordinator(caf::actor_system& sys, boost::asio::io_context& io) : coordinator(sys) { data().io = &io; }
+  loop_coordinator(caf::actor_system& sys, boost::asio::io_context& io, int64_t poll_max_ns) : coordinator(sys) {
+    data().io = &io;
+    data().poll.max_ns = poll_max_ns > 0 ? poll_max_ns : 0;
+  }
   void init(caf::actor_system_config& cfg) override {
     coordinator::init(cfg);
     num_workers_ = 1;  // the loop is one thread by construction
@@ -159,9 +241,32 @@ void defer_flush(std::shared_ptr<deferred_writer> w) {
   else w->flush_deferred();
 }
 
-void install(caf::actor_system_config& cfg, boost::asio::io_context& io) {
-  cfg.module_factories.push_back(
-      [&io](caf::actor_system& sys) -> caf::actor_system::module* { return new loop_coordinator(sys, io); });
+void note_active(const std::shared_ptr<pollable>& p) {
+  auto* hot = t_hot;
+  if (!hot) return;
+  for (auto& h : *hot)
+    if (h == p) return;
+  if (hot->size() == max_hot) hot->erase(hot->begin());
+  hot->push_back(p);
+}
+
+std::optional<loop_stats> stats(caf::actor_system& sys) {
+  auto* c = dynamic_cast<loop_coordinator*>(&sys.scheduler());
+  if (!c) return std::nullopt;
+  auto& st = c->data();
+  loop_stats r;
+  r.idle = st.idle.load(std::memory_order_relaxed);
+  r.caught = st.caught.load(std::memory_order_relaxed);
+  r.direct_reads = st.direct_reads.load(std::memory_order_relaxed);
+  r.blocked = st.blocked.load(std::memory_order_relaxed);
+  r.poll_ns = st.window.load(std::memory_order_relaxed);
+  return r;
+}
+
+void install(caf::actor_system_config& cfg, boost::asio::io_context& io, int64_t poll_max_ns) {
+  cfg.module_factories.push_back([&io, poll_max_ns](caf::actor_system& sys) -> caf::actor_system::module* {
+    return new loop_coordinator(sys, io, poll_max_ns);
+  });
 }
 
 }  // namespace vfu::event_loop

@@ -11,16 +11,21 @@
 //    no-op to the io_context, and only when it is asleep;
 //  - while actors are busy, ready io handlers still run every `poll_every` jobs;
 //  - writes that actors queue on the loop thread are flushed when the actor queue drains
-//    (defer_flush), so the replies to one read batch leave in one sendmsg.
+//    (defer_flush), so the replies to one read batch leave in one sendmsg;
+//  - optionally (poll_max_ns), the idle loop polls for a while before it blocks, as QEMU's
+//    iothreads do: a request that arrives within the window costs no wake-up.
 //
 // Everything on the loop thread must be non-blocking. Hosts whose device handlers block
 // use runtime_options::single_loop = false (a separate io thread and N CAF workers).
 #pragma once
 
 #include <boost/asio/io_context.hpp>
+#include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 
 namespace vfu {
 
@@ -29,6 +34,15 @@ class deferred_writer {
  public:
   virtual ~deferred_writer() = default;
   virtual void flush_deferred() = 0;
+};
+
+/// A socket the idle loop may read directly while it polls (stream_transport).
+class pollable {
+ public:
+  virtual ~pollable() = default;
+  /// Loop thread: one non-blocking read pass. True if it received anything (bytes, EOF or
+  /// an error), i.e. the loop has work again.
+  virtual bool poll_read() = 0;
 };
 
 namespace event_loop {
@@ -42,9 +56,26 @@ bool on_loop_thread() noexcept;
 /// Loop thread only: calls w->flush_deferred() before the loop next waits for or polls io.
 void defer_flush(std::shared_ptr<deferred_writer> w);
 
+/// Loop thread: `p` just received data, so while the loop polls it reads `p` directly
+/// (a recvmsg) instead of asking epoll. The loop keeps the few most recently active
+/// sockets, until it next blocks. A no-op unless the loop polls (poll_max_ns > 0).
+void note_active(const std::shared_ptr<pollable>& p);
+
+/// What the loop did while idle (inspection; counted only while it polls).
+struct loop_stats {
+  uint64_t idle = 0;         ///< times the loop ran out of work
+  uint64_t caught = 0;       ///< ... and found new work while polling, without blocking
+  uint64_t direct_reads = 0; ///< ... of those, by reading a recently active socket directly
+  uint64_t blocked = 0;      ///< ... and blocked in epoll
+  int64_t poll_ns = 0;       ///< the current adaptive window
+};
+/// The loop's counters, or nullopt if `sys` does not run on an event loop (single_loop off).
+std::optional<loop_stats> stats(caf::actor_system& sys);
+
 /// Makes the actor system built from `cfg` schedule every actor on one worker thread that
-/// also runs `io`. `io` must outlive the actor system.
-void install(caf::actor_system_config& cfg, boost::asio::io_context& io);
+/// also runs `io`. `io` must outlive the actor system. With `poll_max_ns` > 0 the idle loop
+/// polls adaptively for up to that long before it blocks (runtime_options::poll_max_ns).
+void install(caf::actor_system_config& cfg, boost::asio::io_context& io, int64_t poll_max_ns = 0);
 
 }  // namespace event_loop
 }  // namespace vfu

@@ -2,7 +2,9 @@
 
 #include <boost/asio/post.hpp>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <future>
 
 #include "actors/event_loop.hpp"
@@ -39,8 +41,25 @@ std::vector<std::string> runtime::filter_caf_args(int argc, char** argv, std::ve
   return caf;
 }
 
+namespace {
+// runtime_options::poll_max_ns = -1: VFU_POLL_MAX_NS, a number of nanoseconds, or 0.
+int64_t default_poll_max_ns() {
+  const char* v = std::getenv("VFU_POLL_MAX_NS");
+  if (!v || !*v) return 0;
+  char* end = nullptr;
+  errno = 0;
+  long long n = std::strtoll(v, &end, 10);
+  if (*end || errno || n < 0 || n > 1000000000) {
+    std::fprintf(stderr, "vfu: ignoring VFU_POLL_MAX_NS='%s': not a number of nanoseconds from 0 to 1000000000\n", v);
+    return 0;
+  }
+  return n;
+}
+}  // namespace
+
 runtime::runtime(const std::vector<std::string>& caf_args, runtime_options opts)
     : cfg_(std::make_unique<config>(opts)), opts_(opts) {
+  if (opts_.poll_max_ns < 0) opts_.poll_max_ns = default_poll_max_ns();
   if (!caf_args.empty()) {
     std::vector<std::string> argv_store{"vfu"};
     argv_store.insert(argv_store.end(), caf_args.begin(), caf_args.end());
@@ -51,7 +70,7 @@ runtime::runtime(const std::vector<std::string>& caf_args, runtime_options opts)
   // The guard keeps the loop blocking in the io_context while no socket is open.
   guard_ = std::make_unique<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>>(
       io_.get_executor());
-  if (opts_.single_loop) event_loop::install(*cfg_, io_);
+  if (opts_.single_loop) event_loop::install(*cfg_, io_, opts_.poll_max_ns);
   sys_ = std::make_unique<caf::actor_system>(*cfg_);
   if (!opts_.single_loop) io_thread_ = std::thread([this] { io_.run(); });
 }

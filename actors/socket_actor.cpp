@@ -5,6 +5,10 @@ namespace vfu {
 
 namespace {
 
+// How long a connection whose peer closed its end waits for the answers to what the peer
+// sent before (socket_actor's eof_atom).
+constexpr std::chrono::seconds eof_drain_limit{2};
+
 void enqueue(caf::stateful_actor<socket_state>* self, frame_ptr f) {
   CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));
   auto st = self->state.transport->send(f);
@@ -56,6 +60,19 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
       [=](ioerr_atom, proto::error& e) {
         CAF_LOG_INFO("connection ends: " << e.message());
         self->quit(to_caf(e));
+      },
+      [=](eof_atom, proto::error& e) {
+        // The peer closed its end (or half-closed it) at a frame boundary. What it sent
+        // before is answered first, as a half-closing client expects: the requests may
+        // still sit in the dispatcher's or a device's queue (an io pass can read the last
+        // requests and the EOF before any actor runs). Our own requests can get no reply
+        // any more and fail at once. Then the connection ends, with a bound on the wait.
+        CAF_LOG_INFO("peer closed its end: answering what it sent, then closing");
+        auto& st = self->state;
+        self->send(st.correlation, failall_atom::value, e);
+        auto done = [=] { self->quit(to_caf(e)); };
+        self->request(st.dispatcher, eof_drain_limit, drain_atom::value)
+            .then([=] { done(); }, [=](caf::error&) { done(); });
       },
       [=](send_atom, frame_ptr& f) { enqueue(self, std::move(f)); },
       [=](retire_atom, std::vector<proto::header>& hs) {

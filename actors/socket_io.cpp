@@ -55,9 +55,13 @@ void stream_transport::start(caf::actor owner) {
 }
 
 void stream_transport::arm() {
-  if (stopped_) return;
+  // One wait at a time. While the loop polls, reads happen without the wait firing, and it
+  // stays armed: what arrives after the loop stops polling still wakes it.
+  if (stopped_ || wait_armed_) return;
+  wait_armed_ = true;
   auto self = shared_from_this();
   sock_.async_wait(asio::socket_base::wait_read, [self](const boost::system::error_code& ec) {
+    self->wait_armed_ = false;
     if (ec == asio::error::operation_aborted || self->stopped_) return;  // cancelled by close()
     if (ec) {
       // Any other error ends the connection with its cause; returning silently would leave
@@ -72,11 +76,24 @@ void stream_transport::arm() {
 }
 
 void stream_transport::on_readable() {
+  read_pass();
+  arm();
+}
+
+bool stream_transport::poll_read() {
+  if (stopped_ || !owner_) return false;
+  bool got = read_pass();
+  arm();  // a no-op while the wait is still armed, as it usually is here
+  return got;
+}
+
+bool stream_transport::read_pass() {
   // Only the io thread reads, one socket at a time, so one buffer serves every connection
   // (a buffer per connection would cost 256 KiB of RSS per idle client).
   static thread_local std::vector<uint8_t> buf_(read_chunk);
-  auto batch = std::make_shared<std::vector<proto::frame_assembler::event>>();
+  std::shared_ptr<std::vector<proto::frame_assembler::event>> batch;
   proto::error fail;
+  bool got = false, clean_eof = false;
   for (int i = 0; i < reads_per_wakeup; ++i) {
     alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * proto::limits::scm_max_fd)];
     // The rest of a large frame's body is read straight into the frame (no bounce copy),
@@ -108,6 +125,8 @@ void stream_transport::on_readable() {
       }
     }
     if (n > 0) {
+      got = true;
+      if (!batch) batch = std::make_shared<std::vector<proto::frame_assembler::event>>();
       bytes_in += uint64_t(n);
       bool had_fds = !fds.empty();
       if (win.first) asm_.body_filled(size_t(n), std::move(fds), *batch);
@@ -119,8 +138,9 @@ void stream_transport::on_readable() {
       continue;
     }
     if (n == 0) {
-      fail = asm_.mid_frame() ? proto::error(proto::errc::peer_gone, "EOF in the middle of a frame")
-                              : proto::error(proto::errc::peer_gone, ECONNRESET, "peer closed the connection");
+      clean_eof = !asm_.mid_frame();
+      fail = clean_eof ? proto::error(proto::errc::peer_gone, ECONNRESET, "peer closed the connection")
+                       : proto::error(proto::errc::peer_gone, "EOF in the middle of a frame");
       break;
     }
     if (errno == EINTR) continue;
@@ -128,6 +148,9 @@ void stream_transport::on_readable() {
     fail = proto::error(proto::errc::io_error, errno, std::string("recvmsg: ") + std::strerror(errno));
     break;
   }
+  if (!got && !fail && !asm_.failed()) return false;  // the socket was empty (EAGAIN)
+  event_loop::note_active(shared_from_this());
+  if (!batch) batch = std::make_shared<std::vector<proto::frame_assembler::event>>();
   // A reply to a blocked thread's direct call wakes that thread from here, and the actors
   // never see it. A no-wait request's reply is retired by the correlation actor (its
   // header); a reply nobody asked for goes on to it as any other (logged, counted).
@@ -154,12 +177,10 @@ void stream_transport::on_readable() {
   if (!retired.empty()) caf::anon_send(owner_, retire_atom::value, std::move(retired));
   bool fatal = asm_.failed() || fail;
   if (!batch->empty()) caf::anon_send(owner_, frames_atom::value, batch);
-  if (fail) caf::anon_send(owner_, ioerr_atom::value, fail);
-  if (fatal) {
-    stopped_ = true;  // the assembler's fatal event (in the batch) or `fail` ends the actor
-    return;
-  }
-  arm();
+  if (fail && clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, fail);  // answer, then close
+  else if (fail) caf::anon_send(owner_, ioerr_atom::value, fail);
+  if (fatal) stopped_ = true;  // the assembler's fatal event (in the batch) or `fail` ends the actor
+  return true;
 }
 
 proto::status stream_transport::send(const frame_ptr& f) { return send_many(&f, 1); }

@@ -41,7 +41,9 @@ class direct_calls;
 /// Bytes a peer may leave unread in our send queue before we give up on it.
 inline constexpr size_t max_send_queue = 128u << 20;
 
-class stream_transport : public deferred_writer, public std::enable_shared_from_this<stream_transport> {
+class stream_transport : public deferred_writer,
+                         public pollable,
+                         public std::enable_shared_from_this<stream_transport> {
  public:
   stream_transport(boost::asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
                    std::shared_ptr<direct_calls> direct = nullptr);
@@ -62,6 +64,8 @@ class stream_transport : public deferred_writer, public std::enable_shared_from_
   void close(const proto::error& why = proto::error(proto::errc::peer_gone, "connection closed"));
   /// Writes what send() queued on the event loop (called by the loop when it goes idle).
   void flush_deferred() override;
+  /// Reads what has arrived, without waiting for readiness (called by the polling loop).
+  bool poll_read() override;
 
   /// Counters for inspection.
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
@@ -69,6 +73,9 @@ class stream_transport : public deferred_writer, public std::enable_shared_from_
  private:
   void arm();
   void on_readable();
+  /// One read pass and the delivery of what it read. True if it received anything (bytes,
+  /// EOF or an error); false after a read that found the socket empty.
+  bool read_pass();
   void arm_writable();
   void on_writable();
   /// Writes queued frames; wm_ held. False on a socket error.
@@ -92,6 +99,7 @@ class stream_transport : public deferred_writer, public std::enable_shared_from_
   proto::frame_assembler asm_;
   caf::actor owner_;
   bool stopped_ = false;
+  bool wait_armed_ = false;  ///< a readiness wait is pending (io thread)
 };
 
 /// One sendmsg of `iov` (with `fds`, if any, as SCM_RIGHTS), retried on EINTR. Returns the

@@ -154,6 +154,8 @@ using close_atom = caf::atom_constant<caf::atom("close")>;
 using failall_atom = caf::atom_constant<caf::atom("failall")>;
 using track_atom = caf::atom_constant<caf::atom("track")>;
 using retire_atom = caf::atom_constant<caf::atom("retire")>;
+using eof_atom = caf::atom_constant<caf::atom("eof")>;
+using drain_atom = caf::atom_constant<caf::atom("drain")>;
 
 /// Renders a CAF error (including our "vfu" category) as text.
 std::string render(const caf::error& e);

@@ -287,6 +287,9 @@ std::vector<proto::frame> reads(uint32_t region, uint64_t off, int n) {
 
 // ---- modes -----------------------------------------------------------------------------------
 
+std::string g_serve_poll;     ///< --poll-max-ns for vfu-serve (empty: its default)
+int64_t g_client_poll = 0;    ///< runtime_options::poll_max_ns of our client's runtime
+
 struct servers {
   pid_t pid = 0;
   std::string dir, gpio, dma, ram;
@@ -303,6 +306,7 @@ servers start_servers(const std::string& bindir, int devices) {
   s.ram = s.dir + "/ram.sock";
   std::vector<std::string> args{bindir + "/vfu-serve", "--device=gpio", "--socket-path=" + s.gpio, "--device=dma-test",
                                 "--socket-path=" + s.dma, "--device=ram", "--socket-path=" + s.ram};
+  if (!g_serve_poll.empty()) args.push_back("--poll-max-ns=" + g_serve_poll);
   for (int i = 0; i < devices; ++i) {
     s.gpios.push_back(s.dir + "/g" + std::to_string(i) + ".sock");
     args.push_back("--device=gpio");
@@ -593,11 +597,22 @@ int main(int argc, char** argv) {
         only.insert(l.substr(p, c - p));
         p = c + 1;
       }
+    } else if (a.rfind("--poll-max-ns=", 0) == 0 || a.rfind("--client-poll-max-ns=", 0) == 0) {
+      std::string val = a.substr(a.find('=') + 1);
+      char* end = nullptr;
+      long long n = std::strtoll(val.c_str(), &end, 10);
+      if (val.empty() || *end || n < 0 || n > 1000000000) {
+        std::fprintf(stderr, "vfu-bench: %s needs nanoseconds from 0 to 1000000000\n", a.substr(0, a.find('=')).c_str());
+        return 2;
+      }
+      if (a[2] == 'p') g_serve_poll = std::to_string(n);
+      else g_client_poll = n;
     } else if (a == "--json") json = true;
     else {
       std::fprintf(stderr,
                    "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,devices]\n"
-                   "                 [--devices=N] | --idle-devices=N | --soak=SECONDS\n");
+                   "                 [--devices=N] [--poll-max-ns=N (vfu-serve's)] [--client-poll-max-ns=N]\n"
+                   "                 | --idle-devices=N | --soak=SECONDS\n");
       return 2;
     }
   }
@@ -649,7 +664,9 @@ int main(int argc, char** argv) {
     fr.push_back(proto::make_frame(100, proto::region_read_request{{1, 2, 4}}));
     add(raw_rows("raw client: 64 posted writes + 1 read", s.pid, s.gpio, fr, rd_rep, 65), &floor_posted());
   }
-  runtime rt;
+  runtime_options ropts;
+  ropts.poll_max_ns = g_client_poll;
+  runtime rt({}, ropts);
   if (want("client")) {
     // vfu-serve serves one client per socket at a time: the raw client goes first.
     size_t raw1 = rows.size();

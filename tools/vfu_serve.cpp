@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -27,8 +28,10 @@ int usage(const char* msg) {
   }
   std::fprintf(stdout,
                "usage: vfu-serve --device=gpio|dma-test|ram (--socket-path=PATH | --fd=N) [...]\n"
-               "                 [--quirks=spec|qemu|libvfio-user] [--logger.* CAF options]\n"
-               "  Repeat --device/--socket-path pairs to serve several devices from one process.\n");
+               "                 [--quirks=spec|qemu|libvfio-user] [--poll-max-ns=N] [--logger.* CAF options]\n"
+               "  Repeat --device/--socket-path pairs to serve several devices from one process.\n"
+               "  --poll-max-ns: how long the idle loop may poll before it sleeps, adapted as QEMU's\n"
+               "  iothreads do (default 32768; 0 never polls).\n");
   return 0;
 }
 
@@ -47,6 +50,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> devices, paths;
   std::vector<int> fds;
   proto::quirks quirks;
+  runtime_options ropts;
+  ropts.poll_max_ns = runtime_options::default_poll_max_ns;
   for (auto& a : rest) {
     std::string v;
     if (a == "--help" || a == "-h") return usage(nullptr);
@@ -61,6 +66,13 @@ int main(int argc, char** argv) {
       long n = std::strtol(v.c_str(), &end, 10);
       if (v.empty() || *end || n < 0 || n > 65535) return usage(("--fd needs a file descriptor number, got '" + v + "'").c_str());
       fds.push_back(int(n));
+    } else if (parse_value(a, "--poll-max-ns", v)) {
+      char* end = nullptr;
+      errno = 0;
+      long long n = std::strtoll(v.c_str(), &end, 10);
+      if (v.empty() || *end || errno || n < 0 || n > 1000000000)
+        return usage(("--poll-max-ns needs a number of nanoseconds from 0 to 1000000000, got '" + v + "'").c_str());
+      ropts.poll_max_ns = n;
     } else if (parse_value(a, "--quirks", v)) {
       if (v == "qemu") quirks = proto::quirks::qemu();
       else if (v == "libvfio-user") quirks = proto::quirks::libvfio_user();
@@ -80,7 +92,7 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
-  runtime rt(caf_args);
+  runtime rt(caf_args, ropts);
   std::vector<std::unique_ptr<endpoint>> eps;
   std::vector<std::string> owned_paths;
   endpoint_config cfg;

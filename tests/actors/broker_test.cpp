@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "actors/endpoint.hpp"
+#include "actors/event_loop.hpp"
 #include "actors/handler.hpp"
 #include "tests/test_support.hpp"
 
@@ -360,6 +361,63 @@ TEST_F(BrokerTest, SeparateIoThreadModeServesTheSameTraffic) {
   for (int i = 0; i < 50; ++i) client_->post_noreply(proto::region_write_request{{0, 0, 1}, {1}});
   EXPECT_TRUE(client_->call_decoded(rr(9, 1)).ok());
   EXPECT_NE(client_->stats().find("frames_in=234"), std::string::npos) << client_->stats();
+}
+
+// A loop that polls (runtime_options::poll_max_ns, as vfu-serve runs) reads the socket that
+// was just active directly, without a readiness event: requests that arrive while it polls
+// are caught there. Served the same: every reply in order, fds passed, and a peer's last
+// requests followed at once by its half-close still get their replies and then the close
+// (the readiness wait stays armed while the loop reads without it).
+TEST_F(BrokerTest, PollingLoopReadsDirectlyAndStillSeesEveryByteAndTheClose) {
+  rt_.reset();
+  runtime_options opts;
+  opts.poll_max_ns = 1000000;  // 1 ms: the peer's next request comes well within it
+  rt_ = std::make_unique<runtime>(std::vector<std::string>{}, opts);
+  ASSERT_EQ(rt_->poll_max_ns(), 1000000);
+  auto fd = start_server(pattern_device);
+  test::raw_peer peer(std::move(fd));
+  ASSERT_TRUE(peer.version());
+  for (uint16_t i = 0; i < 2000; ++i) {
+    ASSERT_TRUE(peer.send(rr(i, 2), i));
+    auto r = peer.recv();
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->hdr().msg_id, i);
+    auto m = proto::decode(*r);
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(std::get<proto::region_read_reply>(*m).data, (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1)}));
+  }
+  auto st = event_loop::stats(rt_->system());
+  ASSERT_TRUE(st);
+  EXPECT_GT(st->caught, 0u) << "no request was caught while polling";
+  EXPECT_GT(st->direct_reads, 0u) << "the active socket was never read directly";
+  // Last requests and EOF together.
+  std::vector<uint8_t> burst;
+  for (uint16_t id = 1; id <= 8; ++id) {
+    auto f = proto::make_frame(id, rr(id, 1));
+    burst.insert(burst.end(), f.bytes.begin(), f.bytes.end());
+  }
+  ASSERT_TRUE(peer.send_bytes(burst.data(), burst.size()));
+  ASSERT_EQ(::shutdown(peer.fd(), SHUT_WR), 0);
+  for (uint16_t id = 1; id <= 8; ++id) {
+    auto r = peer.recv();
+    ASSERT_TRUE(r) << "reply " << id;
+    EXPECT_EQ(r->hdr().msg_id, id);
+  }
+  EXPECT_TRUE(peer.wait_eof()) << "the server did not close after the peer's EOF";
+}
+
+// Without polling the loop always blocks in epoll when idle, and never reads directly.
+TEST_F(BrokerTest, LoopWithoutPollingNeverPolls) {
+  rt_.reset();
+  runtime_options opts;
+  opts.poll_max_ns = 0;
+  rt_ = std::make_unique<runtime>(std::vector<std::string>{}, opts);
+  start_pair(pattern_device);
+  for (uint64_t i = 0; i < 200; ++i) ASSERT_TRUE(client_->call_decoded(rr(i, 4)).ok());
+  auto st = event_loop::stats(rt_->system());
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->caught, 0u);
+  EXPECT_EQ(st->direct_reads, 0u);
 }
 
 TEST_F(BrokerTest, ErrorReplyCarriesThePeersErrno) {
