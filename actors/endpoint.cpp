@@ -478,12 +478,22 @@ call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds t
   auto deadline = clock::now() + timeout;
   auto slot = std::make_shared<call_slot>();
   proto::error err;
-  auto id = send_direct(std::move(frame), slot, timeout, err);
+  uint64_t epoch = 0;
+  auto tr = ready_transport(epoch, err);
+  if (!tr) return call_result{nullptr, err};
+  auto id = register_direct(frame, slot, epoch, timeout, err);
   if (!id) return call_result{nullptr, err};
-  if (err) {  // not written: nothing will come back
+  // Lead before writing, so that the reply cannot wake the event loop.
+  bool lead = cfg_.caller_reads && tr->lead_begin();
+  if (auto st = tr->send(make_frame_ptr(std::move(frame))); !st) {  // not written: nothing will come back
+    if (lead) tr->lead_end();
     direct_->remove(*id);
     direct_->release();
-    return call_result{nullptr, err};
+    return call_result{nullptr, st.err()};
+  }
+  if (lead) {
+    tr->lead_wait(*slot, deadline);
+    tr->lead_end();
   }
   return await_direct(*id, cmd, *slot, deadline);
 }
@@ -528,13 +538,19 @@ std::vector<call_result> endpoint::call_many(const std::vector<proto::message>& 
       frames.push_back(make_frame_ptr(std::move(f)));
     }
     if (frames.empty()) continue;
+    bool lead = cfg_.caller_reads && tr->lead_begin();
     if (auto st = tr->send_many(frames.data(), frames.size()); !st) {
+      if (lead) tr->lead_end();
       for (auto& p : sent) {
         direct_->remove(p.id);
         direct_->release();
         out[p.i] = call_result{nullptr, st.err()};
       }
       continue;
+    }
+    if (lead) {
+      for (auto& p : sent) tr->lead_wait(*p.slot, p.deadline);
+      tr->lead_end();
     }
     for (auto& p : sent) out[p.i] = await_direct(p.id, p.cmd, *p.slot, p.deadline);
   }

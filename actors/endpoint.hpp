@@ -46,6 +46,10 @@ struct endpoint_config {
   proto::quirks quirks;
   correlation_config correlation;
   std::chrono::milliseconds handler_timeout{60000};
+  /// A thread blocked in call(), call_frame() or call_many() reads the socket itself while
+  /// nobody else does (stream_transport's leader), so its reply wakes it directly instead
+  /// of waking the event loop, which then wakes it. false: the loop reads every reply.
+  bool caller_reads = true;
   // Client role.
   proto::capabilities client_caps = default_client_caps();
   bool reconnect = true;

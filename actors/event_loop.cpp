@@ -156,6 +156,8 @@ class loop_policy : public caf::policy::unprofiled {
   static void wait_for_io(Data& st) {
     using clock = std::chrono::steady_clock;
     if (st.poll.max_ns == 0) {
+      st.idle.fetch_add(1, std::memory_order_relaxed);
+      st.blocked.fetch_add(1, std::memory_order_relaxed);
       st.io->run_one();
       return;
     }

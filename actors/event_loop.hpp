@@ -61,7 +61,7 @@ void defer_flush(std::shared_ptr<deferred_writer> w);
 /// sockets, until it next blocks. A no-op unless the loop polls (poll_max_ns > 0).
 void note_active(const std::shared_ptr<pollable>& p);
 
-/// What the loop did while idle (inspection; counted only while it polls).
+/// What the loop did when it ran out of work (inspection).
 struct loop_stats {
   uint64_t idle = 0;         ///< times the loop ran out of work
   uint64_t caught = 0;       ///< ... and found new work while polling, without blocking

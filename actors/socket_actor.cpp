@@ -70,6 +70,7 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
         CAF_LOG_INFO("peer closed its end: answering what it sent, then closing");
         auto& st = self->state;
         self->send(st.correlation, failall_atom::value, e);
+        st.transport->fail_direct(e);
         auto done = [=] { self->quit(to_caf(e)); };
         self->request(st.dispatcher, eof_drain_limit, drain_atom::value)
             .then([=] { done(); }, [=](caf::error&) { done(); });

@@ -1,6 +1,10 @@
 #define CAF_LOG_COMPONENT "vfu"
 #include "actors/socket_io.hpp"
 
+#include <boost/asio/post.hpp>
+
+#include <fcntl.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -23,20 +27,48 @@ constexpr size_t read_chunk = 256 * 1024;
 constexpr size_t direct_read_min = 64 * 1024;
 // Reads per readiness event before yielding to other sockets on the io thread.
 constexpr int reads_per_wakeup = 16;
+// A leader's blocking recvmsg returns at least this often, to look at its deadline.
+constexpr suseconds_t leader_slice_us = 10000;
 }  // namespace
 
 stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
                                    std::shared_ptr<direct_calls> direct)
-    : direct_(std::move(direct)), io_(io), sock_(io), fd_(fd.get()), max_frame_(max_frame), asm_(max_frame) {
+    : direct_(std::move(direct)), io_(io), sock_(std::move(fd)), epd_(io), fd_(sock_.get()), max_frame_(max_frame),
+      asm_(max_frame) {
+  auto fail = [&](const char* what) {  // reported to the owner by start()
+    setup_error_ = proto::error(proto::errc::io_error, errno, std::string(what) + ": " + std::strerror(errno));
+    closed_ = true;
+  };
+  // Blocking, for a leader's recvmsg; the io thread and writers pass MSG_DONTWAIT.
+  int fl = ::fcntl(fd_, F_GETFL);
+  if (fl < 0 || ((fl & O_NONBLOCK) && ::fcntl(fd_, F_SETFL, fl & ~O_NONBLOCK) != 0)) { fail("fcntl"); return; }
+  timeval slice{0, leader_slice_us};
+  if (::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) != 0) { fail("SO_RCVTIMEO"); return; }
+  proto::unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
+  if (!ep) { fail("epoll_create1"); return; }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd_, &ev) != 0) { fail("epoll_ctl"); return; }
+  events_ = EPOLLIN;
   boost::system::error_code ec;
-  sock_.assign(asio::local::stream_protocol(), fd.get(), ec);
-  if (ec) {  // e.g. the reactor could not register it: reported to the owner by start()
+  epd_.assign(ep.get(), ec);
+  if (ec) {
     setup_error_ = proto::error(proto::errc::io_error, ec.value(), "registering the socket: " + ec.message());
-    closed_ = true;  // no write may use the fd number once `fd` closes it
+    closed_ = true;
     return;
   }
-  fd.release();
-  sock_.non_blocking(true, ec);
+  ep.release();
+}
+
+bool stream_transport::set_events(uint32_t add, uint32_t remove) {
+  std::lock_guard<std::mutex> g(em_);
+  uint32_t want = (events_ | add) & ~remove;
+  if (want == events_) return true;
+  epoll_event ev{};
+  ev.events = want;
+  if (::epoll_ctl(epd_.native_handle(), EPOLL_CTL_MOD, fd_, &ev) != 0) return false;
+  events_ = want;
+  return true;
 }
 
 stream_transport::~stream_transport() = default;
@@ -45,6 +77,7 @@ void stream_transport::start(caf::actor owner) {
   auto self = shared_from_this();
   asio::post(io_, [self, owner = std::move(owner)]() mutable {
     self->owner_ = std::move(owner);
+    self->started_.store(true, std::memory_order_release);
     if (self->setup_error_) {
       self->stopped_ = true;
       caf::anon_send(self->owner_, ioerr_atom::value, self->setup_error_);
@@ -60,7 +93,7 @@ void stream_transport::arm() {
   if (stopped_ || wait_armed_) return;
   wait_armed_ = true;
   auto self = shared_from_this();
-  sock_.async_wait(asio::socket_base::wait_read, [self](const boost::system::error_code& ec) {
+  epd_.async_wait(asio::posix::descriptor_base::wait_read, [self](const boost::system::error_code& ec) {
     self->wait_armed_ = false;
     if (ec == asio::error::operation_aborted || self->stopped_) return;  // cancelled by close()
     if (ec) {
@@ -71,11 +104,12 @@ void stream_transport::arm() {
                      proto::error(proto::errc::io_error, ec.value(), "waiting for the socket: " + ec.message()));
       return;
     }
-    self->on_readable();
+    self->on_event();
   });
 }
 
-void stream_transport::on_readable() {
+void stream_transport::on_event() {
+  on_writable();  // if a write waits for room (the private epoll set has EPOLLOUT then)
   read_pass();
   arm();
 }
@@ -88,9 +122,45 @@ bool stream_transport::poll_read() {
 }
 
 bool stream_transport::read_pass() {
-  // Only the io thread reads, one socket at a time, so one buffer serves every connection
-  // (a buffer per connection would cost 256 KiB of RSS per idle client).
-  static thread_local std::vector<uint8_t> buf_(read_chunk);
+  std::unique_lock<std::mutex> g(rm_, std::try_to_lock);
+  if (!g) return false;  // a leader reads: it handles what arrives
+  if (stopped_) return false;
+  return read_pass_locked(false);
+}
+
+bool stream_transport::lead_begin() {
+  if (closing_ || stopped_ || !started_.load(std::memory_order_acquire)) return false;
+  if (!rm_.try_lock()) return false;
+  leading_ = true;  // close() shuts the socket's read side if it sees this (seq_cst pair)
+  if (closing_ || stopped_ || !set_events(0, EPOLLIN)) {
+    leading_ = false;
+    rm_.unlock();
+    return false;
+  }
+  return true;
+}
+
+void stream_transport::lead_wait(call_slot& slot, std::chrono::steady_clock::time_point deadline) {
+  while (!slot.done() && !stopped_ && !closing_ && std::chrono::steady_clock::now() < deadline)
+    read_pass_locked(true);
+}
+
+void stream_transport::lead_end() {
+  // Back to the io thread; what arrived since the last read makes the set ready at once.
+  if (!stopped_ && !closing_) set_events(EPOLLIN, 0);
+  leading_ = false;
+  rm_.unlock();
+}
+
+void stream_transport::fail_direct(const proto::error& why) {
+  if (direct_) direct_->fail_all(why);
+}
+
+bool stream_transport::read_pass_locked(bool block) {
+  // One buffer per reading thread (the io thread, or a leader) serves every connection (a
+  // buffer per connection would cost 256 KiB of RSS per idle client). Not zeroed: only
+  // bytes a read wrote are used, and untouched pages cost no RSS.
+  static thread_local std::unique_ptr<uint8_t[]> buf_(new uint8_t[read_chunk]);
   std::shared_ptr<std::vector<proto::frame_assembler::event>> batch;
   proto::error fail;
   bool got = false, clean_eof = false;
@@ -100,13 +170,14 @@ bool stream_transport::read_pass() {
     // and only up to its end, so the next frame's bytes still go through the assembler.
     asm_.set_max_frame(max_frame_.load(std::memory_order_relaxed));
     auto win = asm_.body_window(direct_read_min);
-    iovec iov = win.first ? iovec{win.first, win.second} : iovec{buf_.data(), buf_.size()};
+    iovec iov = win.first ? iovec{win.first, win.second} : iovec{buf_.get(), read_chunk};
     msghdr mh{};
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
     mh.msg_control = cbuf;
     mh.msg_controllen = sizeof cbuf;
-    ssize_t n = sys::recvmsg(fd_, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    bool wait = block && i == 0;  // a leader waits for its first read (SO_RCVTIMEO slices)
+    ssize_t n = sys::recvmsg(fd_, &mh, (wait ? 0 : MSG_DONTWAIT) | MSG_CMSG_CLOEXEC);
     proto::fd_list fds;
     if (n >= 0) {
       for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
@@ -130,7 +201,7 @@ bool stream_transport::read_pass() {
       bytes_in += uint64_t(n);
       bool had_fds = !fds.empty();
       if (win.first) asm_.body_filled(size_t(n), std::move(fds), *batch);
-      else asm_.feed(buf_.data(), size_t(n), std::move(fds), *batch);
+      else asm_.feed(buf_.get(), size_t(n), std::move(fds), *batch);
       if (asm_.failed()) break;
       // A stream recvmsg without fds returns short only when the queue is empty (it stops
       // early only after a message with fds): skip the read that would say EAGAIN.
@@ -138,13 +209,17 @@ bool stream_transport::read_pass() {
       continue;
     }
     if (n == 0) {
+      if (closing_) {  // our own close() shut the read side to wake a leader
+        stopped_ = true;
+        return true;
+      }
       clean_eof = !asm_.mid_frame();
       fail = clean_eof ? proto::error(proto::errc::peer_gone, ECONNRESET, "peer closed the connection")
                        : proto::error(proto::errc::peer_gone, "EOF in the middle of a frame");
       break;
     }
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    if (errno == EINTR && !wait) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;  // (a leader's slice ended)
     fail = proto::error(proto::errc::io_error, errno, std::string("recvmsg: ") + std::strerror(errno));
     break;
   }
@@ -279,38 +354,48 @@ void stream_transport::arm_writable() {
   auto self = shared_from_this();
   asio::post(io_, [self] {
     if (self->stopped_) return;
-    self->sock_.async_wait(asio::socket_base::wait_write, [self](const boost::system::error_code& ec) {
-      if (!ec) {
-        self->on_writable();
-      } else if (ec != asio::error::operation_aborted && !self->stopped_) {
-        self->stopped_ = true;  // as for reads: end the connection with the cause
-        caf::anon_send(self->owner_, ioerr_atom::value,
-                       proto::error(proto::errc::io_error, ec.value(), "waiting to write: " + ec.message()));
-      }
-    });
+    // The private set reports the socket writable (level-triggered) until on_writable()
+    // has written everything and takes EPOLLOUT out again.
+    if (!self->set_events(EPOLLOUT, 0)) {
+      self->stopped_ = true;
+      caf::anon_send(self->owner_, ioerr_atom::value,
+                     proto::error(proto::errc::io_error, errno, std::string("epoll_ctl: ") + std::strerror(errno)));
+      return;
+    }
+    self->arm();
   });
 }
 
 void stream_transport::on_writable() {
   std::lock_guard<std::mutex> g(wm_);
+  if (!write_armed_) return;
   write_armed_ = false;
-  if (!closed_) flush_locked();
+  if (!closed_) flush_locked();  // arms again if the socket is still full
+  if (!write_armed_ && fd_open_) set_events(0, EPOLLOUT);
 }
 
 void stream_transport::close(const proto::error& why) {
+  closing_ = true;
   if (direct_) direct_->fail_all(why);
+  if (leading_) {  // wake a leader blocked in recvmsg (it sees closing_ and stops)
+    std::lock_guard<std::mutex> g(wm_);
+    if (fd_open_) ::shutdown(fd_, SHUT_RD);
+  }
   auto self = shared_from_this();
   asio::post(io_, [self] {
     {
+      std::lock_guard<std::mutex> r(self->rm_);  // no leader is reading now
       std::lock_guard<std::mutex> g(self->wm_);  // no writer is inside sendmsg now
       self->closed_ = true;
       self->outq_.clear();
       self->stopped_ = true;
       boost::system::error_code ec;
-      self->sock_.cancel(ec);
-      self->sock_.close(ec);
+      self->epd_.cancel(ec);
+      self->epd_.close(ec);
+      self->fd_open_ = false;
+      self->sock_.reset();
+      self->owner_ = nullptr;
     }
-    self->owner_ = nullptr;
   });
 }
 

@@ -1,10 +1,19 @@
 // socket_io.hpp: the byte level of one vfio-user connection, on an AF_UNIX stream socket.
 //
 // Ownership and threads:
-//  - stream_transport owns the socket. Only the io thread reads: it waits for readiness with
+//  - stream_transport owns the socket. The io thread reads: it waits for readiness with
 //    Asio, drains the socket with recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC), wraps every
 //    received fd in a unique_fd at once, assembles frames and sends each batch to the owning
 //    socket actor. MSG_CTRUNC is fatal (fds were lost).
+//  - A thread blocked in a call may read instead (lead_begin/lead_wait/lead_end): it blocks
+//    in recvmsg itself and handles whatever arrives exactly as the io thread would, so its
+//    reply costs it one wake-up, as for a raw socket client, instead of two (io thread, then
+//    caller). One reader at a time (rm_). For the io thread not to be woken as well, Asio
+//    does not watch the socket itself but a private epoll instance holding it (level-
+//    triggered); a leader takes EPOLLIN out of it while it reads and puts it back after,
+//    when anything that arrived meanwhile wakes the io thread at once. The socket's file is
+//    blocking for the leader's sake (with SO_RCVTIMEO slices); every other read and every
+//    write passes MSG_DONTWAIT.
 //  - Writes go through send(), from any thread (the socket actor, or a caller thread on the
 //    direct-call lane): whole frames, in the order send() was called, under one mutex. What
 //    the socket does not take at once is queued and written by the io thread when the
@@ -21,10 +30,11 @@
 #include <sys/uio.h>
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <caf/all.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -67,15 +77,30 @@ class stream_transport : public deferred_writer,
   /// Reads what has arrived, without waiting for readiness (called by the polling loop).
   bool poll_read() override;
 
+  /// A calling thread becomes the reader until lead_end(), if nobody else reads now (false:
+  /// wait for the io thread as usual). Call it before writing the request, so that its
+  /// reply cannot wake the io thread.
+  bool lead_begin();
+  /// Leader: reads and handles what arrives until `slot` completes, the deadline passes or
+  /// the connection ends.
+  void lead_wait(call_slot& slot, std::chrono::steady_clock::time_point deadline);
+  void lead_end();
+  /// Fails every blocked direct call now (the peer closed its end: no reply can come).
+  void fail_direct(const proto::error& why);
+
   /// Counters for inspection.
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
 
  private:
   void arm();
-  void on_readable();
-  /// One read pass and the delivery of what it read. True if it received anything (bytes,
-  /// EOF or an error); false after a read that found the socket empty.
+  void on_event();
+  /// One read pass and the delivery of what it read, if nobody else is reading. True if it
+  /// received anything (bytes, EOF or an error); false after a read that found the socket
+  /// empty. _locked: rm_ held; `block`: the first recvmsg waits (a leader).
   bool read_pass();
+  bool read_pass_locked(bool block);
+  /// The private epoll set's events for the socket (em_ taken here). False on an error.
+  bool set_events(uint32_t add, uint32_t remove);
   void arm_writable();
   void on_writable();
   /// Writes queued frames; wm_ held. False on a socket error.
@@ -93,13 +118,21 @@ class stream_transport : public deferred_writer,
   bool closed_ = false;
 
   boost::asio::io_context& io_;
-  boost::asio::local::stream_protocol::socket sock_;
+  proto::unique_fd sock_;                        ///< the socket (closed under rm_ and wm_)
+  boost::asio::posix::stream_descriptor epd_;    ///< the private epoll set, as Asio sees it
   int fd_;
+  bool fd_open_ = true;                          ///< wm_: sock_ not closed yet
+  std::mutex em_;
+  uint32_t events_ = 0;                          ///< em_: the socket's events in epd_
   std::atomic<uint32_t> max_frame_;
+  std::mutex rm_;                                ///< one reader at a time: asm_, owner_
   proto::frame_assembler asm_;
   caf::actor owner_;
-  bool stopped_ = false;
-  bool wait_armed_ = false;  ///< a readiness wait is pending (io thread)
+  std::atomic<bool> started_{false};            ///< owner_ is set
+  std::atomic<bool> stopped_{false};            ///< reading has ended
+  std::atomic<bool> closing_{false};            ///< close() was called
+  std::atomic<bool> leading_{false};            ///< a calling thread holds rm_ to read
+  bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
 };
 
 /// One sendmsg of `iov` (with `fds`, if any, as SCM_RIGHTS), retried on EINTR. Returns the

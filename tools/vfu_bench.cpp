@@ -101,33 +101,80 @@ int open_fds(pid_t pid) {
   return n - 1;  // the directory stream itself
 }
 
-/// Runs `batch` until the time is up; each call is `per_batch` operations.
-row measure(const std::string& name, pid_t server, uint64_t per_batch, const std::function<bool()>& batch) {
-  std::vector<double> lat;
-  lat.reserve(1 << 16);
-  uint64_t ops = 0;
-  uint64_t c0 = server ? cpu_ns(server) : 0;
-  auto t0 = clk::now();
-  auto end = t0 + std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(g_secs));
-  while (clk::now() < end) {
-    auto s = clk::now();
-    if (!batch()) {
-      std::fprintf(stderr, "vfu-bench: %s: a request failed\n", name.c_str());
-      break;
+/// A row measured in slices, interleaved with the rows it is compared with (interleave()):
+/// this machine's speed drifts by tens of percent within seconds, so a floor measured
+/// before a row says little about the row. Each slice's rate is kept; a ratio is the median
+/// of the per-round ratios.
+struct meter {
+  std::string name;
+  pid_t server = 0;
+  uint64_t per_batch = 1;
+  std::function<bool()> batch;
+  std::shared_ptr<void> keep;  ///< what the batch needs alive (a connection, a floor process)
+  std::vector<double> lat, round_rate;
+  uint64_t ops = 0, cpu = 0;
+  double secs = 0;
+  bool failed = false;
+
+  void slice(double s) {
+    if (failed) return;
+    uint64_t c0 = server ? cpu_ns(server) : 0;
+    auto t0 = clk::now();
+    auto end = t0 + std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(s));
+    uint64_t o = 0;
+    while (clk::now() < end) {
+      auto st = clk::now();
+      if (!batch()) {
+        std::fprintf(stderr, "vfu-bench: %s: a request failed\n", name.c_str());
+        failed = true;
+        break;
+      }
+      lat.push_back(std::chrono::duration<double, std::micro>(clk::now() - st).count());
+      o += per_batch;
     }
-    lat.push_back(std::chrono::duration<double, std::micro>(clk::now() - s).count());
-    ops += per_batch;
+    double el = std::chrono::duration<double>(clk::now() - t0).count();
+    if (server) cpu += cpu_ns(server) - c0;
+    ops += o;
+    secs += el;
+    round_rate.push_back(el > 0 ? double(o) / el : 0);
   }
-  double el = std::chrono::duration<double>(clk::now() - t0).count();
-  row r;
-  r.name = name;
-  r.rate = double(ops) / el;
-  std::sort(lat.begin(), lat.end());
-  if (!lat.empty()) {
-    r.p50 = lat[lat.size() / 2];
-    r.p99 = lat[std::min(lat.size() - 1, lat.size() * 99 / 100)];
+  row result() {
+    row r;
+    r.name = name;
+    r.rate = secs > 0 ? double(ops) / secs : 0;
+    std::sort(lat.begin(), lat.end());
+    if (!lat.empty()) {
+      r.p50 = lat[lat.size() / 2];
+      r.p99 = lat[std::min(lat.size() - 1, lat.size() * 99 / 100)];
+    }
+    if (server && ops) r.srv_us = double(cpu) / 1000.0 / double(ops);
+    return r;
   }
-  if (server && ops) r.srv_us = double(cpu_ns(server) - c0) / 1000.0 / double(ops);
+};
+
+/// Median over the rounds of a's rate / b's rate.
+double median_ratio(const meter& a, const meter& b) {
+  std::vector<double> q;
+  for (size_t i = 0; i < std::min(a.round_rate.size(), b.round_rate.size()); ++i)
+    if (b.round_rate[i] > 0) q.push_back(a.round_rate[i] / b.round_rate[i]);
+  if (q.empty()) return 0;
+  std::sort(q.begin(), q.end());
+  return q.size() % 2 ? q[q.size() / 2] : (q[q.size() / 2 - 1] + q[q.size() / 2]) / 2;
+}
+
+constexpr int g_rounds = 10;
+
+/// Runs every meter for g_secs in total, round-robin in g_rounds slices.
+void interleave(const std::vector<meter*>& ms) {
+  for (int k = 0; k < g_rounds; ++k)
+    for (auto* m : ms) m->slice(g_secs / g_rounds);
+}
+
+/// `m` as a row compared with `base` (median of the per-round ratios).
+row against(meter& m, meter& base) {
+  row r = m.result();
+  r.floor = base.name;
+  r.ratio = median_ratio(m, base);
   return r;
 }
 
@@ -155,15 +202,34 @@ bool read_all(int fd, void* p, size_t n) {
 
 // ---- the floor ----------------------------------------------------------------------------
 
-/// Two processes, one socketpair: `inflight` requests of `req` bytes (one write each), a
-/// reply of `rep` bytes to every `reply_every`-th (one read each). The server reads one
-/// request and writes its reply: no batching anywhere.
-row floor(const std::string& name, size_t req, size_t rep, int inflight, int reply_every = 1) {
+/// In a forked child: closes every inherited fd but stdio and `keep`, so that the child
+/// holds no copy of another floor's socket or of a connection to vfu-serve (which serves one
+/// client per socket: a stray copy would keep a finished client connected).
+void close_inherited(int keep) {
+  if (keep > 3) ::close_range(3, unsigned(keep) - 1, 0);
+  ::close_range(unsigned(keep) + 1, ~0u, 0);
+}
+
+/// The floor's server process and its socket, alive as long as the meter that drives it.
+struct floor_proc {
+  pid_t pid = 0;
+  int fd = -1;
+  ~floor_proc() {
+    if (fd >= 0) ::close(fd);
+    if (pid > 0) ::waitpid(pid, nullptr, 0);
+  }
+};
+
+/// The floor: two processes, one socketpair: `inflight` requests of `req` bytes (one write
+/// each), a reply of `rep` bytes to every `reply_every`-th (one read each). The server reads
+/// one request and writes its reply: no batching anywhere.
+meter floor_meter(const std::string& name, size_t req, size_t rep, int inflight, int reply_every = 1) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::exit(1);
   pid_t pid = ::fork();
   if (pid == 0) {
     ::close(sv[0]);
+    close_inherited(sv[1]);
     std::vector<uint8_t> in(req), out(rep, 0x5a);
     for (uint64_t n = 1;; ++n) {
       if (!read_all(sv[1], in.data(), req)) _exit(0);
@@ -171,18 +237,26 @@ row floor(const std::string& name, size_t req, size_t rep, int inflight, int rep
     }
   }
   ::close(sv[1]);
-  std::vector<uint8_t> out(req, 0xa5), in(rep);
+  auto p = std::make_shared<floor_proc>();
+  p->pid = pid;
+  p->fd = sv[0];
+  meter m;
+  m.name = name;
+  m.server = pid;
+  m.per_batch = uint64_t(inflight);
+  m.keep = p;
   int replies = inflight / reply_every;
-  auto r = measure(name, pid, uint64_t(inflight), [&] {
+  auto out = std::make_shared<std::vector<uint8_t>>(req, 0xa5);
+  auto in = std::make_shared<std::vector<uint8_t>>(rep);
+  int fd = sv[0];
+  m.batch = [=] {
     for (int i = 0; i < inflight; ++i)
-      if (!write_all(sv[0], out.data(), req)) return false;
+      if (!write_all(fd, out->data(), req)) return false;
     for (int i = 0; i < replies; ++i)
-      if (!read_all(sv[0], in.data(), rep)) return false;
+      if (!read_all(fd, in->data(), rep)) return false;
     return true;
-  });
-  ::close(sv[0]);
-  ::waitpid(pid, nullptr, 0);
-  return r;
+  };
+  return m;
 }
 
 /// Drives each fd from its own thread for g_secs: write `req`, read a `rep_size` reply, 1 in
@@ -263,20 +337,35 @@ proto::unique_fd raw_connect(const std::string& path) {
   return fd;
 }
 
-/// One write of `reqs`, then `reply_bytes` read back: a raw client's batch.
-row raw_rows(const std::string& name, pid_t server, const std::string& sock, const std::vector<proto::frame>& frames,
-             size_t reply_bytes, uint64_t ops_per_batch) {
-  auto fd = raw_connect(sock);
-  if (!fd) {
+/// A raw client: one write of `frames`, then `reply_bytes` read back per batch.
+meter raw_meter(const std::string& name, pid_t server, const std::string& sock, const std::vector<proto::frame>& frames,
+                size_t reply_bytes, uint64_t ops_per_batch) {
+  auto fd = std::make_shared<proto::unique_fd>(raw_connect(sock));
+  if (!*fd) {
     std::fprintf(stderr, "vfu-bench: cannot reach %s\n", sock.c_str());
     std::exit(1);
   }
-  std::vector<uint8_t> reqs;
-  for (auto& f : frames) reqs.insert(reqs.end(), f.bytes.begin(), f.bytes.end());
-  std::vector<uint8_t> in(reply_bytes);
-  return measure(name, server, ops_per_batch, [&] {
-    return write_all(fd.get(), reqs.data(), reqs.size()) && read_all(fd.get(), in.data(), in.size());
-  });
+  auto reqs = std::make_shared<std::vector<uint8_t>>();
+  for (auto& f : frames) reqs->insert(reqs->end(), f.bytes.begin(), f.bytes.end());
+  auto in = std::make_shared<std::vector<uint8_t>>(reply_bytes);
+  meter m;
+  m.name = name;
+  m.server = server;
+  m.per_batch = ops_per_batch;
+  m.keep = fd;
+  int f = fd->get();
+  m.batch = [=] { return write_all(f, reqs->data(), reqs->size()) && read_all(f, in->data(), in->size()); };
+  return m;
+}
+
+/// A meter over any batch function.
+meter fn_meter(const std::string& name, pid_t server, uint64_t per_batch, std::function<bool()> fn) {
+  meter m;
+  m.name = name;
+  m.server = server;
+  m.per_batch = per_batch;
+  m.batch = std::move(fn);
+  return m;
 }
 
 std::vector<proto::frame> reads(uint32_t region, uint64_t off, int n) {
@@ -289,10 +378,11 @@ std::vector<proto::frame> reads(uint32_t region, uint64_t off, int n) {
 
 std::string g_serve_poll;     ///< --poll-max-ns for vfu-serve (empty: its default)
 int64_t g_client_poll = 0;    ///< runtime_options::poll_max_ns of our client's runtime
+bool g_caller_reads = true;   ///< endpoint_config::caller_reads of our client
 
 struct servers {
   pid_t pid = 0;
-  std::string dir, gpio, dma, ram;
+  std::string dir, gpio, gpio2, dma, ram;  ///< gpio2: our client's, while a raw client has gpio
   std::vector<std::string> gpios;  ///< --devices gpio sockets
 };
 
@@ -302,10 +392,12 @@ servers start_servers(const std::string& bindir, int devices) {
   if (!::mkdtemp(tmp)) std::exit(1);
   s.dir = tmp;
   s.gpio = s.dir + "/gpio.sock";
+  s.gpio2 = s.dir + "/gpio2.sock";
   s.dma = s.dir + "/dma.sock";
   s.ram = s.dir + "/ram.sock";
-  std::vector<std::string> args{bindir + "/vfu-serve", "--device=gpio", "--socket-path=" + s.gpio, "--device=dma-test",
-                                "--socket-path=" + s.dma, "--device=ram", "--socket-path=" + s.ram};
+  std::vector<std::string> args{bindir + "/vfu-serve", "--device=gpio", "--socket-path=" + s.gpio, "--device=gpio",
+                                "--socket-path=" + s.gpio2, "--device=dma-test", "--socket-path=" + s.dma,
+                                "--device=ram", "--socket-path=" + s.ram};
   if (!g_serve_poll.empty()) args.push_back("--poll-max-ns=" + g_serve_poll);
   for (int i = 0; i < devices; ++i) {
     s.gpios.push_back(s.dir + "/g" + std::to_string(i) + ".sock");
@@ -337,6 +429,7 @@ std::unique_ptr<dev::remote_device> open_device(runtime& rt, const std::string& 
                                                 std::shared_ptr<dev::guest_memory> mem = nullptr) {
   endpoint_config cfg;
   cfg.reconnect = false;
+  cfg.caller_reads = g_caller_reads;
   auto d = dev::remote_device::open(rt, sock, std::move(mem), cfg);
   if (!d) {
     std::fprintf(stderr, "vfu-bench: cannot open %s: %s\n", sock.c_str(), d.err().message().c_str());
@@ -397,27 +490,34 @@ bool program_copy(dev::remote_device& d, uint64_t src, uint64_t dst, uint32_t le
 
 /// dma-test copying `len` bytes through a window without an fd: every copy is a DMA_READ
 /// and a DMA_WRITE from the server to our client, then an MSI-X interrupt.
-row dma_round_trips(runtime& rt, const servers& s, uint32_t len) {
-  auto mem = std::make_shared<dev::guest_memory>();
-  std::vector<uint8_t> guest(2 * size_t(len), 0x11);
-  mem->add(0x100000, guest.size(), guest.data(), proto::dma_flags::read | proto::dma_flags::write);
-  auto d = open_device(rt, s.dma, mem);
-  row bad;
-  bad.name = "dma (failed)";
-  proto::unique_fd efd(::eventfd(0, EFD_CLOEXEC));
-  if (!enable_dma_and_msix(*d, efd.get())) return bad;
-  if (!d->dma_map(0x100000, guest.size(), proto::dma_flags::read | proto::dma_flags::write)) return bad;
-  if (!program_copy(*d, 0x100000, 0x100000 + len, len)) return bad;
-  auto r = measure("dma-test copy of " + std::to_string(len) + " B (DMA_READ + DMA_WRITE + MSI-X)", s.pid, 2, [&] {
+meter dma_meter(runtime& rt, const servers& s, uint32_t len) {
+  struct state {
+    std::shared_ptr<dev::guest_memory> mem = std::make_shared<dev::guest_memory>();
+    std::vector<uint8_t> guest;
+    std::unique_ptr<dev::remote_device> d;
+    proto::unique_fd efd{::eventfd(0, EFD_CLOEXEC)};
+  };
+  auto st = std::make_shared<state>();
+  st->guest.assign(2 * size_t(len), 0x11);
+  st->mem->add(0x100000, st->guest.size(), st->guest.data(), proto::dma_flags::read | proto::dma_flags::write);
+  st->d = open_device(rt, s.dma, st->mem);
+  auto& d = *st->d;
+  if (!enable_dma_and_msix(d, st->efd.get()) ||
+      !d.dma_map(0x100000, st->guest.size(), proto::dma_flags::read | proto::dma_flags::write) ||
+      !program_copy(d, 0x100000, 0x100000 + len, len)) {
+    std::fprintf(stderr, "vfu-bench: setting up dma-test failed\n");
+    std::exit(1);
+  }
+  auto m = fn_meter("dma-test copy of " + std::to_string(len) + " B: DMA msgs (2 per copy)", s.pid, 2, [st] {
     uint32_t one = 1;
-    if (!d->write(0, dev::dmatest::doorbell, &one, 4)) return false;
-    pollfd p{efd.get(), POLLIN, 0};
+    if (!st->d->write(0, dev::dmatest::doorbell, &one, 4)) return false;
+    pollfd p{st->efd.get(), POLLIN, 0};
     if (::poll(&p, 1, 5000) != 1) return false;
     uint64_t cnt;
-    return ::read(efd.get(), &cnt, 8) == 8;
+    return ::read(st->efd.get(), &cnt, 8) == 8;
   });
-  r.name = "dma-test copy of " + std::to_string(len) + " B: DMA msgs (2 per copy)";
-  return r;
+  m.keep = st;
+  return m;
 }
 
 /// N gpio devices in one vfu-serve, each driven at once by a raw client with 1 in flight.
@@ -607,11 +707,13 @@ int main(int argc, char** argv) {
       }
       if (a[2] == 'p') g_serve_poll = std::to_string(n);
       else g_client_poll = n;
-    } else if (a == "--json") json = true;
+    } else if (a == "--loop-reads") g_caller_reads = false;
+    else if (a == "--json") json = true;
     else {
       std::fprintf(stderr,
                    "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,devices]\n"
                    "                 [--devices=N] [--poll-max-ns=N (vfu-serve's)] [--client-poll-max-ns=N]\n"
+                   "                 [--loop-reads (our client's loop reads every reply: caller_reads off)]\n"
                    "                 | --idle-devices=N | --soak=SECONDS\n");
       return 2;
     }
@@ -624,104 +726,142 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
 
   servers s = start_servers(bindir, want("devices") ? devices : 0);
+  // Each row is measured interleaved with the floor (and the raw client) it is compared
+  // with: g_rounds slices each, round-robin; its ratio is the median of the per-round
+  // ratios (see meter). Rows that share nothing run one after the other.
   std::vector<row> rows;
-  auto add = [&](row r, const row* f) {
-    if (f) {
-      r.floor = f->name;
-      r.ratio = r.rate / f->rate;
-    }
-    rows.push_back(r);
-  };
+  std::vector<std::string> notes;
   constexpr size_t rd_req = 32, rd_rep = 36;  // 4-byte REGION_READ request and reply
-  std::vector<row> floors;
-  auto fl = [&](row r) {
-    rows.push_back(r);
-    return rows.size() - 1;
+  auto floor1 = [&] { return floor_meter("floor: 32 B / 36 B ping-pong, 1 in flight", rd_req, rd_rep, 1); };
+  auto floor_k = [&](int k) {
+    return floor_meter("floor: 32 B / 36 B, " + std::to_string(k) + " in flight", rd_req, rd_rep, k);
   };
-  size_t f1 = 0, f16 = 0, f64 = 0;
-  auto floor_k = [&](size_t& slot, int k) -> const row& {  // made once, on first use
-    if (!slot) slot = fl(floor("floor: 32 B / 36 B, " + std::to_string(k) + " in flight", rd_req, rd_rep, k));
-    return rows[slot];
+  auto floor_posted = [&] {  // 64 posted 1-byte writes (33 B each) and a fence
+    return floor_meter("floor: 33 B x 64 without reply + 32 B / 36 B fence", 33, rd_rep, 65, 65);
   };
-  if (want("sync") || want("client") || want("dma")) f1 = fl(floor("floor: 32 B / 36 B ping-pong, 1 in flight", rd_req, rd_rep, 1));
   if (want("sync")) {
-    add(raw_rows("raw client: config read 4 B, 1 in flight", s.pid, s.gpio, reads(7, 0, 1), rd_rep, 1), &rows[f1]);
-    add(raw_rows("raw client: BAR2 read 4 B, 1 in flight", s.pid, s.gpio, reads(2, 1, 1), rd_rep, 1), &rows[f1]);
+    auto f = floor1();
+    auto c = raw_meter("raw client: config read 4 B, 1 in flight", s.pid, s.gpio, reads(7, 0, 1), rd_rep, 1);
+    auto b = raw_meter("raw client: BAR2 read 4 B, 1 in flight", s.pid, s.gpio2, reads(2, 1, 1), rd_rep, 1);
+    interleave({&f, &c, &b});
+    rows.push_back(f.result());
+    rows.push_back(against(c, f));
+    rows.push_back(against(b, f));
   }
   if (want("pipelined")) {
-    add(raw_rows("raw client: BAR2 read 4 B, 16 in flight", s.pid, s.gpio, reads(2, 1, 16), 16 * rd_rep, 16), &floor_k(f16, 16));
-    add(raw_rows("raw client: BAR2 read 4 B, 64 in flight", s.pid, s.gpio, reads(2, 1, 64), 64 * rd_rep, 64), &floor_k(f64, 64));
+    for (int k : {16, 64}) {
+      auto f = floor_k(k);
+      auto r = raw_meter("raw client: BAR2 read 4 B, " + std::to_string(k) + " in flight", s.pid, s.gpio, reads(2, 1, k),
+                         size_t(k) * rd_rep, uint64_t(k));
+      interleave({&f, &r});
+      rows.push_back(f.result());
+      rows.push_back(against(r, f));
+    }
   }
-  size_t fp = 0;
-  auto floor_posted = [&]() -> const row& {  // 64 posted 1-byte writes (33 B each) and a fence
-    if (!fp) fp = fl(floor("floor: 33 B x 64 without reply + 32 B / 36 B fence", 33, rd_rep, 65, 65));
-    return rows[fp];
-  };
   if (want("posted")) {
     std::vector<proto::frame> fr;
     for (int i = 0; i < 64; ++i)
       fr.push_back(proto::make_frame(uint16_t(i + 2), proto::region_write_request{{0, 2, 1}, {1}}, proto::hflags::no_reply));
     fr.push_back(proto::make_frame(100, proto::region_read_request{{1, 2, 4}}));
-    add(raw_rows("raw client: 64 posted writes + 1 read", s.pid, s.gpio, fr, rd_rep, 65), &floor_posted());
+    auto f = floor_posted();
+    auto r = raw_meter("raw client: 64 posted writes + 1 read", s.pid, s.gpio, fr, rd_rep, 65);
+    interleave({&f, &r});
+    rows.push_back(f.result());
+    rows.push_back(against(r, f));
   }
   runtime_options ropts;
   ropts.poll_max_ns = g_client_poll;
   runtime rt({}, ropts);
   if (want("client")) {
-    // vfu-serve serves one client per socket at a time: the raw client goes first.
-    size_t raw1 = rows.size();
-    add(raw_rows("raw client: BAR2 read 4 B, 1 in flight (same run)", s.pid, s.gpio, reads(2, 1, 1), rd_rep, 1), &rows[f1]);
-    auto d = open_device(rt, s.gpio);
-    add(client_threads("vfu-broker client API: BAR2 read 4 B, 1 thread", s.pid, *d, 1, 2), &rows[f1]);
-    rows.back().floor = rows[raw1].name;
-    rows.back().ratio = rows.back().rate / rows[raw1].rate;
-    add(client_threads("vfu-broker client API: BAR2 read 4 B, 4 threads", s.pid, *d, 4, 2), &rows[f1]);
+    // A raw client on one gpio device, our client API on another, the floor: interleaved.
+    auto f = floor1();
+    auto raw = raw_meter("raw client: BAR2 read 4 B, 1 in flight (same run)", s.pid, s.gpio, reads(2, 1, 1), rd_rep, 1);
+    auto d = open_device(rt, s.gpio2);
+    auto cl = fn_meter("vfu-broker client API: BAR2 read 4 B, 1 thread", s.pid, 1, [&] {
+      uint32_t v;
+      return bool(d->read(2, 1, &v, 4));
+    });
+    interleave({&f, &raw, &cl});
+    rows.push_back(f.result());
+    rows.push_back(against(raw, f));
+    rows.push_back(against(cl, raw));
+    auto fr = rows[rows.size() - 3], cr = rows.back();
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "broker <-> broker, 1 in flight: mean latency %.2fx the floor's (median per round), p50 %.2fx",
+                  median_ratio(f, cl), fr.p50 > 0 ? cr.p50 / fr.p50 : 0.0);
+    notes.push_back(line);
+    std::snprintf(line, sizeof line, "our client API from one thread: %.2fx a raw client's rate (same server, same run)",
+                  median_ratio(cl, raw));
+    notes.push_back(line);
+    auto r4 = client_threads("vfu-broker client API: BAR2 read 4 B, 4 threads", s.pid, *d, 4, 2);
+    r4.floor = fr.name;
+    r4.ratio = r4.rate / fr.rate;
+    rows.push_back(r4);
     for (int k : {16, 64}) {
       std::vector<proto::message> batch(size_t(k), proto::region_read_request{{1, 2, 4}});
-      auto r = measure("vfu-broker client API: call_many, " + std::to_string(k) + " in flight", s.pid, uint64_t(k), [&] {
+      auto fk = floor_k(k);
+      auto cm = fn_meter("vfu-broker client API: call_many, " + std::to_string(k) + " in flight", s.pid, uint64_t(k), [&] {
         for (auto& c : d->ep().call_many(batch))
           if (!c.ok()) return false;
         return true;
       });
-      add(r, &floor_k(k == 16 ? f16 : f64, k));
+      interleave({&fk, &cm});
+      rows.push_back(fk.result());
+      rows.push_back(against(cm, fk));
     }
     uint8_t one = 1;
-    uint32_t v;
-    add(measure("vfu-broker client API: 64 posted writes + 1 read", s.pid, 65,
-                [&] {
-                  for (int i = 0; i < 64; ++i)
-                    if (!d->write_posted(2, 0, &one, 1)) return false;
-                  return bool(d->read(2, 1, &v, 4));
-                }),
-        &floor_posted());
+    auto fp = floor_posted();
+    auto cp = fn_meter("vfu-broker client API: 64 posted writes + 1 read", s.pid, 65, [&] {
+      for (int i = 0; i < 64; ++i)
+        if (!d->write_posted(2, 0, &one, 1)) return false;
+      uint32_t v;
+      return bool(d->read(2, 1, &v, 4));
+    });
+    interleave({&fp, &cp});
+    rows.push_back(fp.result());
+    rows.push_back(against(cp, fp));
   }
   if (want("bandwidth")) {
     constexpr size_t mib = 1u << 20;
     auto d = open_device(rt, s.ram);
     std::vector<uint8_t> buf(mib, 0x5a);
-    auto fr = fl(floor("floor: 32 B / 1 MiB + 32 B (1 MiB read)", 32, mib + 32, 1));
-    rows[fr].rate *= 1.048576;  // MB/s of payload
-    rows[fr].unit = "MB/s";
-    auto r = measure("vfu-broker client API: 1 MiB REGION_READ", s.pid, 1, [&] { return bool(d->read(0, 0, buf.data(), mib)); });
-    r.rate *= 1.048576;
-    r.unit = "MB/s";
-    add(r, &rows[fr]);
-    auto fw = fl(floor("floor: 1 MiB + 32 B / 32 B (1 MiB write)", mib + 32, 32, 1));
-    rows[fw].rate *= 1.048576;
-    rows[fw].unit = "MB/s";
-    auto w = measure("vfu-broker client API: 1 MiB REGION_WRITE", s.pid, 1, [&] { return bool(d->write(0, 0, buf.data(), mib)); });
-    w.rate *= 1.048576;
-    w.unit = "MB/s";
-    add(w, &rows[fw]);
+    auto mbs = [](row r) {
+      r.rate *= 1.048576;  // MB/s of payload
+      r.unit = "MB/s";
+      return r;
+    };
+    auto fr = floor_meter("floor: 32 B / 1 MiB + 32 B (1 MiB read)", 32, mib + 32, 1);
+    auto r = fn_meter("vfu-broker client API: 1 MiB REGION_READ", s.pid, 1, [&] { return bool(d->read(0, 0, buf.data(), mib)); });
+    interleave({&fr, &r});
+    rows.push_back(mbs(fr.result()));
+    rows.push_back(mbs(against(r, fr)));
+    auto fw = floor_meter("floor: 1 MiB + 32 B / 32 B (1 MiB write)", mib + 32, 32, 1);
+    auto w = fn_meter("vfu-broker client API: 1 MiB REGION_WRITE", s.pid, 1, [&] { return bool(d->write(0, 0, buf.data(), mib)); });
+    interleave({&fw, &w});
+    rows.push_back(mbs(fw.result()));
+    rows.push_back(mbs(against(w, fw)));
   }
-  if (want("dma")) add(dma_round_trips(rt, s, 4096), &rows[f1]);
+  if (want("dma")) {
+    auto f = floor1();
+    auto m = dma_meter(rt, s, 4096);
+    interleave({&f, &m});
+    rows.push_back(f.result());
+    rows.push_back(against(m, f));
+  }
   if (want("devices") && devices > 0) {
-    auto fm = fl(floor_multi("floor: " + std::to_string(devices) + " socketpairs, one poll() server", devices));
-    add(many_devices(s), &rows[fm]);
+    auto fm = floor_multi("floor: " + std::to_string(devices) + " socketpairs, one poll() server", devices);
+    auto r = many_devices(s);
+    r.floor = fm.name;
+    r.ratio = r.rate / fm.rate;
+    rows.push_back(fm);
+    rows.push_back(r);
   }
   stop_servers(s);
   if (!json)
     std::printf("%-62s %10s %-5s %17s %8s  %s\n", "row", "rate", "", "p50 / p99 us", "srv us/op", "vs floor");
   print(rows, json);
+  if (!json)
+    for (auto& n : notes) std::printf("%s\n", n.c_str());
   return 0;
 }

@@ -31,7 +31,7 @@ int usage(const char* msg) {
                "                 [--quirks=spec|qemu|libvfio-user] [--poll-max-ns=N] [--logger.* CAF options]\n"
                "  Repeat --device/--socket-path pairs to serve several devices from one process.\n"
                "  --poll-max-ns: how long the idle loop may poll before it sleeps, adapted as QEMU's\n"
-               "  iothreads do (default 32768; 0 never polls).\n");
+               "  iothreads do (default 65536; 0 never polls).\n");
   return 0;
 }
 

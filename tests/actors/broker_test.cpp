@@ -420,6 +420,68 @@ TEST_F(BrokerTest, LoopWithoutPollingNeverPolls) {
   EXPECT_EQ(st->direct_reads, 0u);
 }
 
+// A thread blocked in call() reads its own reply (caller_reads, the default): the event
+// loop is not woken for it. With caller_reads off, the loop reads every reply and wakes
+// the caller. The client has a runtime of its own here, so its loop's counters are its own.
+TEST_F(BrokerTest, CallerReadsItsOwnReplyWithoutWakingTheLoop) {
+  for (bool caller_reads : {true, false}) {
+    SCOPED_TRACE(caller_reads ? "caller_reads" : "loop reads");
+    runtime_options copts;
+    copts.poll_max_ns = 0;
+    runtime crt({}, copts);
+    auto fd = start_server(pattern_device);
+    endpoint_config cfg;
+    cfg.caller_reads = caller_reads;
+    auto ep = endpoint::connect_fd(crt, std::move(fd), cfg);
+    ASSERT_TRUE(ep.ok()) << ep.err().message();
+    auto before = event_loop::stats(crt.system());
+    ASSERT_TRUE(before);
+    constexpr uint64_t calls = 300;
+    for (uint64_t i = 0; i < calls; ++i) {
+      auto r = (*ep)->call_decoded(rr(i, 4));
+      ASSERT_TRUE(r.ok()) << r.err().message();
+      EXPECT_EQ(std::get<proto::region_read_reply>(*r).data,
+                (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1), uint8_t(i + 2), uint8_t(i + 3)}));
+    }
+    auto after = event_loop::stats(crt.system());
+    uint64_t wakes = after->idle - before->idle;
+    if (caller_reads) EXPECT_LT(wakes, calls / 10) << "the loop woke for the callers' replies";
+    else EXPECT_GE(wakes, calls) << "the loop should have read every reply";
+    (*ep)->close();
+    ep->reset();
+    server_.reset();
+  }
+}
+
+// A caller blocked reading its own reply (the server never answers) fails at once when the
+// endpoint is closed from another thread: it does not wait out its 60 s timeout.
+TEST_F(BrokerTest, CloseWhileACallerReadsFailsItsCallAtOnce) {
+  auto [a, b] = test::socket_pair();
+  test::raw_peer server(std::move(b));
+  std::atomic<bool> got_request{false};
+  std::thread srv([&] {
+    auto v = server.recv();
+    ASSERT_TRUE(v);
+    server.send(proto::version_reply{}, v->hdr().msg_id);
+    if (server.recv()) got_request = true;  // and no reply, ever
+    server.wait_eof(30s);
+  });
+  endpoint_config cfg;
+  cfg.correlation.short_timeout = 60s;
+  auto ep = endpoint::connect_fd(*rt_, std::move(a), cfg);
+  ASSERT_TRUE(ep.ok());
+  call_result r;
+  std::thread caller([&] { r = (*ep)->call(rr(0, 4)); });
+  for (auto until = std::chrono::steady_clock::now() + 30s; !got_request && std::chrono::steady_clock::now() < until;)
+    std::this_thread::yield();
+  EXPECT_TRUE(got_request);
+  (*ep)->close();
+  caller.join();
+  srv.join();
+  ASSERT_TRUE(r.failure());
+  EXPECT_NE(r.failure().code, errc::timeout) << r.failure().message();
+}
+
 TEST_F(BrokerTest, ErrorReplyCarriesThePeersErrno) {
   start_pair(pattern_device);
   auto r = client_->call_decoded(proto::reset_request{});
