@@ -44,6 +44,12 @@ stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, ui
   if (fl < 0 || ((fl & O_NONBLOCK) && ::fcntl(fd_, F_SETFL, fl & ~O_NONBLOCK) != 0)) { fail("fcntl"); return; }
   timeval slice{0, leader_slice_us};
   if (::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) != 0) { fail("SO_RCVTIMEO"); return; }
+  // Room for one whole default-size frame (1 MiB of data) in the socket, so that a bulk
+  // reply or write usually leaves in one sendmsg rather than a partial write, a wait for
+  // room, and more. A limit, not an allocation; the kernel caps it at net.core.wmem_max
+  // (212992 on a stock kernel, where this changes nothing). Best effort.
+  int sndbuf = int(proto::limits::default_max_data_xfer + 64 * 1024);
+  ::setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   proto::unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
   if (!ep) { fail("epoll_create1"); return; }
   epoll_event ev{};
