@@ -166,6 +166,9 @@ void negotiate_client(sup_t self) {
         {
           std::lock_guard<std::mutex> g(st.status->m);
           st.status->neg = *n;
+          // In force before anyone can see "ready" and send: the socket actor's copy of
+          // this limit may still be in its mailbox when a caller's request is answered.
+          if (st.status->transport) st.status->transport->set_max_frame(lim.max_frame);
         }
         st.backoff = std::chrono::milliseconds(0);
         st.ever_ready = true;
@@ -472,7 +475,7 @@ call_result endpoint::call(const proto::message& m, proto::fd_list fds, std::chr
   return call_frame(proto::make_frame(0, m, 0, std::move(fds)), timeout);
 }
 
-call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds timeout) {
+call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds timeout, reply_landing* landing) {
   auto cmd = frame.hdr().command;
   timeout = timeout_for(cmd, timeout);
   auto deadline = clock::now() + timeout;
@@ -492,7 +495,11 @@ call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds t
     return call_result{nullptr, st.err()};
   }
   if (lead) {
-    tr->lead_wait(*slot, deadline);
+    if (landing) {
+      landing->msg_id = *id;
+      landing->from = landing->to = 0;
+    }
+    tr->lead_wait(*slot, deadline, landing);
     tr->lead_end();
   }
   return await_direct(*id, cmd, *slot, deadline);

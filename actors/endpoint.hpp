@@ -99,7 +99,10 @@ class endpoint {
                                      std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
   /// call() with a frame built by the caller (msg_id is assigned here): bulk data paths
   /// build REGION_WRITE frames in one allocation (proto::make_region_frame).
-  call_result call_frame(proto::frame f, std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+  /// With `landing` (its dest, len and frame_offset set), the reply's bulk data may be
+  /// received straight into the caller's buffer (reply_landing says which part was).
+  call_result call_frame(proto::frame f, std::chrono::milliseconds timeout = std::chrono::milliseconds(0),
+                         reply_landing* landing = nullptr);
   /// call() and decode the reply; an error reply becomes errc::remote_error with its errno.
   proto::result<proto::message> call_decoded(const proto::message& m, proto::fd_list fds = {},
                                              std::chrono::milliseconds timeout = std::chrono::milliseconds(0));

@@ -146,9 +146,12 @@ bool stream_transport::lead_begin() {
   return true;
 }
 
-void stream_transport::lead_wait(call_slot& slot, std::chrono::steady_clock::time_point deadline) {
+void stream_transport::lead_wait(call_slot& slot, std::chrono::steady_clock::time_point deadline,
+                                 reply_landing* landing) {
+  landing_ = landing;
   while (!slot.done() && !stopped_ && !closing_ && std::chrono::steady_clock::now() < deadline)
     read_pass_locked(true);
+  landing_ = nullptr;
 }
 
 void stream_transport::lead_end() {
@@ -175,8 +178,32 @@ bool stream_transport::read_pass_locked(bool block) {
     // The rest of a large frame's body is read straight into the frame (no bounce copy),
     // and only up to its end, so the next frame's bytes still go through the assembler.
     asm_.set_max_frame(max_frame_.load(std::memory_order_relaxed));
-    auto win = asm_.body_window(direct_read_min);
-    iovec iov = win.first ? iovec{win.first, win.second} : iovec{buf_.get(), read_chunk};
+    auto win = asm_.body_window(landing_ ? 1 : direct_read_min);
+    // A leader's own reply with a landing: its data goes straight into the caller's
+    // buffer, from where the window starts (the frame keeps a hole there; nobody reads it).
+    // Until the data starts, reads stop where it starts, so that all of it can land (a
+    // recvmsg or two more, instead of copying a read's worth of data).
+    uint8_t* land = nullptr;
+    size_t land_at = 0, upto = 0;  // upto: read at most this much (0: no limit)
+    if (landing_) {
+      auto& L = *landing_;
+      size_t have = asm_.frame_have();
+      if (win.first) {
+        auto [h, off] = asm_.body_position();
+        bool ours = h.msg_id == L.msg_id && h.is_reply() && !h.is_error() && h.msg_size == L.frame_offset + L.len;
+        if (ours && off < L.frame_offset) {
+          upto = L.frame_offset - off;
+        } else if (ours && (L.from == L.to || off - L.frame_offset == L.to)) {
+          land_at = off - L.frame_offset;
+          land = L.dest + land_at;
+        }
+      } else if (have < L.frame_offset && L.len >= direct_read_min) {
+        upto = L.frame_offset - have;  // the header is not complete yet: it may be ours
+      }
+    }
+    if (win.first && !land && !upto && win.second < direct_read_min) win = {nullptr, 0};
+    iovec iov = land ? iovec{land, win.second} : win.first ? iovec{win.first, win.second} : iovec{buf_.get(), read_chunk};
+    if (upto) iov.iov_len = std::min(iov.iov_len, upto);
     msghdr mh{};
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
@@ -200,6 +227,10 @@ bool stream_transport::read_pass_locked(bool block) {
         fail = proto::error(proto::errc::bad_fds, "MSG_CTRUNC: file descriptors were discarded");
         break;
       }
+    }
+    if (n > 0 && land) {
+      if (landing_->from == landing_->to) landing_->from = landing_->to = land_at;
+      landing_->to += size_t(n);
     }
     if (n > 0) {
       got = true;

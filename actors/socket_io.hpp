@@ -82,8 +82,9 @@ class stream_transport : public deferred_writer,
   /// reply cannot wake the io thread.
   bool lead_begin();
   /// Leader: reads and handles what arrives until `slot` completes, the deadline passes or
-  /// the connection ends.
-  void lead_wait(call_slot& slot, std::chrono::steady_clock::time_point deadline);
+  /// the connection ends. With `landing`, the bulk data of the reply it names is received
+  /// straight into the caller's buffer (reply_landing).
+  void lead_wait(call_slot& slot, std::chrono::steady_clock::time_point deadline, reply_landing* landing = nullptr);
   void lead_end();
   /// Fails every blocked direct call now (the peer closed its end: no reply can come).
   void fail_direct(const proto::error& why);
@@ -128,6 +129,7 @@ class stream_transport : public deferred_writer,
   std::mutex rm_;                                ///< one reader at a time: asm_, owner_
   proto::frame_assembler asm_;
   caf::actor owner_;
+  reply_landing* landing_ = nullptr;            ///< rm_: the leader's, while it waits
   std::atomic<bool> started_{false};            ///< owner_ is set
   std::atomic<bool> stopped_{false};            ///< reading has ended
   std::atomic<bool> closing_{false};            ///< close() was called

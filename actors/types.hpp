@@ -58,6 +58,19 @@ class call_slot {
   call_result result_;
 };
 
+/// Where a blocking call wants its reply's bulk data: the bytes of the reply frame from
+/// `frame_offset` on (a REGION_READ reply's data) go to `dest` (`len` bytes). A leader that
+/// reads that reply (stream_transport::lead_wait) receives them straight into `dest`,
+/// sparing a copy; data bytes [from, to) landed there, the rest is in the reply frame as
+/// usual (from == to: none landed). Set up by the caller, filled while it leads.
+struct reply_landing {
+  uint16_t msg_id = 0;
+  size_t frame_offset = 0;
+  uint8_t* dest = nullptr;
+  size_t len = 0;
+  size_t from = 0, to = 0;
+};
+
 /// Travels with a blocking request. If it is destroyed before it completed its slot (the
 /// message was dropped because the actor died, or the pending table was destroyed), it
 /// completes the slot with an error: no blocked thread ever waits for a dead actor.

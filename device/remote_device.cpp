@@ -9,6 +9,11 @@
 
 namespace vfu::dev {
 
+namespace {
+// Reads at least this large ask for their data to land straight in the caller's buffer.
+constexpr size_t bulk_landing_min = 64 * 1024;
+}  // namespace
+
 using namespace proto;
 
 // ---- guest memory -----------------------------------------------------------------------
@@ -275,12 +280,19 @@ status remote_device::read(uint32_t region, uint64_t offset, void* buf, uint64_t
   for (uint64_t done = 0; done < count;) {
     uint32_t n = uint32_t(std::min(chunk, count - done));
     region_access a{offset + done, region, n};
-    // The reply's data is copied once, from the received frame into `buf`.
-    auto r = ep_->call_frame(make_region_frame(0, command::region_read, false, a));
+    // Bulk data is received straight into `buf` when this thread reads its own reply
+    // (reply_landing); what did not land there is copied from the received frame.
+    reply_landing land;
+    land.frame_offset = header_size + region_access_size;
+    land.dest = out + done;
+    land.len = n;
+    auto r = ep_->call_frame(make_region_frame(0, command::region_read, false, a), std::chrono::milliseconds(0),
+                             n >= bulk_landing_min ? &land : nullptr);
     if (auto e = r.failure()) return e;
     const uint8_t* data = region_read_reply_data(*r.reply, a);
     if (!data) return error(errc::protocol_violation, "REGION_READ reply does not match the request");
-    std::memcpy(out + done, data, n);
+    std::memcpy(out + done, data, land.from);
+    std::memcpy(out + done + land.to, data + land.to, n - land.to);
     done += n;
   }
   return {};

@@ -47,11 +47,16 @@ class frame_assembler {
   /// read straight into it. Empty unless a body is under way with at least `min` bytes
   /// still missing (and the frame is not being drained).
   std::pair<uint8_t*, size_t> body_window(size_t min) noexcept;
+  /// The frame whose body is under way and where body_window() starts in it (only while
+  /// body_window() is not empty).
+  std::pair<header, size_t> body_position() const noexcept { return {cur_.hdr(), body_have_}; }
   /// Reports `n` bytes (at most the window's size) read into body_window(), with that
   /// read's fds (they belong to this frame: it holds the read's last byte).
   void body_filled(size_t n, fd_list fds, std::vector<event>& out);
   /// True when some bytes of a frame have been consumed: EOF now is "EOF mid-frame".
   bool mid_frame() const noexcept { return hdr_have_ > 0 || in_body_ || draining_; }
+  /// Bytes of the current frame received so far (header included; 0 between frames).
+  size_t frame_have() const noexcept { return in_body_ ? body_have_ : hdr_have_; }
   bool failed() const noexcept { return failed_; }
 
  private:
