@@ -83,12 +83,12 @@ void stream_transport::start(caf::actor owner) {
   auto self = shared_from_this();
   asio::post(io_, [self, owner = std::move(owner)]() mutable {
     self->owner_ = std::move(owner);
-    self->started_.store(true, std::memory_order_release);
     if (self->setup_error_) {
       self->stopped_ = true;
       caf::anon_send(self->owner_, ioerr_atom::value, self->setup_error_);
       return;
     }
+    self->started_.store(true, std::memory_order_release);  // callers may lead from now on
     self->arm();
   });
 }
