@@ -15,6 +15,13 @@
 //    scheduler (one worker by default).
 //  - on_state callbacks run on a CAF worker: they must not block on this endpoint.
 //  - The runtime must outlive every endpoint.
+//  - A thread blocked in call(), call_frame() or call_many() may read the socket itself
+//    while it waits (endpoint_config::caller_reads): it then also hands the peer's requests
+//    and other threads' replies on, and returns as soon as its own reply is in. Nothing for
+//    the host to do; the event loop takes over when no caller reads.
+//  - The endpoint owns its socket: a connected fd given to connect_fd()/serve_fd() is
+//    switched to blocking mode (every read and write of the loop passes MSG_DONTWAIT) and
+//    must not be used by the host afterwards.
 //
 // Supervision: when the socket actor dies (EOF, bad header, socket error) every pending
 // request fails at once with the cause, device actors get (connlost_atom), and the

@@ -406,6 +406,30 @@ TEST_F(BrokerTest, PollingLoopReadsDirectlyAndStillSeesEveryByteAndTheClose) {
   EXPECT_TRUE(peer.wait_eof()) << "the server did not close after the peer's EOF";
 }
 
+// runtime_options::poll_max_ns = -1 (the default) takes VFU_POLL_MAX_NS; a value that is
+// not a number of nanoseconds in range is ignored (with a warning), not half-parsed.
+TEST_F(BrokerTest, PollingDefaultComesFromTheEnvironmentAndBadValuesAreIgnored) {
+  const char* old = std::getenv("VFU_POLL_MAX_NS");
+  std::string saved = old ? old : "";
+  rt_.reset();
+  for (auto [value, want] : std::vector<std::pair<const char*, int64_t>>{
+           {"20000", 20000}, {"0", 0}, {"12abc", 0}, {"-1", 0}, {"", 0}, {"2000000000", 0}}) {
+    SCOPED_TRACE(value);
+    ::setenv("VFU_POLL_MAX_NS", value, 1);
+    runtime r;
+    EXPECT_EQ(r.poll_max_ns(), want);
+  }
+  runtime_options explicit_opts;
+  explicit_opts.poll_max_ns = 777;  // an explicit value wins over the environment
+  {
+    runtime r({}, explicit_opts);
+    EXPECT_EQ(r.poll_max_ns(), 777);
+  }
+  if (old) ::setenv("VFU_POLL_MAX_NS", saved.c_str(), 1);
+  else ::unsetenv("VFU_POLL_MAX_NS");
+  rt_ = std::make_unique<runtime>();
+}
+
 // Without polling the loop always blocks in epoll when idle, and never reads directly.
 TEST_F(BrokerTest, LoopWithoutPollingNeverPolls) {
   rt_.reset();
