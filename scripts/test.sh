@@ -3,7 +3,7 @@
 # It runs the whole suite three ways, each in its own build folder:
 #   1. build-test:  the normal build (RelWithDebInfo, -Werror);
 #   2. build-asan:  the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer;
-#   3. build-tsan:  the actor (broker core) tests under ThreadSanitizer.
+#   3. build-tsan:  the socket tests (broker core, server, client, faults) under ThreadSanitizer.
 # The socket test binaries run twice: as they are, and (prefix polling.) with the event
 # loop polling, as vfu-serve runs by default.
 # Options: --quick (only 1), --sanitize (only 2), --tsan (only 3).
@@ -25,9 +25,10 @@ run_asan() {
 }
 run_tsan() {
   cmake -S . -B build-tsan -DVFU_TSAN=ON -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-g1 >/dev/null
-  cmake --build build-tsan -j"$jobs" --target actor_tests
+  cmake --build build-tsan -j"$jobs" --target actor_tests device_tests client_tests fault_tests
   export TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$PWD/tests/tsan.supp"
-  (cd build-tsan && ctest --output-on-failure -j"$jobs" --timeout 900 -R '^(polling\.)?BrokerTest\.')
+  (cd build-tsan && ctest --output-on-failure -j"$jobs" --timeout 900 \
+     -R '^(polling\.)?(BrokerTest|ServerTest|ClientTest|InProcessClientTest|HostileServerTest|FaultTest)\.')
 }
 
 case "$mode" in
