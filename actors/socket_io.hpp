@@ -4,7 +4,8 @@
 //  - stream_transport owns the socket. The io thread reads: it waits for readiness with
 //    Asio, drains the socket with recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC), wraps every
 //    received fd in a unique_fd at once, assembles frames and sends each batch to the owning
-//    socket actor. MSG_CTRUNC is fatal (fds were lost).
+//    socket actor. MSG_CTRUNC is fatal (fds were lost). While the loop polls it also reads
+//    without a readiness event (poll_read; the wait stays armed).
 //  - A thread blocked in a call may read instead (lead_begin/lead_wait/lead_end): it blocks
 //    in recvmsg itself and handles whatever arrives exactly as the io thread would, so its
 //    reply costs it one wake-up, as for a raw socket client, instead of two (io thread, then
@@ -18,7 +19,8 @@
 //    direct-call lane): whole frames, in the order send() was called, under one mutex. What
 //    the socket does not take at once is queued and written by the io thread when the
 //    socket is writable again; no caller ever blocks on a full socket. close() takes the
-//    same mutex, so no write can use the fd after it was closed (and its number reused).
+//    read mutex and this one before it closes the fd, so no read or write can use the fd
+//    after it was closed (and its number reused).
 //  - Batching: on the event loop thread (event_loop.hpp), a frame without fds is queued and
 //    written when the loop runs out of actor work, so the replies to one read batch leave
 //    in one sendmsg. Queued frames without fds are gathered into one sendmsg; a frame with
