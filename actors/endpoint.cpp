@@ -461,12 +461,14 @@ std::chrono::milliseconds endpoint::timeout_for(uint16_t cmd, std::chrono::milli
 }
 
 std::optional<uint16_t> endpoint::send_direct(proto::frame frame, std::shared_ptr<call_slot> slot,
-                                              std::chrono::milliseconds timeout, proto::error& err) {
+                                              std::chrono::milliseconds timeout, proto::error& err,
+                                              transport_leader* lead) {
   uint64_t epoch = 0;
   auto tr = ready_transport(epoch, err);
   if (!tr) return std::nullopt;
   auto id = register_direct(frame, slot, epoch, timeout, err);
   if (!id) return std::nullopt;
+  if (lead) lead->begin(tr);  // before the write, so that the reply cannot wake the loop
   if (auto st = tr->send(make_frame_ptr(std::move(frame))); !st) err = st.err();  // see call_frame()
   return id;
 }
@@ -481,27 +483,20 @@ call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds t
   auto deadline = clock::now() + timeout;
   auto slot = std::make_shared<call_slot>();
   proto::error err;
-  uint64_t epoch = 0;
-  auto tr = ready_transport(epoch, err);
-  if (!tr) return call_result{nullptr, err};
-  auto id = register_direct(frame, slot, epoch, timeout, err);
+  transport_leader lead;
+  auto id = send_direct(std::move(frame), slot, timeout, err, cfg_.caller_reads ? &lead : nullptr);
   if (!id) return call_result{nullptr, err};
-  // Lead before writing, so that the reply cannot wake the event loop.
-  bool lead = cfg_.caller_reads && tr->lead_begin();
-  if (auto st = tr->send(make_frame_ptr(std::move(frame))); !st) {  // not written: nothing will come back
-    if (lead) tr->lead_end();
+  if (err) {  // not written: nothing will come back
     direct_->remove(*id);
     direct_->release();
-    return call_result{nullptr, st.err()};
+    return call_result{nullptr, err};
   }
-  if (lead) {
-    if (landing) {
-      landing->msg_id = *id;
-      landing->from = landing->to = 0;
-    }
-    tr->lead_wait(*slot, deadline, landing);
-    tr->lead_end();
+  if (landing) {
+    landing->msg_id = *id;
+    landing->from = landing->to = 0;
   }
+  lead.wait(*slot, deadline, landing);
+  lead.end();
   return await_direct(*id, cmd, *slot, deadline);
 }
 
@@ -545,9 +540,9 @@ std::vector<call_result> endpoint::call_many(const std::vector<proto::message>& 
       frames.push_back(make_frame_ptr(std::move(f)));
     }
     if (frames.empty()) continue;
-    bool lead = cfg_.caller_reads && tr->lead_begin();
+    transport_leader lead;
+    if (cfg_.caller_reads) lead.begin(tr);
     if (auto st = tr->send_many(frames.data(), frames.size()); !st) {
-      if (lead) tr->lead_end();
       for (auto& p : sent) {
         direct_->remove(p.id);
         direct_->release();
@@ -555,10 +550,8 @@ std::vector<call_result> endpoint::call_many(const std::vector<proto::message>& 
       }
       continue;
     }
-    if (lead) {
-      for (auto& p : sent) tr->lead_wait(*p.slot, p.deadline);
-      tr->lead_end();
-    }
+    for (auto& p : sent) lead.wait(*p.slot, p.deadline);
+    lead.end();
     for (auto& p : sent) out[p.i] = await_direct(p.id, p.cmd, *p.slot, p.deadline);
   }
   return out;

@@ -70,6 +70,7 @@ struct endpoint_config {
 
 struct endpoint_status;  // shared between the API object and its supervisor
 class stream_transport;
+class transport_leader;
 
 class endpoint {
  public:
@@ -153,10 +154,12 @@ class endpoint {
  private:
   endpoint(runtime& rt, endpoint_config cfg, role r);
   void start_actors(caf::actor handler);
-  /// Direct-call lane (direct_calls.hpp): registers, tracks and writes one request.
+  /// Direct-call lane (direct_calls.hpp): registers, tracks and writes one request. With
+  /// `lead`, the caller tries to become the reader just before the write.
   using clock = std::chrono::steady_clock;
   std::optional<uint16_t> send_direct(proto::frame f, std::shared_ptr<call_slot> slot,
-                                      std::chrono::milliseconds timeout, proto::error& err);
+                                      std::chrono::milliseconds timeout, proto::error& err,
+                                      transport_leader* lead = nullptr);
   /// The current connection's transport and direct-call epoch, if it is ready.
   std::shared_ptr<stream_transport> ready_transport(uint64_t& epoch, proto::error& err);
   /// Back-pressure, id and (for no-wait requests) tracking; sets the frame's msg_id.

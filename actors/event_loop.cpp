@@ -243,13 +243,13 @@ void defer_flush(std::shared_ptr<deferred_writer> w) {
   else w->flush_deferred();
 }
 
-void note_active(const std::shared_ptr<pollable>& p) {
+void note_active(pollable& p) {
   auto* hot = t_hot;
   if (!hot) return;
   for (auto& h : *hot)
-    if (h == p) return;
+    if (h.get() == &p) return;
   if (hot->size() == max_hot) hot->erase(hot->begin());
-  hot->push_back(p);
+  hot->push_back(p.pollable_ref());
 }
 
 std::optional<loop_stats> stats(caf::actor_system& sys) {

@@ -43,6 +43,8 @@ class pollable {
   /// Loop thread: one non-blocking read pass. True if it received anything (bytes, EOF or
   /// an error), i.e. the loop has work again.
   virtual bool poll_read() = 0;
+  /// Shared ownership of this object (taken only when the loop starts keeping it).
+  virtual std::shared_ptr<pollable> pollable_ref() = 0;
 };
 
 namespace event_loop {
@@ -59,7 +61,7 @@ void defer_flush(std::shared_ptr<deferred_writer> w);
 /// Loop thread: `p` just received data, so while the loop polls it reads `p` directly
 /// (a recvmsg) instead of asking epoll. The loop keeps the few most recently active
 /// sockets, until it next blocks. A no-op unless the loop polls (poll_max_ns > 0).
-void note_active(const std::shared_ptr<pollable>& p);
+void note_active(pollable& p);
 
 /// What the loop did when it ran out of work (inspection).
 struct loop_stats {

@@ -41,19 +41,22 @@ std::vector<std::string> runtime::filter_caf_args(int argc, char** argv, std::ve
   return caf;
 }
 
+std::optional<int64_t> runtime_options::parse_poll_max_ns(const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  long long n = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end || errno || n < 0 || n > 1000000000) return std::nullopt;
+  return n;
+}
+
 namespace {
 // runtime_options::poll_max_ns = -1: VFU_POLL_MAX_NS, a number of nanoseconds, or 0.
 int64_t default_poll_max_ns() {
   const char* v = std::getenv("VFU_POLL_MAX_NS");
   if (!v || !*v) return 0;
-  char* end = nullptr;
-  errno = 0;
-  long long n = std::strtoll(v, &end, 10);
-  if (*end || errno || n < 0 || n > 1000000000) {
-    std::fprintf(stderr, "vfu: ignoring VFU_POLL_MAX_NS='%s': not a number of nanoseconds from 0 to 1000000000\n", v);
-    return 0;
-  }
-  return n;
+  auto n = runtime_options::parse_poll_max_ns(v);
+  if (!n) std::fprintf(stderr, "vfu: ignoring VFU_POLL_MAX_NS='%s': not a number of nanoseconds from 0 to 1000000000\n", v);
+  return n.value_or(0);
 }
 }  // namespace
 

@@ -14,6 +14,7 @@
 #include <caf/all.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +33,9 @@ struct runtime_options {
   /// default) takes the environment's VFU_POLL_MAX_NS, or 0 without it; vfu-serve uses
   /// default_poll_max_ns unless told otherwise.
   int64_t poll_max_ns = -1;
+  /// `text` as a poll_max_ns: a whole number of nanoseconds from 0 to 1 s (nullopt if not).
+  /// The one parser for VFU_POLL_MAX_NS and the tools' --poll-max-ns options.
+  static std::optional<int64_t> parse_poll_max_ns(const std::string& text);
   /// vfu-serve's default: twice QEMU's iothread default (32768), because on the VMs we
   /// measure a wake-up costs 10-20 us and a broker-to-broker round trip 25-50 us, so the
   /// server's idle gap in a ping-pong often exceeds 32 us; the window then resets and the

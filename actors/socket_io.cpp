@@ -35,15 +35,18 @@ stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, ui
                                    std::shared_ptr<direct_calls> direct)
     : direct_(std::move(direct)), io_(io), sock_(std::move(fd)), epd_(io), fd_(sock_.get()), max_frame_(max_frame),
       asm_(max_frame) {
-  auto fail = [&](const char* what) {  // reported to the owner by start()
-    setup_error_ = proto::error(proto::errc::io_error, errno, std::string(what) + ": " + std::strerror(errno));
+  auto fail = [&](proto::error e) {  // reported to the owner by start()
+    setup_error_ = std::move(e);
     closed_ = true;
+  };
+  auto fail_errno = [&](const char* what) {
+    fail(proto::error(proto::errc::io_error, errno, std::string(what) + ": " + std::strerror(errno)));
   };
   // Blocking, for a leader's recvmsg; the io thread and writers pass MSG_DONTWAIT.
   int fl = ::fcntl(fd_, F_GETFL);
-  if (fl < 0 || ((fl & O_NONBLOCK) && ::fcntl(fd_, F_SETFL, fl & ~O_NONBLOCK) != 0)) { fail("fcntl"); return; }
+  if (fl < 0 || ((fl & O_NONBLOCK) && ::fcntl(fd_, F_SETFL, fl & ~O_NONBLOCK) != 0)) { fail_errno("fcntl"); return; }
   timeval slice{0, leader_slice_us};
-  if (::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) != 0) { fail("SO_RCVTIMEO"); return; }
+  if (::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) != 0) { fail_errno("SO_RCVTIMEO"); return; }
   // Room for one whole default-size frame (1 MiB of data) in the socket, so that a bulk
   // reply or write usually leaves in one sendmsg rather than a partial write, a wait for
   // room, and more. A limit, not an allocation; the kernel caps it at net.core.wmem_max
@@ -51,16 +54,15 @@ stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, ui
   int sndbuf = int(proto::limits::default_max_data_xfer + 64 * 1024);
   ::setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   proto::unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
-  if (!ep) { fail("epoll_create1"); return; }
+  if (!ep) { fail_errno("epoll_create1"); return; }
   epoll_event ev{};
   ev.events = EPOLLIN;
-  if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd_, &ev) != 0) { fail("epoll_ctl"); return; }
+  if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd_, &ev) != 0) { fail_errno("epoll_ctl"); return; }
   events_ = EPOLLIN;
   boost::system::error_code ec;
   epd_.assign(ep.get(), ec);
   if (ec) {
-    setup_error_ = proto::error(proto::errc::io_error, ec.value(), "registering the socket: " + ec.message());
-    closed_ = true;
+    fail(proto::error(proto::errc::io_error, ec.value(), "registering the socket: " + ec.message()));
     return;
   }
   ep.release();
@@ -261,7 +263,7 @@ bool stream_transport::read_pass_locked(bool block) {
     break;
   }
   if (!got && !fail && !asm_.failed()) return false;  // the socket was empty (EAGAIN)
-  event_loop::note_active(shared_from_this());
+  event_loop::note_active(*this);
   if (!batch) batch = std::make_shared<std::vector<proto::frame_assembler::event>>();
   // A reply to a blocked thread's direct call wakes that thread from here, and the actors
   // never see it. A no-wait request's reply is retired by the correlation actor (its
@@ -413,7 +415,7 @@ void stream_transport::on_writable() {
 
 void stream_transport::close(const proto::error& why) {
   closing_ = true;
-  if (direct_) direct_->fail_all(why);
+  fail_direct(why);
   if (leading_) {  // wake a leader blocked in recvmsg (it sees closing_ and stops)
     std::lock_guard<std::mutex> g(wm_);
     if (fd_open_) ::shutdown(fd_, SHUT_RD);

@@ -40,6 +40,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <utility>
 
 #include "actors/event_loop.hpp"
 #include "actors/types.hpp"
@@ -78,6 +79,7 @@ class stream_transport : public deferred_writer,
   void flush_deferred() override;
   /// Reads what has arrived, without waiting for readiness (called by the polling loop).
   bool poll_read() override;
+  std::shared_ptr<pollable> pollable_ref() override { return shared_from_this(); }
 
   /// A calling thread becomes the reader until lead_end(), if nobody else reads now (false:
   /// wait for the io thread as usual). Call it before writing the request, so that its
@@ -90,6 +92,7 @@ class stream_transport : public deferred_writer,
   void lead_end();
   /// Fails every blocked direct call now (the peer closed its end: no reply can come).
   void fail_direct(const proto::error& why);
+
 
   /// Counters for inspection.
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
@@ -137,6 +140,30 @@ class stream_transport : public deferred_writer,
   std::atomic<bool> closing_{false};            ///< close() was called
   std::atomic<bool> leading_{false};            ///< a calling thread holds rm_ to read
   bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
+};
+
+/// A caller's leadership of one transport (stream_transport::lead_begin), for one call or
+/// one batch: begin() before writing, wait() for the replies, and lead_end() when it goes
+/// out of scope (or at end()), on every path. All no-ops if begin() found someone reading.
+class transport_leader {
+ public:
+  transport_leader() = default;
+  ~transport_leader() { end(); }
+  transport_leader(const transport_leader&) = delete;
+  transport_leader& operator=(const transport_leader&) = delete;
+  bool begin(const std::shared_ptr<stream_transport>& t) {
+    if (t->lead_begin()) tr_ = t;
+    return bool(tr_);
+  }
+  void wait(call_slot& slot, std::chrono::steady_clock::time_point deadline, reply_landing* landing = nullptr) {
+    if (tr_) tr_->lead_wait(slot, deadline, landing);
+  }
+  void end() {
+    if (tr_) std::exchange(tr_, nullptr)->lead_end();
+  }
+
+ private:
+  std::shared_ptr<stream_transport> tr_;
 };
 
 /// One sendmsg of `iov` (with `fds`, if any, as SCM_RIGHTS), retried on EINTR. Returns the

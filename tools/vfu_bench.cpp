@@ -698,15 +698,13 @@ int main(int argc, char** argv) {
         p = c + 1;
       }
     } else if (a.rfind("--poll-max-ns=", 0) == 0 || a.rfind("--client-poll-max-ns=", 0) == 0) {
-      std::string val = a.substr(a.find('=') + 1);
-      char* end = nullptr;
-      long long n = std::strtoll(val.c_str(), &end, 10);
-      if (val.empty() || *end || n < 0 || n > 1000000000) {
+      auto n = runtime_options::parse_poll_max_ns(a.substr(a.find('=') + 1));
+      if (!n) {
         std::fprintf(stderr, "vfu-bench: %s needs nanoseconds from 0 to 1000000000\n", a.substr(0, a.find('=')).c_str());
         return 2;
       }
-      if (a[2] == 'p') g_serve_poll = std::to_string(n);
-      else g_client_poll = n;
+      if (a[2] == 'p') g_serve_poll = std::to_string(*n);
+      else g_client_poll = *n;
     } else if (a == "--loop-reads") g_caller_reads = false;
     else if (a == "--json") json = true;
     else {

@@ -7,7 +7,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -67,12 +66,9 @@ int main(int argc, char** argv) {
       if (v.empty() || *end || n < 0 || n > 65535) return usage(("--fd needs a file descriptor number, got '" + v + "'").c_str());
       fds.push_back(int(n));
     } else if (parse_value(a, "--poll-max-ns", v)) {
-      char* end = nullptr;
-      errno = 0;
-      long long n = std::strtoll(v.c_str(), &end, 10);
-      if (v.empty() || *end || errno || n < 0 || n > 1000000000)
-        return usage(("--poll-max-ns needs a number of nanoseconds from 0 to 1000000000, got '" + v + "'").c_str());
-      ropts.poll_max_ns = n;
+      auto n = runtime_options::parse_poll_max_ns(v);
+      if (!n) return usage(("--poll-max-ns needs a number of nanoseconds from 0 to 1000000000, got '" + v + "'").c_str());
+      ropts.poll_max_ns = *n;
     } else if (parse_value(a, "--quirks", v)) {
       if (v == "qemu") quirks = proto::quirks::qemu();
       else if (v == "libvfio-user") quirks = proto::quirks::libvfio_user();

@@ -53,6 +53,16 @@ class BrokerTest : public ::testing::Test {
     rt_.reset();
     EXPECT_EQ(test::count_open_fds(), fds_before_) << "file descriptors leaked";
   }
+  // Replaces the fixture's runtime (before any endpoint exists).
+  void restart_runtime(runtime_options opts) {
+    rt_.reset();
+    rt_ = std::make_unique<runtime>(std::vector<std::string>{}, opts);
+  }
+  runtime_options polling(int64_t poll_max_ns) {
+    runtime_options o;
+    o.poll_max_ns = poll_max_ns;
+    return o;
+  }
   // Server endpoint on one end of a socketpair; returns the other end.
   proto::unique_fd start_server(handler_fn fn, endpoint_config cfg = {}) {
     auto [a, b] = test::socket_pair();
@@ -337,11 +347,10 @@ TEST_F(BrokerTest, CallManyPipelinesAGroupAndMatchesOutOfOrderReplies) {
 // (runtime_options::single_loop = false): the same traffic works there, single calls,
 // batches and posted writes, with every reply matched to its request.
 TEST_F(BrokerTest, SeparateIoThreadModeServesTheSameTraffic) {
-  rt_.reset();
   runtime_options opts;
   opts.single_loop = false;
   opts.workers = 2;
-  rt_ = std::make_unique<runtime>(std::vector<std::string>{}, opts);
+  restart_runtime(opts);
   start_pair(pattern_device);
   for (uint64_t i = 0; i < 200; ++i) {
     auto r = client_->call_decoded(rr(i, 4));
@@ -369,10 +378,7 @@ TEST_F(BrokerTest, SeparateIoThreadModeServesTheSameTraffic) {
 // requests followed at once by its half-close still get their replies and then the close
 // (the readiness wait stays armed while the loop reads without it).
 TEST_F(BrokerTest, PollingLoopReadsDirectlyAndStillSeesEveryByteAndTheClose) {
-  rt_.reset();
-  runtime_options opts;
-  opts.poll_max_ns = 1000000;  // 1 ms: the peer's next request comes well within it
-  rt_ = std::make_unique<runtime>(std::vector<std::string>{}, opts);
+  restart_runtime(polling(1000000));  // 1 ms: the peer's next request comes well within it
   ASSERT_EQ(rt_->poll_max_ns(), 1000000);
   auto fd = start_server(pattern_device);
   test::raw_peer peer(std::move(fd));
@@ -432,10 +438,7 @@ TEST_F(BrokerTest, PollingDefaultComesFromTheEnvironmentAndBadValuesAreIgnored) 
 
 // Without polling the loop always blocks in epoll when idle, and never reads directly.
 TEST_F(BrokerTest, LoopWithoutPollingNeverPolls) {
-  rt_.reset();
-  runtime_options opts;
-  opts.poll_max_ns = 0;
-  rt_ = std::make_unique<runtime>(std::vector<std::string>{}, opts);
+  restart_runtime(polling(0));
   start_pair(pattern_device);
   for (uint64_t i = 0; i < 200; ++i) ASSERT_TRUE(client_->call_decoded(rr(i, 4)).ok());
   auto st = event_loop::stats(rt_->system());
@@ -450,9 +453,7 @@ TEST_F(BrokerTest, LoopWithoutPollingNeverPolls) {
 TEST_F(BrokerTest, CallerReadsItsOwnReplyWithoutWakingTheLoop) {
   for (bool caller_reads : {true, false}) {
     SCOPED_TRACE(caller_reads ? "caller_reads" : "loop reads");
-    runtime_options copts;
-    copts.poll_max_ns = 0;
-    runtime crt({}, copts);
+    runtime crt({}, polling(0));
     auto fd = start_server(pattern_device);
     endpoint_config cfg;
     cfg.caller_reads = caller_reads;
@@ -550,9 +551,7 @@ TEST_F(BrokerTest, BulkReplyDataLandsInTheCallersBuffer) {
   });
   // A client runtime that does not poll: its loop then never holds the read lock when the
   // caller starts to lead (a polling loop may, and the caller then waits for the loop).
-  runtime_options copts;
-  copts.poll_max_ns = 0;
-  runtime crt({}, copts);
+  runtime crt({}, polling(0));
   auto ep = endpoint::connect_fd(crt, std::move(a));
   ASSERT_TRUE(ep.ok());
   for (int round = 0; round < 4; ++round) {
@@ -596,10 +595,7 @@ TEST_F(BrokerTest, BulkReplyDataLandsInTheCallersBuffer) {
 // transport only through the socket actor's mailbox, and a first reply that came before it
 // was drained as oversized, so the call timed out.) A polling loop widens that window.
 TEST_F(BrokerTest, FirstLargeReplyAfterConnectIsAccepted) {
-  rt_.reset();
-  runtime_options opts;
-  opts.poll_max_ns = 1000000;
-  rt_ = std::make_unique<runtime>(std::vector<std::string>{}, opts);
+  restart_runtime(polling(1000000));
   constexpr uint32_t len = 64 * 1024;  // well over the limit before VERSION
   for (int round = 0; round < 30; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
