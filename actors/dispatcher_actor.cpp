@@ -18,38 +18,56 @@ namespace {
 
 using self_t = caf::stateful_actor<dispatcher_state>*;
 
-void reply(self_t self, const caf::actor& sock, const proto::header& req, outbound& out) {
+// Where a request's answer goes: straight into the connection's transport when the request
+// came from it, else to the socket actor that sent it.
+struct route {
+  const caf::actor& sock;
+  const transport_ptr& tr;
+};
+
+void send_frame(self_t self, const route& r, frame_ptr f) {
+  if (!r.tr) {
+    self->send(r.sock, send_atom::value, std::move(f));
+    return;
+  }
+  CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));
+  // A failed write means the connection is broken; the transport tells its socket actor.
+  if (auto st = r.tr->send(f); !st) CAF_LOG_DEBUG("reply not sent: " << st.err().message());
+}
+
+void reply(self_t self, const route& r, const proto::header& req, outbound& out) {
   if (req.no_reply()) return;
   if (!out.err && out.frame) {
     out.frame->set_msg_id(req.msg_id);
-    self->send(sock, send_atom::value, std::move(out.frame));
+    send_frame(self, r, std::move(out.frame));
     return;
   }
   proto::frame f = out.err ? proto::make_error_reply(req, out.err)
                            : out.reply ? proto::make_frame(req.msg_id, *out.reply, 0, std::move(out.fds))
                                        : proto::make_error_reply(req, EIO);
-  self->send(sock, send_atom::value, make_frame_ptr(std::move(f)));
+  send_frame(self, r, make_frame_ptr(std::move(f)));
 }
 
-void error_reply(self_t self, const caf::actor& sock, const proto::header& req, int err) {
+void error_reply(self_t self, const route& r, const proto::header& req, int err) {
   if (req.no_reply()) return;
-  self->send(sock, send_atom::value, make_frame_ptr(proto::make_error_reply(req, err)));
+  send_frame(self, r, make_frame_ptr(proto::make_error_reply(req, err)));
 }
 
 // Server role: VERSION negotiation.
-void serve_version(self_t self, const caf::actor& sock, const proto::header& h, const proto::version_request& v) {
+void serve_version(self_t self, const route& r, const proto::header& h, const proto::version_request& v) {
+  const caf::actor& sock = r.sock;
   auto& st = self->state;
   auto caps = proto::parse_capabilities(v.caps_json.value_or(""));
   if (!caps) {
     CAF_LOG_WARNING("VERSION from client rejected: " << caps.err().message());
-    error_reply(self, sock, h, proto::to_wire_errno(caps.err()));
+    error_reply(self, r, h, proto::to_wire_errno(caps.err()));
     self->send(sock, close_atom::value);
     return;
   }
   auto n = proto::server_negotiate(v.major, v.minor, *caps, st.cfg.offer);
   if (!n) {
     CAF_LOG_WARNING("VERSION negotiation failed: " << n.err().message());
-    error_reply(self, sock, h, proto::to_wire_errno(n.err()));
+    error_reply(self, r, h, proto::to_wire_errno(n.err()));
     self->send(sock, close_atom::value);
     return;
   }
@@ -57,13 +75,15 @@ void serve_version(self_t self, const caf::actor& sock, const proto::header& h, 
   st.limits = lim.decode;
   st.negotiated = true;
   // The new frame limit must be in force before the client can send anything else, i.e.
-  // before it sees the reply: the socket actor handles these two messages in this order.
-  self->send(sock, limits_atom::value, lim);
+  // before it sees the reply: set on the transport first, or sent to the socket actor
+  // ahead of the reply (it handles the two messages in this order).
+  if (r.tr) r.tr->set_max_frame(lim.max_frame);
+  else self->send(sock, limits_atom::value, lim);
   proto::version_reply rep;
   rep.major = n->major;
   rep.minor = n->minor;
   rep.caps_json = proto::to_json(n->ours, true);
-  self->send(sock, send_atom::value, make_frame_ptr(proto::make_frame(h.msg_id, rep)));
+  send_frame(self, r, make_frame_ptr(proto::make_frame(h.msg_id, rep)));
   if (st.cfg.supervisor) self->send(st.cfg.supervisor, connup_atom::value, *n, sock);
   if (st.device) self->send(st.device, connup_atom::value, *n);
 }
@@ -73,8 +93,9 @@ void dispatch_next(self_t self);
 void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
   auto& st = self->state;
   if (!st.busy || seq != st.seq) return;  // answered already (its device died), or stale
-  if (out) reply(self, st.current_sock, st.current, *out);
-  else error_reply(self, st.current_sock, st.current, err ? err : EIO);
+  route r{st.current_sock, st.current_tr};
+  if (out) reply(self, r, st.current, *out);
+  else error_reply(self, r, st.current, err ? err : EIO);
   if (out && out->close_after) self->send(st.current_sock, close_atom::value);
   st.busy = false;
   dispatch_next(self);
@@ -95,6 +116,7 @@ void dispatch_next(self_t self) {
   uint64_t seq = ++st.seq;
   st.current = it.hdr;
   st.current_sock = it.sock;
+  st.current_tr = it.tr;
   st.current_target = it.target;
   self->request(it.target, caf::infinite, inbound_atom::value, std::move(it.in))
       .then([=](outbound_ptr& out) { finish(self, seq, out ? out : outbound::error(EIO), 0); },
@@ -102,6 +124,54 @@ void dispatch_next(self_t self) {
               CAF_LOG_WARNING("handler failed: " << render(e));
               finish(self, seq, nullptr, EIO);
             });
+}
+
+// One request from the peer: decoded, answered here (errors, VERSION) or queued for its
+// device. `tr`: the transport it came from, which the answer goes to (else `sock`).
+void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, proto::frame& f) {
+  auto& st = self->state;
+  route r{sock, tr};
+  auto h = f.hdr();
+  if (tr && tr->closing()) {
+    // Read just before its connection ended: like a message to a dead socket actor, it is
+    // dropped (the device may already have been told the connection is lost).
+    CAF_LOG_DEBUG("dropped " << proto::describe(h, f.fds.size()) << ": its connection has ended");
+    return;
+  }
+  if (tr) CAF_LOG_DEBUG("recv " << proto::describe(h, f.fds.size()));
+  auto m = proto::decode(f, st.cfg.quirks, st.limits);
+  if (!m) {
+    ++st.decode_errors;
+    CAF_LOG_WARNING("bad request " << proto::describe(h, f.fds.size()) << ": " << m.err().message());
+    error_reply(self, r, h, proto::to_wire_errno(m.err()));
+    return;  // the frame's fds close with it
+  }
+  if (st.cfg.role == role::server) {
+    if (auto* v = std::get_if<proto::version_request>(&*m)) {
+      serve_version(self, r, h, *v);
+      return;
+    }
+    if (!st.negotiated) {
+      CAF_LOG_WARNING("first command is not VERSION: " << proto::describe(h, f.fds.size()));
+      error_reply(self, r, h, EINVAL);
+      self->send(sock, close_atom::value);
+      return;
+    }
+  }
+  caf::actor target = st.device;
+  if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = it->second;
+  if (!target) {
+    error_reply(self, r, h, ENOTSUP);
+    return;
+  }
+  auto in = std::make_shared<inbound>();
+  in->hdr = h;
+  in->msg = std::move(*m);
+  in->fds = std::move(f.fds);
+  in->correlation = st.correlation;
+  ++st.served;
+  st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), target});
+  dispatch_next(self);
 }
 
 }  // namespace
@@ -135,42 +205,11 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         self->state.limits = proto::decode_limits{};
       },
       [=](inbound_atom, frame_ptr& f) {
-        auto& st = self->state;
         auto sock = caf::actor_cast<caf::actor>(self->current_sender());
-        auto h = f->hdr();
-        auto m = proto::decode(*f, st.cfg.quirks, st.limits);
-        if (!m) {
-          ++st.decode_errors;
-          CAF_LOG_WARNING("bad request " << proto::describe(h, f->fds.size()) << ": " << m.err().message());
-          error_reply(self, sock, h, proto::to_wire_errno(m.err()));
-          return;  // the frame's fds close with it
-        }
-        if (st.cfg.role == role::server) {
-          if (auto* v = std::get_if<proto::version_request>(&*m)) {
-            serve_version(self, sock, h, *v);
-            return;
-          }
-          if (!st.negotiated) {
-            CAF_LOG_WARNING("first command is not VERSION: " << proto::describe(h, f->fds.size()));
-            error_reply(self, sock, h, EINVAL);
-            self->send(sock, close_atom::value);
-            return;
-          }
-        }
-        caf::actor target = st.device;
-        if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = it->second;
-        if (!target) {
-          error_reply(self, sock, h, ENOTSUP);
-          return;
-        }
-        auto in = std::make_shared<inbound>();
-        in->hdr = h;
-        in->msg = std::move(*m);
-        in->fds = std::move(f->fds);
-        in->correlation = st.correlation;
-        ++st.served;
-        st.queue.push_back(dispatcher_state::item{sock, h, std::move(in), target});
-        dispatch_next(self);
+        on_request(self, sock, nullptr, *f);
+      },
+      [=](inbound_atom, event_batch& reqs, caf::actor& sock, transport_ptr& tr) {
+        for (auto& ev : *reqs) on_request(self, sock, tr, ev.f);
       },
       [=](drain_atom) -> caf::result<void> {
         auto& st = self->state;

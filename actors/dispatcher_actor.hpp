@@ -25,6 +25,7 @@
 #include <deque>
 #include <map>
 
+#include "actors/socket_io.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {
@@ -42,6 +43,7 @@ struct dispatcher_config {
 struct dispatcher_state {
   struct item {
     caf::actor sock;
+    transport_ptr tr;  ///< replies go straight here, if set (otherwise to sock)
     proto::header hdr;
     inbound_ptr in;
     caf::actor target;
@@ -52,6 +54,7 @@ struct dispatcher_state {
   uint64_t seq = 0;             ///< identifies the request in flight
   proto::header current{};
   caf::actor current_sock, current_target;
+  transport_ptr current_tr;
   std::map<uint16_t, caf::actor> by_command;
   caf::actor device;                    ///< whole-device handler (command 0)
   caf::actor correlation;
@@ -63,7 +66,8 @@ struct dispatcher_state {
 };
 
 /// Messages: (handler_atom, uint16_t cmd, actor) registers a handler (cmd 0 = whole
-/// device); (inbound_atom, frame_ptr) from a socket actor; (limits_atom, conn_limits) after
+/// device); (inbound_atom, frame_ptr) from a socket actor, or (inbound_atom, event_batch,
+/// socket actor, transport) straight from a transport (answered through the transport); (limits_atom, conn_limits) after
 /// a client-side negotiation; (connlost_atom) resets negotiation state; (drain_atom) is
 /// answered once every request received so far has been answered.
 caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,

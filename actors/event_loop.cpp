@@ -191,7 +191,10 @@ class loop_policy : public caf::policy::unprofiled {
       st.caught.fetch_add(1, std::memory_order_relaxed);
     } else {
       st.blocked.fetch_add(1, std::memory_order_relaxed);
-      st.hot.clear();  // blocking: whoever wakes the loop is hot next
+      // Blocking: every socket read directly must be watched again (arm_later), and whoever
+      // wakes the loop is hot next.
+      for (auto& h : st.hot) h->arm_wait();
+      st.hot.clear();
       st.io->run_one();
     }
     st.poll.adjust(std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count());
@@ -201,7 +204,7 @@ class loop_policy : public caf::policy::unprofiled {
   template <class Worker>
   void before_shutdown(Worker* w) {
     run_deferred(d(w->parent()).deferred);
-    d(w->parent()).hot.clear();
+    d(w->parent()).hot.clear();  // (the io_context is stopping: nothing to arm for)
     t_hot = nullptr;
     t_deferred = nullptr;
     t_on_loop = false;
@@ -248,8 +251,18 @@ void note_active(pollable& p) {
   if (!hot) return;
   for (auto& h : *hot)
     if (h.get() == &p) return;
-  if (hot->size() == max_hot) hot->erase(hot->begin());
+  if (hot->size() == max_hot) {
+    auto out = std::move(hot->front());
+    hot->erase(hot->begin());
+    out->arm_wait();  // no longer read directly: its wait must be pending
+  }
   hot->push_back(p.pollable_ref());
+}
+
+bool arm_later(pollable& p) {
+  if (!t_hot) return false;
+  note_active(p);
+  return true;
 }
 
 std::optional<loop_stats> stats(caf::actor_system& sys) {

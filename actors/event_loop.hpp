@@ -45,6 +45,9 @@ class pollable {
   virtual bool poll_read() = 0;
   /// Shared ownership of this object (taken only when the loop starts keeping it).
   virtual std::shared_ptr<pollable> pollable_ref() = 0;
+  /// Loop thread: make sure a readiness wait is pending (called before the loop blocks, for
+  /// a socket whose wait was left unarmed while the loop polled it: arm_later).
+  virtual void arm_wait() = 0;
 };
 
 namespace event_loop {
@@ -62,6 +65,13 @@ void defer_flush(std::shared_ptr<deferred_writer> w);
 /// (a recvmsg) instead of asking epoll. The loop keeps the few most recently active
 /// sockets, until it next blocks. A no-op unless the loop polls (poll_max_ns > 0).
 void note_active(pollable& p);
+
+/// Loop thread: `p`'s readiness wait just fired. If the loop polls, it keeps reading `p`
+/// directly and re-arms the wait only before it blocks (or when `p` leaves its hot list):
+/// true, and the caller must not arm now. Asio re-arms a wait with an epoll_ctl each time,
+/// and while the loop polls, a wait that fires only duplicates what a direct read finds.
+/// False: the loop does not poll; arm now.
+bool arm_later(pollable& p);
 
 /// What the loop did when it ran out of work (inspection).
 struct loop_stats {

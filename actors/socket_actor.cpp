@@ -25,7 +25,8 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
   self->attach_functor([tr](const caf::error& why) {
     tr->close(proto::error(proto::errc::peer_gone, "connection lost: " + render(why)));
   });
-  tr->start(caf::actor_cast<caf::actor>(self));
+  // Requests go from the transport straight to the dispatcher, which answers through it.
+  tr->start(caf::actor_cast<caf::actor>(self), self->state.dispatcher);
   return {
       [=](frames_atom, event_batch& batch) {
         auto& st = self->state;
@@ -87,7 +88,7 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
         auto& t = *st.transport;
         return "frames_in=" + std::to_string(t.frames_in.load()) + " frames_out=" + std::to_string(t.frames_out.load()) +
                " bytes_in=" + std::to_string(t.bytes_in.load()) + " bytes_out=" + std::to_string(t.bytes_out.load()) +
-               " rejected=" + std::to_string(st.rejected);
+               " rejected=" + std::to_string(st.rejected) + " waits_armed=" + std::to_string(t.waits_armed.load());
       },
   };
 }

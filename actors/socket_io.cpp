@@ -81,10 +81,11 @@ bool stream_transport::set_events(uint32_t add, uint32_t remove) {
 
 stream_transport::~stream_transport() = default;
 
-void stream_transport::start(caf::actor owner) {
+void stream_transport::start(caf::actor owner, caf::actor requests) {
   auto self = shared_from_this();
-  asio::post(io_, [self, owner = std::move(owner)]() mutable {
+  asio::post(io_, [self, owner = std::move(owner), requests = std::move(requests)]() mutable {
     self->owner_ = std::move(owner);
+    self->requests_ = std::move(requests);
     if (self->setup_error_) {
       self->stopped_ = true;
       caf::anon_send(self->owner_, ioerr_atom::value, self->setup_error_);
@@ -100,6 +101,7 @@ void stream_transport::arm() {
   // stays armed: what arrives after the loop stops polling still wakes it.
   if (stopped_ || wait_armed_) return;
   wait_armed_ = true;
+  waits_armed.fetch_add(1, std::memory_order_relaxed);
   auto self = shared_from_this();
   epd_.async_wait(asio::posix::descriptor_base::wait_read, [self](const boost::system::error_code& ec) {
     self->wait_armed_ = false;
@@ -119,14 +121,16 @@ void stream_transport::arm() {
 void stream_transport::on_event() {
   on_writable();  // if a write waits for room (the private epoll set has EPOLLOUT then)
   read_pass();
-  arm();
+  // A polling loop reads this socket directly from now on and arms its wait only before it
+  // blocks: re-arming costs Asio an epoll_ctl, and at 1 request in flight a wait re-armed
+  // after every request fired for about every second one, only to find what the loop's
+  // direct read had taken already.
+  if (!event_loop::arm_later(*this)) arm();
 }
 
 bool stream_transport::poll_read() {
   if (stopped_ || !owner_) return false;
-  bool got = read_pass();
-  arm();  // a no-op while the wait is still armed, as it usually is here
-  return got;
+  return read_pass();  // the wait, armed or not, is the loop's business (arm_later)
 }
 
 bool stream_transport::read_pass() {
@@ -270,11 +274,17 @@ bool stream_transport::read_pass_locked(bool block) {
   // header); a reply nobody asked for goes on to it as any other (logged, counted).
   // One pass over the batch, in place: count the frames and take out the ones that are done.
   std::vector<proto::header> retired;
+  event_batch reqs;  // well-formed requests, for requests_
   size_t keep = 0;
   for (auto& ev : *batch) {
     if (ev.kind == proto::frame_assembler::event::frame_ready) {
       ++frames_in;
       auto h = ev.f.hdr();
+      if (requests_ && !h.is_reply()) {
+        if (!reqs) reqs = std::make_shared<std::vector<proto::frame_assembler::event>>();
+        reqs->push_back(std::move(ev));
+        continue;
+      }
       if (direct_ && h.is_reply() && direct_calls::owns(h.msg_id)) {
         auto fp = make_frame_ptr(std::move(ev.f));
         auto o = direct_->complete(fp);
@@ -290,6 +300,8 @@ bool stream_transport::read_pass_locked(bool block) {
   batch->erase(batch->begin() + long(keep), batch->end());
   if (!retired.empty()) caf::anon_send(owner_, retire_atom::value, std::move(retired));
   bool fatal = asm_.failed() || fail;
+  // Requests first: an EOF's drain (socket_actor) must find them in the dispatcher's queue.
+  if (reqs) caf::anon_send(requests_, inbound_atom::value, reqs, owner_, shared_from_this());
   if (!batch->empty()) caf::anon_send(owner_, frames_atom::value, batch);
   if (fail && clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, fail);  // answer, then close
   else if (fail) caf::anon_send(owner_, ioerr_atom::value, fail);
@@ -434,6 +446,7 @@ void stream_transport::close(const proto::error& why) {
       self->fd_open_ = false;
       self->sock_.reset();
       self->owner_ = nullptr;
+      self->requests_ = nullptr;
     }
   });
 }

@@ -68,8 +68,11 @@ class stream_transport : public deferred_writer,
   /// Sends `n` frames in order, gathered into as few sendmsg calls as the fd rule allows.
   proto::status send_many(const frame_ptr* fs, size_t n);
   /// Starts reading; batches go to `owner` as (frames_atom, event_batch); EOF or an error
-  /// as (ioerr_atom, proto::error). Reading stops after either.
-  void start(caf::actor owner);
+  /// as (ioerr_atom, proto::error). Reading stops after either. With `requests`, the peer's
+  /// well-formed requests go straight there instead, as (inbound_atom, event_batch, owner,
+  /// transport): the dispatcher, which answers through this transport. That spares every
+  /// request two actor hops (owner, and the owner's reply back to the transport).
+  void start(caf::actor owner, caf::actor requests = {});
   /// Largest frame accepted from the next header on (any thread).
   void set_max_frame(uint32_t n) noexcept { max_frame_.store(n, std::memory_order_relaxed); }
   /// Stops reading and closes the socket (on the io thread). Blocked direct calls fail at
@@ -80,6 +83,7 @@ class stream_transport : public deferred_writer,
   /// Reads what has arrived, without waiting for readiness (called by the polling loop).
   bool poll_read() override;
   std::shared_ptr<pollable> pollable_ref() override { return shared_from_this(); }
+  void arm_wait() override { arm(); }
 
   /// A calling thread becomes the reader until lead_end(), if nobody else reads now (false:
   /// wait for the io thread as usual). Call it before writing the request, so that its
@@ -92,10 +96,14 @@ class stream_transport : public deferred_writer,
   void lead_end();
   /// Fails every blocked direct call now (the peer closed its end: no reply can come).
   void fail_direct(const proto::error& why);
+  /// close() was called: the connection is over (its socket actor has ended).
+  bool closing() const noexcept { return closing_.load(); }
 
 
   /// Counters for inspection.
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
+  /// Readiness waits armed (each costs Asio an epoll_ctl).
+  std::atomic<uint64_t> waits_armed{0};
 
  private:
   void arm();
@@ -134,6 +142,7 @@ class stream_transport : public deferred_writer,
   std::mutex rm_;                                ///< one reader at a time: asm_, owner_
   proto::frame_assembler asm_;
   caf::actor owner_;
+  caf::actor requests_;                          ///< rm_: the dispatcher, if requests skip owner_
   reply_landing* landing_ = nullptr;            ///< rm_: the leader's, while it waits
   std::atomic<bool> started_{false};            ///< owner_ is set
   std::atomic<bool> stopped_{false};            ///< reading has ended
@@ -170,4 +179,8 @@ class transport_leader {
 /// bytes written (0 when the socket is full), or -errno.
 ssize_t send_iov(int fd, const iovec* iov, size_t n, const proto::fd_list* fds);
 
+using transport_ptr = std::shared_ptr<stream_transport>;
+
 }  // namespace vfu
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::transport_ptr)

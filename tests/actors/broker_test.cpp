@@ -412,6 +412,38 @@ TEST_F(BrokerTest, PollingLoopReadsDirectlyAndStillSeesEveryByteAndTheClose) {
   EXPECT_TRUE(peer.wait_eof()) << "the server did not close after the peer's EOF";
 }
 
+// A polling loop keeps reading a busy socket directly and re-arms its readiness wait (an
+// epoll_ctl inside Asio) only when it is about to block: never more waits armed than the
+// loop blocked (plus the first). Re-armed after every event instead, about every second
+// request of a ping-pong armed one, while the loop hardly ever blocked.
+TEST_F(BrokerTest, PollingLoopArmsTheSocketsWaitOnlyWhenItBlocks) {
+  restart_runtime(polling(1000000));
+  auto fd = start_server(pattern_device);
+  test::raw_peer peer(std::move(fd));
+  ASSERT_TRUE(peer.version());
+  auto counter = [&](const std::string& key) {
+    auto s = server_->stats();
+    auto at = s.find(key + "=");
+    EXPECT_NE(at, std::string::npos) << s;
+    return at == std::string::npos ? 0ull : std::stoull(s.substr(at + key.size() + 1));
+  };
+  auto st0 = event_loop::stats(rt_->system());
+  ASSERT_TRUE(st0);
+  uint64_t armed0 = counter("waits_armed");
+  for (uint16_t i = 0; i < 1000; ++i) {
+    ASSERT_TRUE(peer.send(rr(i, 2), i));
+    auto r = peer.recv();
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->hdr().msg_id, i);
+  }
+  uint64_t armed = counter("waits_armed") - armed0;
+  auto st1 = event_loop::stats(rt_->system());
+  uint64_t blocked = st1->blocked - st0->blocked;
+  // The stats requests themselves come from another thread and may block the loop too.
+  EXPECT_LE(armed, blocked + 2) << "armed " << armed << " waits while blocking " << blocked << " times";
+  EXPECT_GT(st1->direct_reads, st0->direct_reads);
+}
+
 // runtime_options::poll_max_ns = -1 (the default) takes VFU_POLL_MAX_NS; a value that is
 // not a number of nanoseconds in range is ignored (with a warning), not half-parsed.
 TEST_F(BrokerTest, PollingDefaultComesFromTheEnvironmentAndBadValuesAreIgnored) {
