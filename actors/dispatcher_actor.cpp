@@ -36,7 +36,7 @@ void send_frame(self_t self, const route& r, frame_ptr f) {
 }
 
 void reply(self_t self, const route& r, const proto::header& req, outbound& out) {
-  if (req.no_reply()) return;
+  if (req.no_reply() || out.sent) return;
   if (!out.err && out.frame) {
     out.frame->set_msg_id(req.msg_id);
     send_frame(self, r, std::move(out.frame));
@@ -169,6 +169,7 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   in->msg = std::move(*m);
   in->fds = std::move(f.fds);
   in->correlation = st.correlation;
+  in->writer = tr;
   ++st.served;
   st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), target});
   dispatch_next(self);

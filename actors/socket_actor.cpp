@@ -88,7 +88,8 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
         auto& t = *st.transport;
         return "frames_in=" + std::to_string(t.frames_in.load()) + " frames_out=" + std::to_string(t.frames_out.load()) +
                " bytes_in=" + std::to_string(t.bytes_in.load()) + " bytes_out=" + std::to_string(t.bytes_out.load()) +
-               " rejected=" + std::to_string(st.rejected) + " waits_armed=" + std::to_string(t.waits_armed.load());
+               " rejected=" + std::to_string(st.rejected) + " waits_armed=" + std::to_string(t.waits_armed.load()) +
+               " gathered=" + std::to_string(t.gathered.load()) + " gathered_copied=" + std::to_string(t.gathered_copied.load());
       },
   };
 }

@@ -336,6 +336,48 @@ proto::status stream_transport::send_many(const frame_ptr* fs, size_t n) {
   return {};
 }
 
+proto::status stream_transport::send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) {
+  std::lock_guard<std::mutex> g(wm_);
+  if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
+  size_t total = head_len + len;
+  ++gathered;
+  // Frames queued before this one leave first, whole.
+  if (!outq_.empty() && !write_armed_ && !flush_locked())
+    return proto::error(proto::errc::peer_gone, "sendmsg failed");
+  size_t done = 0;
+  if (outq_.empty() && !write_armed_) {
+    iovec iov[2] = {{const_cast<uint8_t*>(head), head_len}, {const_cast<uint8_t*>(data), len}};
+    ssize_t r = send_iov(fd_, iov, 2, nullptr);
+    if (r < 0) {
+      write_failed(int(-r));
+      return proto::error(proto::errc::peer_gone, "sendmsg failed");
+    }
+    done = size_t(r);
+    if (done == total) {
+      ++frames_out;
+      bytes_out += total;
+      return {};
+    }
+  }
+  // The socket is full (or others wait for room): the rest is copied into the queue, which
+  // the io thread writes when there is room (out_off_ is 0 when the queue is empty).
+  ++gathered_copied;
+  auto rest = std::make_shared<proto::frame>();
+  rest->bytes.reserve(total - done);
+  if (done < head_len) rest->bytes.insert(rest->bytes.end(), head + done, head + head_len);
+  size_t from = done > head_len ? done - head_len : 0;
+  rest->bytes.insert(rest->bytes.end(), data + from, data + len);
+  bytes_out += done;  // the queue counts the rest when it leaves
+  queued_ += rest->bytes.size();
+  outq_.push_back(std::move(rest));
+  if (queued_ > max_send_queue) {
+    write_failed(0);
+    return proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB");
+  }
+  if (!write_armed_) arm_writable();
+  return {};
+}
+
 void stream_transport::flush_deferred() {
   std::lock_guard<std::mutex> g(wm_);
   flush_pending_ = false;

@@ -56,6 +56,7 @@ inline constexpr size_t max_send_queue = 128u << 20;
 
 class stream_transport : public deferred_writer,
                          public pollable,
+                         public reply_writer,
                          public std::enable_shared_from_this<stream_transport> {
  public:
   stream_transport(boost::asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
@@ -67,6 +68,12 @@ class stream_transport : public deferred_writer,
   proto::status send(const frame_ptr& f);
   /// Sends `n` frames in order, gathered into as few sendmsg calls as the fd rule allows.
   proto::status send_many(const frame_ptr* fs, size_t n);
+  /// Sends one frame without fds gathered from `head` and `data` (reply_writer), now: after
+  /// what is queued, in one sendmsg where the socket has room; what it has no room for is
+  /// copied into the queue. No copy of `data` at all in the usual case.
+  proto::status send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) override;
+  /// Counters of send_gathered: frames sent, and how many of them had to be copied (in part).
+  std::atomic<uint64_t> gathered{0}, gathered_copied{0};
   /// Starts reading; batches go to `owner` as (frames_atom, event_batch); EOF or an error
   /// as (ioerr_atom, proto::error). Reading stops after either. With `requests`, the peer's
   /// well-formed requests go straight there instead, as (inbound_atom, event_batch, owner,

@@ -88,12 +88,28 @@ class call_guard {
 };
 using call_guard_ptr = std::shared_ptr<call_guard>;
 
+/// A connection's write side as a device actor may use it for one bulk reply
+/// (stream_transport).
+class reply_writer {
+ public:
+  virtual ~reply_writer() = default;
+  /// Writes one frame made of `head` followed by `data`, gathered from where they are (a
+  /// device's memory): by the time it returns, the frame is in the socket or, where the
+  /// socket had no room, copied into the send queue. So the caller may change `data` right
+  /// after. An error means the connection is broken.
+  virtual proto::status send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) = 0;
+};
+
 /// An inbound request after decoding, handed to a device actor.
 struct inbound {
   proto::header hdr;
   proto::message msg;
   proto::fd_list fds;
   caf::actor correlation;  ///< for requests back to the peer (server DMA_READ/WRITE)
+  /// The connection it came from, for a device that writes a bulk reply itself (a large
+  /// REGION_READ reply, straight from device memory); null when it did not come from a
+  /// transport.
+  std::shared_ptr<reply_writer> writer;
 };
 using inbound_ptr = std::shared_ptr<inbound>;
 
@@ -110,10 +126,17 @@ struct outbound {
   /// Set when the handler wants the connection closed after this reply (e.g. VERSION
   /// negotiation failed).
   bool close_after = false;
+  /// The handler has written the reply itself (inbound::writer): nothing more to send.
+  bool sent = false;
 
   static std::shared_ptr<outbound> error(int e) {
     auto o = std::make_shared<outbound>();
     o->err = e;
+    return o;
+  }
+  static std::shared_ptr<outbound> already_sent() {
+    auto o = std::make_shared<outbound>();
+    o->sent = true;
     return o;
   }
   static std::shared_ptr<outbound> of_frame(proto::frame f) {

@@ -262,6 +262,21 @@ int region_access(device_state& st, uint32_t region, uint64_t off, uint8_t* buf,
   return st.model->region_read(region, off, buf, count);
 }
 
+// REGION_READs at least this large are sent straight from device memory when the device
+// has it (smaller ones are copied into a reply, which then leaves batched with others).
+constexpr uint32_t gather_min = 64 * 1024;
+
+// Where a read's bytes already are, if the region is plain memory: framework-owned shared
+// memory, or what the model offers (region_read_memory). Not config space or the MSI-X BAR,
+// which are computed.
+const uint8_t* read_memory(device_state& st, const proto::region_access& a) {
+  if (check_access(st, a.region, a.offset, a.count, false) || a.region == region_index::config) return nullptr;
+  auto& mx = st.spec().msix;
+  if (mx.vectors && a.region == mx.bar) return nullptr;
+  if (uint8_t* mem = st.shm[a.region].mem) return mem + a.offset;
+  return st.model->region_read_memory(a.region, a.offset, a.count);
+}
+
 // ---- command handlers -------------------------------------------------------------------
 outbound_ptr on_region_info(device_state& st, const region_info_request& req) {
   if (req.index >= st.num_regions()) return outbound::error(EINVAL);
@@ -453,7 +468,18 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
           if (auto* r = std::get_if<dma_map_request>(&m)) return on_dma_map(st, *r, in->fds);
           if (auto* r = std::get_if<dma_unmap_request>(&m)) return on_dma_unmap(self, *r);
           if (auto* r = std::get_if<region_read_request>(&m)) {
-            // The reply frame is built first and the device reads straight into it.
+            // A large read of plain memory goes from there into the socket, now (the
+            // transport copies only what the socket has no room for).
+            if (r->count >= gather_min && in->writer && !in->hdr.no_reply()) {
+              if (const uint8_t* src = read_memory(st, *r)) {
+                auto head = make_region_read_reply_head(in->hdr.msg_id, *r);
+                // An error means the connection is going; its socket actor hears of it.
+                if (auto sent = in->writer->send_gathered(head.data(), head.size(), src, r->count); !sent)
+                  CAF_LOG_DEBUG("REGION_READ reply not sent: " << sent.err().message());
+                return outbound::already_sent();
+              }
+            }
+            // Otherwise the reply frame is built first and the device reads straight into it.
             auto f = make_region_frame(0, command::region_read, true, *r);
             if (int e = region_access(st, r->region, r->offset, region_frame_data(f), r->count, false))
               return outbound::error(e);

@@ -63,6 +63,15 @@ class device_model {
     (void)region; (void)offset; (void)buf; (void)count;
     return EINVAL;
   }
+  /// Optional, for bulk reads: where the device keeps the `count` bytes of `region` from
+  /// `offset` on, if it keeps them in memory and reading them has no side effects (the
+  /// framework has checked the bounds). A large REGION_READ reply is then sent straight
+  /// from there, with no copy, before the device handles anything else. nullptr (the
+  /// default): region_read fills the reply.
+  virtual const uint8_t* region_read_memory(uint32_t region, uint64_t offset, uint32_t count) {
+    (void)region; (void)offset; (void)count;
+    return nullptr;
+  }
   /// DEVICE_RESET (and nothing else: a disconnect keeps device state).
   virtual void reset() {}
   virtual void attached() {}

@@ -827,6 +827,21 @@ frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_a
 
 uint8_t* region_frame_data(frame& f) noexcept { return f.bytes.data() + header_size + region_access_size; }
 
+region_reply_head make_region_read_reply_head(uint16_t msg_id, const region_access& a) noexcept {
+  region_reply_head out{};
+  header h;
+  h.msg_id = msg_id;
+  h.command = uint16_t(command::region_read);
+  h.msg_size = uint32_t(header_size + region_access_size + a.count);
+  h.flags = hflags::type_reply;
+  write_header(out.data(), h);
+  uint8_t* p = out.data() + header_size;  // the same layout as write_access
+  std::memcpy(p, &a.offset, 8);
+  std::memcpy(p + 8, &a.region, 4);
+  std::memcpy(p + 12, &a.count, 4);
+  return out;
+}
+
 const uint8_t* region_read_reply_data(const frame& f, const region_access& want) noexcept {
   auto h = f.hdr();
   if (!h.is_reply() || h.is_error() || h.command != uint16_t(command::region_read)) return nullptr;

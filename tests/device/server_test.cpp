@@ -198,6 +198,60 @@ TEST_F(ServerTest, ReadReplyOfAModelThatWritesNothingIsZeroNotStaleHeap) {
   caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);
 }
 
+// A large REGION_READ of plain memory (the ram sample) is sent straight from the device's
+// memory. It must still answer with the bytes as they were when the read was handled: here
+// the peer does not read while three 1 MiB reads and then a write of new bytes arrive, so
+// the socket fills, the replies that find no room are copied into the send queue, and the
+// write changes the memory before they leave. Each reply holds the old bytes, the read
+// after the write the new ones.
+TEST_F(ServerTest, LargeReadsLeaveStraightFromDeviceMemoryWithTheBytesOfTheirTurn) {
+  serve("ram");
+  test::raw_peer peer(test::dial_unix(path_));
+  ASSERT_TRUE(peer.version());
+  constexpr uint32_t mib = 1u << 20;
+  std::vector<uint8_t> a(mib), b(mib);
+  for (uint32_t i = 0; i < mib; ++i) {
+    a[i] = uint8_t(i * 7 + 1);
+    b[i] = uint8_t(i * 13 + 5);
+  }
+  auto write_req = [&](const std::vector<uint8_t>& data) {
+    region_write_request w;
+    w.region = 0;
+    w.offset = 0;
+    w.count = mib;
+    w.data = data;
+    return w;
+  };
+  region_read_request rd;
+  rd.region = 0;
+  rd.offset = 0;
+  rd.count = mib;
+  ASSERT_TRUE(peer.send(write_req(a), 1));
+  auto w1 = peer.recv();
+  ASSERT_TRUE(w1 && !w1->hdr().is_error());
+  for (uint16_t id = 10; id < 13; ++id) ASSERT_TRUE(peer.send(rd, id));
+  ASSERT_TRUE(peer.send(write_req(b), 13));
+  ASSERT_TRUE(peer.send(rd, 14));
+  std::this_thread::sleep_for(200ms);  // the server handles all five while nobody reads
+  for (uint16_t id = 10; id <= 14; ++id) {
+    auto r = peer.recv();
+    ASSERT_TRUE(r) << "reply " << id;
+    ASSERT_EQ(r->hdr().msg_id, id);
+    ASSERT_FALSE(r->hdr().is_error()) << "reply " << id;
+    if (id == 13) continue;
+    const uint8_t* got = region_read_reply_data(*r, rd);
+    ASSERT_NE(got, nullptr) << "reply " << id;
+    EXPECT_EQ(std::memcmp(got, (id < 13 ? a : b).data(), mib), 0) << "reply " << id << " has the wrong bytes";
+  }
+  auto stats = server_->stats();
+  auto counter = [&](const std::string& key) {
+    auto at = stats.find(" " + key + "=");
+    return at == std::string::npos ? -1l : std::stol(stats.substr(at + key.size() + 2));
+  };
+  EXPECT_EQ(counter("gathered"), 4) << stats;
+  EXPECT_GE(counter("gathered_copied"), 1) << stats;  // the socket cannot hold three replies
+}
+
 TEST_F(ServerTest, GpioAnswersLikeLibvfioUsersSample) {
   serve("gpio");
   client_ = open();
