@@ -620,6 +620,12 @@ proto::negotiated endpoint::negotiated() const {
   return status_->neg;
 }
 
+endpoint::peer_limits endpoint::limits() const {
+  std::lock_guard<std::mutex> g(status_->m);
+  auto& n = status_->neg;
+  return peer_limits{n.send_max_data(), n.send_max_fds(), n.theirs.write_multiple};
+}
+
 proto::error endpoint::last_error() const {
   std::lock_guard<std::mutex> g(status_->m);
   return status_->last_error;

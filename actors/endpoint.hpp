@@ -131,6 +131,14 @@ class endpoint {
   /// Waits until the state is `s` (true) or the timeout passes (false).
   bool wait_state(conn_state s, std::chrono::milliseconds timeout) const;
   proto::negotiated negotiated() const;
+  /// What a data path needs of negotiated() on every call, without copying the capability
+  /// sets (their key lists allocate).
+  struct peer_limits {
+    uint64_t send_max_data = 0;
+    uint32_t send_max_fds = 0;
+    bool write_multiple = false;
+  };
+  peer_limits limits() const;
   /// The error that ended the last connection (if any).
   proto::error last_error() const;
   /// Called on every state change (on a CAF worker; must not block on this endpoint).

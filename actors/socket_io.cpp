@@ -176,7 +176,10 @@ bool stream_transport::read_pass_locked(bool block) {
   // buffer per connection would cost 256 KiB of RSS per idle client). Not zeroed: only
   // bytes a read wrote are used, and untouched pages cost no RSS.
   static thread_local std::unique_ptr<uint8_t[]> buf_(new uint8_t[read_chunk]);
-  std::shared_ptr<std::vector<proto::frame_assembler::event>> batch;
+  // What the reads assemble, in a vector per reading thread that keeps its capacity: most
+  // reads by a leader end in its own reply, which needs no batch for an actor at all.
+  static thread_local std::vector<proto::frame_assembler::event> evs;
+  evs.clear();
   proto::error fail;
   bool got = false, clean_eof = false;
   for (int i = 0; i < reads_per_wakeup; ++i) {
@@ -240,11 +243,10 @@ bool stream_transport::read_pass_locked(bool block) {
     }
     if (n > 0) {
       got = true;
-      if (!batch) batch = std::make_shared<std::vector<proto::frame_assembler::event>>();
       bytes_in += uint64_t(n);
       bool had_fds = !fds.empty();
-      if (win.first) asm_.body_filled(size_t(n), std::move(fds), *batch);
-      else asm_.feed(buf_.get(), size_t(n), std::move(fds), *batch);
+      if (win.first) asm_.body_filled(size_t(n), std::move(fds), evs);
+      else asm_.feed(buf_.get(), size_t(n), std::move(fds), evs);
       if (asm_.failed()) break;
       // A stream recvmsg without fds returns short only when the queue is empty (it stops
       // early only after a message with fds): skip the read that would say EAGAIN.
@@ -268,21 +270,23 @@ bool stream_transport::read_pass_locked(bool block) {
   }
   if (!got && !fail && !asm_.failed()) return false;  // the socket was empty (EAGAIN)
   event_loop::note_active(*this);
-  if (!batch) batch = std::make_shared<std::vector<proto::frame_assembler::event>>();
   // A reply to a blocked thread's direct call wakes that thread from here, and the actors
   // never see it. A no-wait request's reply is retired by the correlation actor (its
   // header); a reply nobody asked for goes on to it as any other (logged, counted).
-  // One pass over the batch, in place: count the frames and take out the ones that are done.
+  // One pass over what was read: count the frames, complete direct calls, and batch the
+  // rest for the actors.
   std::vector<proto::header> retired;
-  event_batch reqs;  // well-formed requests, for requests_
-  size_t keep = 0;
-  for (auto& ev : *batch) {
+  event_batch batch, reqs;  // for owner_, and well-formed requests for requests_
+  auto to = [](event_batch& b, proto::frame_assembler::event& ev) {
+    if (!b) b = std::make_shared<std::vector<proto::frame_assembler::event>>();
+    b->push_back(std::move(ev));
+  };
+  for (auto& ev : evs) {
     if (ev.kind == proto::frame_assembler::event::frame_ready) {
       ++frames_in;
       auto h = ev.f.hdr();
       if (requests_ && !h.is_reply()) {
-        if (!reqs) reqs = std::make_shared<std::vector<proto::frame_assembler::event>>();
-        reqs->push_back(std::move(ev));
+        to(reqs, ev);
         continue;
       }
       if (direct_ && h.is_reply() && direct_calls::owns(h.msg_id)) {
@@ -294,15 +298,14 @@ bool stream_transport::read_pass_locked(bool block) {
         ev.f = std::move(*fp);
       }
     }
-    if (&(*batch)[keep] != &ev) (*batch)[keep] = std::move(ev);
-    ++keep;
+    to(batch, ev);
   }
-  batch->erase(batch->begin() + long(keep), batch->end());
+  evs.clear();  // (what was moved out; closes nothing)
   if (!retired.empty()) caf::anon_send(owner_, retire_atom::value, std::move(retired));
   bool fatal = asm_.failed() || fail;
   // Requests first: an EOF's drain (socket_actor) must find them in the dispatcher's queue.
   if (reqs) caf::anon_send(requests_, inbound_atom::value, reqs, owner_, shared_from_this());
-  if (!batch->empty()) caf::anon_send(owner_, frames_atom::value, batch);
+  if (batch) caf::anon_send(owner_, frames_atom::value, batch);
   if (fail && clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, fail);  // answer, then close
   else if (fail) caf::anon_send(owner_, ioerr_atom::value, fail);
   if (fatal) stopped_ = true;  // the assembler's fatal event (in the batch) or `fail` ends the actor

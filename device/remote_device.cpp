@@ -275,7 +275,7 @@ status remote_device::read(uint32_t region, uint64_t offset, void* buf, uint64_t
         std::memcpy(buf, p + (offset - a.offset), count);
         return {};
       }
-  uint64_t chunk = std::max<uint64_t>(1, ep_->negotiated().send_max_data());
+  uint64_t chunk = std::max<uint64_t>(1, ep_->limits().send_max_data);
   auto* out = static_cast<uint8_t*>(buf);
   for (uint64_t done = 0; done < count;) {
     uint32_t n = uint32_t(std::min(chunk, count - done));
@@ -307,7 +307,7 @@ status remote_device::write(uint32_t region, uint64_t offset, const void* buf, u
         std::memcpy(p + (offset - a.offset), buf, count);
         return {};
       }
-  uint64_t chunk = std::max<uint64_t>(1, ep_->negotiated().send_max_data());
+  uint64_t chunk = std::max<uint64_t>(1, ep_->limits().send_max_data);
   auto* in = static_cast<const uint8_t*>(buf);
   for (uint64_t done = 0; done < count;) {
     uint32_t n = uint32_t(std::min(chunk, count - done));
@@ -325,7 +325,7 @@ status remote_device::write(uint32_t region, uint64_t offset, const void* buf, u
 
 status remote_device::write_posted(uint32_t region, uint64_t offset, const void* buf, uint32_t count) {
   if (auto s = gate(); !s) return s;
-  if (count > ep_->negotiated().send_max_data()) return error(errc::too_large, "posted write above max_data_xfer_size");
+  if (count > ep_->limits().send_max_data) return error(errc::too_large, "posted write above max_data_xfer_size");
   ep_->post_frame(make_region_frame(0, command::region_write, false, region_access{offset, region, count},
                                     static_cast<const uint8_t*>(buf), hflags::no_reply));
   return {};
@@ -335,7 +335,7 @@ status remote_device::write_posted_many(const std::vector<posted_write>& writes)
   if (auto s = gate(); !s) return s;
   for (auto& w : writes)
     if (w.count == 0 || w.count > limits::write_multi_data) return error(errc::bad_value, "posted write of 0 or more than 8 bytes");
-  if (!ep_->negotiated().theirs.write_multiple) {
+  if (!ep_->limits().write_multiple) {
     for (auto& w : writes)
       if (auto s = write_posted(w.region, w.offset, w.data.data(), w.count); !s) return s;
     return {};
@@ -391,7 +391,7 @@ status remote_device::dma_unmap_all() {
 
 status remote_device::set_irq_eventfds(uint32_t index, uint32_t start, const std::vector<int>& efds) {
   if (auto s = gate(); !s) return s;
-  uint32_t per = std::max<uint32_t>(1, ep_->negotiated().send_max_fds());
+  uint32_t per = std::max<uint32_t>(1, ep_->limits().send_max_fds);
   for (size_t done = 0; done < efds.size();) {
     uint32_t n = uint32_t(std::min<size_t>(per, efds.size() - done));
     set_irqs_request s;
