@@ -139,7 +139,11 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
     return;
   }
   if (tr) CAF_LOG_DEBUG("recv " << proto::describe(h, f.fds.size()));
-  auto m = proto::decode(f, st.cfg.quirks, st.limits);
+  // A REGION_WRITE's data stays in its frame (the frame travels with the request), sparing
+  // a copy of up to max_data_xfer_size bytes.
+  auto lim = st.limits;
+  lim.borrow_region_write = true;
+  auto m = proto::decode(f, st.cfg.quirks, lim);
   if (!m) {
     ++st.decode_errors;
     CAF_LOG_WARNING("bad request " << proto::describe(h, f.fds.size()) << ": " << m.err().message());
@@ -168,6 +172,8 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   in->hdr = h;
   in->msg = std::move(*m);
   in->fds = std::move(f.fds);
+  if (auto* w = std::get_if<proto::region_write_request>(&in->msg); w && w->borrowed)
+    in->frame = make_frame_ptr(std::move(f));  // the vector moves, its bytes stay where they are
   in->correlation = st.correlation;
   in->writer = tr;
   ++st.served;

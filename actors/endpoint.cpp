@@ -462,14 +462,16 @@ std::chrono::milliseconds endpoint::timeout_for(uint16_t cmd, std::chrono::milli
 
 std::optional<uint16_t> endpoint::send_direct(proto::frame frame, std::shared_ptr<call_slot> slot,
                                               std::chrono::milliseconds timeout, proto::error& err,
-                                              transport_leader* lead) {
+                                              transport_leader* lead, proto::byte_view tail) {
   uint64_t epoch = 0;
   auto tr = ready_transport(epoch, err);
   if (!tr) return std::nullopt;
   auto id = register_direct(frame, slot, epoch, timeout, err);
   if (!id) return std::nullopt;
   if (lead) lead->begin(tr);  // before the write, so that the reply cannot wake the loop
-  if (auto st = tr->send(make_frame_ptr(std::move(frame))); !st) err = st.err();  // see call_frame()
+  auto st = tail.size ? tr->send_gathered(frame.bytes.data(), frame.bytes.size(), tail.data, tail.size)
+                      : tr->send(make_frame_ptr(std::move(frame)));
+  if (!st) err = st.err();  // see call_frame()
   return id;
 }
 
@@ -477,14 +479,15 @@ call_result endpoint::call(const proto::message& m, proto::fd_list fds, std::chr
   return call_frame(proto::make_frame(0, m, 0, std::move(fds)), timeout);
 }
 
-call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds timeout, reply_landing* landing) {
+call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds timeout, reply_landing* landing,
+                                 proto::byte_view tail) {
   auto cmd = frame.hdr().command;
   timeout = timeout_for(cmd, timeout);
   auto deadline = clock::now() + timeout;
   auto slot = std::make_shared<call_slot>();
   proto::error err;
   transport_leader lead;
-  auto id = send_direct(std::move(frame), slot, timeout, err, cfg_.caller_reads ? &lead : nullptr);
+  auto id = send_direct(std::move(frame), slot, timeout, err, cfg_.caller_reads ? &lead : nullptr, tail);
   if (!id) return call_result{nullptr, err};
   if (err) {  // not written: nothing will come back
     direct_->remove(*id);

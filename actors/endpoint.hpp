@@ -109,8 +109,11 @@ class endpoint {
   /// build REGION_WRITE frames in one allocation (proto::make_region_frame).
   /// With `landing` (its dest, len and frame_offset set), the reply's bulk data may be
   /// received straight into the caller's buffer (reply_landing says which part was).
+  /// With `tail`, the frame is only the message's head (its msg_size counts the tail) and
+  /// the tail's bytes are written straight from the caller's buffer (a REGION_WRITE's data;
+  /// stream_transport::send_gathered).
   call_result call_frame(proto::frame f, std::chrono::milliseconds timeout = std::chrono::milliseconds(0),
-                         reply_landing* landing = nullptr);
+                         reply_landing* landing = nullptr, proto::byte_view tail = {});
   /// call() and decode the reply; an error reply becomes errc::remote_error with its errno.
   proto::result<proto::message> call_decoded(const proto::message& m, proto::fd_list fds = {},
                                              std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
@@ -167,7 +170,7 @@ class endpoint {
   using clock = std::chrono::steady_clock;
   std::optional<uint16_t> send_direct(proto::frame f, std::shared_ptr<call_slot> slot,
                                       std::chrono::milliseconds timeout, proto::error& err,
-                                      transport_leader* lead = nullptr);
+                                      transport_leader* lead = nullptr, proto::byte_view tail = {});
   /// The current connection's transport and direct-call epoch, if it is ready.
   std::shared_ptr<stream_transport> ready_transport(uint64_t& epoch, proto::error& err);
   /// Back-pressure, id and (for no-wait requests) tracking; sets the frame's msg_id.

@@ -110,6 +110,8 @@ struct inbound {
   /// REGION_READ reply, straight from device memory); null when it did not come from a
   /// transport.
   std::shared_ptr<reply_writer> writer;
+  /// The request's frame, kept while `msg` points into it (a REGION_WRITE's borrowed data).
+  frame_ptr frame;
 };
 using inbound_ptr = std::shared_ptr<inbound>;
 

@@ -472,7 +472,7 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
             // transport copies only what the socket has no room for).
             if (r->count >= gather_min && in->writer && !in->hdr.no_reply()) {
               if (const uint8_t* src = read_memory(st, *r)) {
-                auto head = make_region_read_reply_head(in->hdr.msg_id, *r);
+                auto head = make_region_head(in->hdr.msg_id, command::region_read, true, *r);
                 // An error means the connection is going; its socket actor hears of it.
                 if (auto sent = in->writer->send_gathered(head.data(), head.size(), src, r->count); !sent)
                   CAF_LOG_DEBUG("REGION_READ reply not sent: " << sent.err().message());
@@ -486,7 +486,9 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
             return outbound::of_frame(std::move(f));
           }
           if (auto* w = std::get_if<region_write_request>(&m)) {
-            if (int e = region_access(st, w->region, w->offset, w->data.data(), w->count, true)) return outbound::error(e);
+            // (A write only reads from the buffer; borrowed data lives in the request frame.)
+            auto* src = const_cast<uint8_t*>(w->bytes());
+            if (int e = region_access(st, w->region, w->offset, src, w->count, true)) return outbound::error(e);
             return outbound::of(region_write_reply{{w->offset, w->region, w->count}});
           }
           if (auto* w = std::get_if<write_multi_request>(&m)) {

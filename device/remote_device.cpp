@@ -312,7 +312,11 @@ status remote_device::write(uint32_t region, uint64_t offset, const void* buf, u
   for (uint64_t done = 0; done < count;) {
     uint32_t n = uint32_t(std::min(chunk, count - done));
     region_access a{offset + done, region, n};
-    auto r = ep_->call_frame(make_region_frame(0, command::region_write, false, a, in + done));
+    // The data goes from `buf` into the socket (gathered after the head): no copy.
+    auto head = make_region_head(0, command::region_write, false, a);
+    frame f;
+    f.bytes.assign(head.begin(), head.end());
+    auto r = ep_->call_frame(std::move(f), std::chrono::milliseconds(0), nullptr, byte_view{in + done, n});
     if (auto e = r.failure()) return e;
     auto m = decode(*r.reply, ep_->config().quirks);
     auto* rep = m ? std::get_if<region_write_reply>(&*m) : nullptr;

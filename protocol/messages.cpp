@@ -364,7 +364,8 @@ result<message> dec_region_rw(const dctx& c, bool write) {
     return message{std::move(m)};
   }
   region_write_request m{a, {}};
-  r.bytes(a.count, m.data);
+  if (c.lim.borrow_region_write) m.borrowed = r.here();
+  else r.bytes(a.count, m.data);
   return message{std::move(m)};
 }
 
@@ -731,7 +732,11 @@ void encode_into(const message& msg, frame_bytes& out) {
       [&](const set_irqs_reply&) {},
       [&](const region_read_request& m) { write_access(w, m); },
       [&](const region_read_reply& m) { write_access(w, m); w.bytes(m.data); },
-      [&](const region_write_request& m) { write_access(w, m); w.bytes(m.data); },
+      [&](const region_write_request& m) {
+        write_access(w, m);
+        if (m.borrowed) w.bytes(m.borrowed, m.count);
+        else w.bytes(m.data);
+      },
       [&](const region_write_reply& m) { write_access(w, m); },
       [&](const dma_read_request& m) { enc_dma(w, m, nullptr); },
       [&](const dma_read_reply& m) { enc_dma(w, m, &m.data); },
@@ -827,13 +832,13 @@ frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_a
 
 uint8_t* region_frame_data(frame& f) noexcept { return f.bytes.data() + header_size + region_access_size; }
 
-region_reply_head make_region_read_reply_head(uint16_t msg_id, const region_access& a) noexcept {
-  region_reply_head out{};
+region_head make_region_head(uint16_t msg_id, command cmd, bool reply, const region_access& a) noexcept {
+  region_head out{};
   header h;
   h.msg_id = msg_id;
-  h.command = uint16_t(command::region_read);
+  h.command = uint16_t(cmd);
   h.msg_size = uint32_t(header_size + region_access_size + a.count);
-  h.flags = hflags::type_reply;
+  h.flags = reply ? hflags::type_reply : hflags::type_command;
   write_header(out.data(), h);
   uint8_t* p = out.data() + header_size;  // the same layout as write_access
   std::memcpy(p, &a.offset, 8);

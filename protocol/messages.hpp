@@ -52,6 +52,10 @@ struct quirks {
 /// Limits that depend on the connection (negotiated); decode checks data counts with them.
 struct decode_limits {
   uint64_t max_data_xfer = 64u << 20;  ///< count in REGION/DMA/MIG data messages
+  /// A REGION_WRITE request's data is not copied out of the frame: the message points at
+  /// it (region_write_request::borrowed), and the caller keeps the frame alive and in
+  /// place while it uses the message. For the server's bulk path.
+  bool borrow_region_write = false;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -252,7 +256,11 @@ struct region_access {
 };
 struct region_read_request : region_access {};
 struct region_read_reply : region_access { std::vector<uint8_t> data; };
-struct region_write_request : region_access { std::vector<uint8_t> data; };
+struct region_write_request : region_access {
+  std::vector<uint8_t> data;
+  const uint8_t* borrowed = nullptr;  ///< instead of data: count bytes in the decoded frame
+  const uint8_t* bytes() const noexcept { return borrowed ? borrowed : data.data(); }
+};
 struct region_write_reply : region_access {};
 
 // 11 DMA_READ / 12 DMA_WRITE (server -> client): address u64@0 count u64@8 (+ data@16).
@@ -399,11 +407,11 @@ frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_a
                         const uint8_t* data = nullptr, uint32_t extra_flags = 0);
 /// Where the data of a frame from make_region_frame starts.
 uint8_t* region_frame_data(frame& f) noexcept;
-/// The first bytes of a successful REGION_READ reply for `a` (header and access fields),
-/// for a sender that gathers the a.count data bytes from elsewhere (stream_transport::
-/// send_gathered): the header's msg_size counts them.
-using region_reply_head = std::array<uint8_t, header_size + region_access_size>;
-region_reply_head make_region_read_reply_head(uint16_t msg_id, const region_access& a) noexcept;
+/// The first bytes of a REGION_READ reply or REGION_WRITE request for `a` (header and
+/// access fields), for a sender that gathers the a.count data bytes from elsewhere
+/// (stream_transport::send_gathered): the header's msg_size counts them.
+using region_head = std::array<uint8_t, header_size + region_access_size>;
+region_head make_region_head(uint16_t msg_id, command cmd, bool reply, const region_access& a) noexcept;
 /// The data of a REGION_READ reply, read in place: nullptr unless it is a successful reply
 /// for exactly `want` (same offset, region and count, and the frame's size agrees).
 const uint8_t* region_read_reply_data(const frame& f, const region_access& want) noexcept;

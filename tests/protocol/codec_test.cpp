@@ -463,6 +463,30 @@ TEST(Codec, RegionWritePosted) {
          "0400000000000000 07000000 02000000");
 }
 
+// The server's bulk path decodes REGION_WRITE without copying its data: the message points
+// into the frame, and encodes back to the same bytes. Without the option, data is a copy.
+TEST(Codec, RegionWriteCanBorrowItsDataFromTheFrame) {
+  region_write_request m;
+  m.offset = 0x100;
+  m.region = 2;
+  m.count = 5;
+  m.data = {1, 2, 3, 4, 5};
+  auto f = make_frame(0x21, m);
+  decode_limits lim;
+  lim.borrow_region_write = true;
+  auto d = decode(f, quirks{}, lim);
+  ASSERT_TRUE(d.ok()) << d.err().message();
+  auto& w = std::get<region_write_request>(*d);
+  EXPECT_TRUE(w.data.empty());
+  ASSERT_EQ(w.borrowed, f.bytes.data() + header_size + region_access_size);
+  EXPECT_EQ(std::vector<uint8_t>(w.bytes(), w.bytes() + w.count), m.data);
+  EXPECT_EQ(make_frame(0x21, *d).bytes, f.bytes);
+  auto copied = decode(f);
+  ASSERT_TRUE(copied.ok());
+  EXPECT_EQ(std::get<region_write_request>(*copied).borrowed, nullptr);
+  EXPECT_EQ(std::get<region_write_request>(*copied).data, m.data);
+}
+
 // ---- 11 DMA_READ / 12 DMA_WRITE --------------------------------------------------------
 TEST(Codec, DmaReadSpec) {
   dma_read_request m;
