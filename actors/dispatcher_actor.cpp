@@ -97,6 +97,7 @@ void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
   if (out) reply(self, r, st.current, *out);
   else error_reply(self, r, st.current, err ? err : EIO);
   if (out && out->close_after) self->send(st.current_sock, close_atom::value);
+  st.current_tr = nullptr;  // a connection that ends must not live on here
   st.busy = false;
   dispatch_next(self);
 }
