@@ -1,6 +1,8 @@
 #define CAF_LOG_COMPONENT "vfu"
 #include "actors/dispatcher_actor.hpp"
 
+#include <cstring>
+
 namespace vfu {
 
 conn_limits limits_from(const proto::negotiated& n) {
@@ -140,10 +142,12 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
     return;
   }
   if (tr) CAF_LOG_DEBUG("recv " << proto::describe(h, f.fds.size()));
-  // A REGION_WRITE's data stays in its frame (the frame travels with the request), sparing
-  // a copy of up to max_data_xfer_size bytes.
+  caf::actor target = st.device;
+  if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = it->second;
+  // For the device framework's actor, a REGION_WRITE's data stays in its frame (the frame
+  // travels with the request), sparing a copy of up to max_data_xfer_size bytes.
   auto lim = st.limits;
-  lim.borrow_region_write = true;
+  lim.borrow_region_write = target && st.borrowing.count(target.id());
   auto m = proto::decode(f, st.cfg.quirks, lim);
   if (!m) {
     ++st.decode_errors;
@@ -163,8 +167,6 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
       return;
     }
   }
-  caf::actor target = st.device;
-  if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = it->second;
   if (!target) {
     error_reply(self, r, h, ENOTSUP);
     return;
@@ -198,6 +200,8 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
   return {
       [=](handler_atom, uint16_t cmd, caf::actor& h) {
         self->monitor(h);
+        auto* named = dynamic_cast<caf::monitorable_actor*>(caf::actor_cast<caf::abstract_actor*>(h));
+        if (named && std::strcmp(named->name(), borrowing_handler_name) == 0) self->state.borrowing.insert(h.id());
         if (cmd == 0) self->state.device = h;
         else self->state.by_command[cmd] = h;
       },

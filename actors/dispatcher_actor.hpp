@@ -24,6 +24,7 @@
 
 #include <deque>
 #include <map>
+#include <set>
 
 #include "actors/socket_io.hpp"
 #include "actors/types.hpp"
@@ -56,6 +57,7 @@ struct dispatcher_state {
   caf::actor current_sock, current_target;
   transport_ptr current_tr;
   std::map<uint16_t, caf::actor> by_command;
+  std::set<caf::actor_id> borrowing;    ///< handlers that take borrowed REGION_WRITE data
   caf::actor device;                    ///< whole-device handler (command 0)
   caf::actor correlation;
   proto::decode_limits limits;

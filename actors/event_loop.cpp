@@ -129,7 +129,10 @@ class loop_policy : public caf::policy::unprofiled {
       st.budget = poll_every;
       run_deferred(st.deferred);  // the replies of the jobs just run, one sendmsg per socket
       if (!idle) {
-        st.io->poll();  // actors are busy: let ready sockets in, without blocking
+        // Actors are busy: let ready sockets in, without blocking. The sockets read directly
+        // while polling have no wait armed (arm_later), so they are read here too.
+        for (size_t i = 0; i < st.hot.size(); ++i) st.hot[i]->poll_read();
+        st.io->poll();
         continue;
       }
       {

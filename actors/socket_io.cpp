@@ -258,6 +258,7 @@ bool stream_transport::read_pass_locked(bool block) {
     if (n == 0) {
       if (closing_) {  // our own close() shut the read side to wake a leader
         stopped_ = true;
+        evs.clear();  // (the connection is over: what it read goes, with its fds)
         return true;
       }
       clean_eof = !asm_.mid_frame();
@@ -452,13 +453,19 @@ void stream_transport::arm_writable() {
   auto self = shared_from_this();
   asio::post(io_, [self] {
     if (self->stopped_) return;
-    // The private set reports the socket writable (level-triggered) until on_writable()
-    // has written everything and takes EPOLLOUT out again.
-    if (!self->set_events(EPOLLOUT, 0)) {
-      self->stopped_ = true;
-      caf::anon_send(self->owner_, ioerr_atom::value,
-                     proto::error(proto::errc::io_error, errno, std::string("epoll_ctl: ") + std::strerror(errno)));
-      return;
+    {
+      // The private set reports the socket writable (level-triggered) until on_writable()
+      // has written everything and takes EPOLLOUT out again. If that happened already (the
+      // read wait's event ran on_writable first), EPOLLOUT must not be put in: nothing
+      // would take it out, and the loop would never sleep again.
+      std::lock_guard<std::mutex> g(self->wm_);
+      if (!self->write_armed_ || !self->fd_open_) return;
+      if (!self->set_events(EPOLLOUT, 0)) {
+        self->stopped_ = true;
+        caf::anon_send(self->owner_, ioerr_atom::value,
+                       proto::error(proto::errc::io_error, errno, std::string("epoll_ctl: ") + std::strerror(errno)));
+        return;
+      }
     }
     self->arm();
   });

@@ -113,6 +113,11 @@ struct inbound {
   /// The request's frame, kept while `msg` points into it (a REGION_WRITE's borrowed data).
   frame_ptr frame;
 };
+
+/// The name of a handler actor that takes a REGION_WRITE's data borrowed from its frame
+/// (region_write_request::borrowed, data left empty): the device framework's device actor.
+/// Any other handler gets the data copied into region_write_request::data, as before.
+inline constexpr const char* borrowing_handler_name = "vfu.device";
 using inbound_ptr = std::shared_ptr<inbound>;
 
 /// A device actor's answer: an errno, or a reply message with optional fds.

@@ -49,7 +49,7 @@ struct device_state : device_context {
   caf::actor correlation;
   uint64_t send_max_data = limits::default_max_data_xfer;
   uint64_t max_dma_maps = limits::default_max_dma_maps;
-  static inline const char* name = "vfu.device";
+  static inline const char* name = borrowing_handler_name;  // it reads w->bytes()
 
   ~device_state() override { drop_connection_state(); for (auto& s : shm) if (s.mem) ::munmap(s.mem, s.size); }
 

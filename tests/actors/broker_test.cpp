@@ -98,6 +98,32 @@ TEST_F(BrokerTest, NegotiatesAndRoundTripsARead) {
   EXPECT_EQ(rep.data, (std::vector<uint8_t>{0x10, 0x11, 0x12, 0x13}));
 }
 
+// A handler of the host's own (not the device framework's actor) gets a REGION_WRITE's
+// data in region_write_request::data, as it always did: only the framework's device actor
+// takes it borrowed from the request frame.
+TEST_F(BrokerTest, HostHandlersGetRegionWriteDataInTheMessage) {
+  std::vector<uint8_t> seen;
+  const uint8_t* borrowed = reinterpret_cast<const uint8_t*>(1);
+  start_pair([&](inbound& in) -> outbound_ptr {
+    if (auto* w = std::get_if<proto::region_write_request>(&in.msg)) {
+      seen = w->data;
+      borrowed = w->borrowed;
+      return outbound::of(proto::region_write_reply{{w->offset, w->region, w->count}});
+    }
+    return outbound::error(ENOTSUP);
+  });
+  proto::region_write_request w;
+  w.region = 1;
+  w.offset = 8;
+  w.count = 70000;
+  w.data.resize(w.count);
+  for (uint32_t i = 0; i < w.count; ++i) w.data[i] = uint8_t(i * 5 + 3);
+  auto r = client_->call_decoded(w);
+  ASSERT_TRUE(r.ok()) << r.err().message();
+  EXPECT_EQ(borrowed, nullptr);
+  EXPECT_TRUE(seen == w.data) << "the handler saw " << seen.size() << " bytes";
+}
+
 TEST_F(BrokerTest, PeerWritingOneByteAtATimeIsServed) {
   test::raw_peer peer(start_server(pattern_device));
   std::vector<uint8_t> stream;
