@@ -20,18 +20,14 @@ namespace {
 
 using self_t = caf::stateful_actor<dispatcher_state>*;
 
-// Where a request's answer goes: straight into the connection's transport when the request
-// came from it, else to the socket actor that sent it.
+// A request's connection: its socket actor (told to close) and its transport, which the
+// answer goes straight into.
 struct route {
   const caf::actor& sock;
   const transport_ptr& tr;
 };
 
-void send_frame(self_t self, const route& r, frame_ptr f) {
-  if (!r.tr) {
-    self->send(r.sock, send_atom::value, std::move(f));
-    return;
-  }
+void send_frame(self_t, const route& r, frame_ptr f) {
   CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));
   // A failed write means the connection is broken; the transport tells its socket actor.
   if (auto st = r.tr->send(f); !st) CAF_LOG_DEBUG("reply not sent: " << st.err().message());
@@ -77,10 +73,8 @@ void serve_version(self_t self, const route& r, const proto::header& h, const pr
   st.limits = lim.decode;
   st.negotiated = true;
   // The new frame limit must be in force before the client can send anything else, i.e.
-  // before it sees the reply: set on the transport first, or sent to the socket actor
-  // ahead of the reply (it handles the two messages in this order).
-  if (r.tr) r.tr->set_max_frame(lim.max_frame);
-  else self->send(sock, limits_atom::value, lim);
+  // before it sees the reply.
+  r.tr->set_max_frame(lim.max_frame);
   proto::version_reply rep;
   rep.major = n->major;
   rep.minor = n->minor;
@@ -130,18 +124,18 @@ void dispatch_next(self_t self) {
 }
 
 // One request from the peer: decoded, answered here (errors, VERSION) or queued for its
-// device. `tr`: the transport it came from, which the answer goes to (else `sock`).
+// device. `tr`: the transport it came from, which the answer goes to.
 void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, proto::frame& f) {
   auto& st = self->state;
   route r{sock, tr};
   auto h = f.hdr();
-  if (tr && tr->closing()) {
+  if (tr->closing()) {
     // Read just before its connection ended: like a message to a dead socket actor, it is
     // dropped (the device may already have been told the connection is lost).
     CAF_LOG_DEBUG("dropped " << proto::describe(h, f.fds.size()) << ": its connection has ended");
     return;
   }
-  if (tr) CAF_LOG_DEBUG("recv " << proto::describe(h, f.fds.size()));
+  CAF_LOG_DEBUG("recv " << proto::describe(h, f.fds.size()));
   caf::actor target = st.device;
   if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = it->second;
   // For the device framework's actor, a REGION_WRITE's data stays in its frame (the frame
@@ -215,10 +209,6 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         self->state.queue.clear();
         self->state.negotiated = false;
         self->state.limits = proto::decode_limits{};
-      },
-      [=](inbound_atom, frame_ptr& f) {
-        auto sock = caf::actor_cast<caf::actor>(self->current_sender());
-        on_request(self, sock, nullptr, *f);
       },
       [=](inbound_atom, event_batch& reqs, caf::actor& sock, transport_ptr& tr) {
         for (auto& ev : *reqs) on_request(self, sock, tr, ev.f);

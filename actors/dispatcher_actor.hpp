@@ -44,7 +44,7 @@ struct dispatcher_config {
 struct dispatcher_state {
   struct item {
     caf::actor sock;
-    transport_ptr tr;  ///< replies go straight here, if set (otherwise to sock)
+    transport_ptr tr;  ///< the connection: replies go straight into it
     proto::header hdr;
     inbound_ptr in;
     caf::actor target;
@@ -68,9 +68,8 @@ struct dispatcher_state {
 };
 
 /// Messages: (handler_atom, uint16_t cmd, actor) registers a handler (cmd 0 = whole
-/// device); (inbound_atom, frame_ptr) from a socket actor, or (inbound_atom, event_batch,
-/// socket actor, transport) straight from a transport (answered through the transport); (limits_atom, conn_limits) after
-/// a client-side negotiation; (connlost_atom) resets negotiation state; (drain_atom) is
+/// device); (inbound_atom, event_batch, socket actor, transport) from a transport, answered
+/// through that transport; (limits_atom, conn_limits) after a client-side negotiation; (connlost_atom) resets negotiation state; (drain_atom) is
 /// answered once every request received so far has been answered.
 caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,
                                caf::actor correlation);

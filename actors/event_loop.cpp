@@ -131,7 +131,7 @@ class loop_policy : public caf::policy::unprofiled {
       if (!idle) {
         // Actors are busy: let ready sockets in, without blocking. The sockets read directly
         // while polling have no wait armed (arm_later), so they are read here too.
-        for (size_t i = 0; i < st.hot.size(); ++i) st.hot[i]->poll_read();
+        read_hot(st);
         st.io->poll();
         continue;
       }
@@ -150,6 +150,16 @@ class loop_policy : public caf::policy::unprofiled {
       st.sleeping = false;
       st.wake_posted = false;
     }
+  }
+
+  // One direct read of each recently active socket; true if any received something. (By
+  // index: a read may add the socket it read to the list, never another.)
+  template <class Data>
+  static bool read_hot(Data& st) {
+    bool got = false;
+    for (size_t i = 0; i < st.hot.size(); ++i)
+      if (st.hot[i]->poll_read()) got = true;
+    return got;
   }
 
   // Idle: poll the io_context for up to poll.ns (adaptive), then block in it. Called with
@@ -178,8 +188,7 @@ class loop_policy : public caf::policy::unprofiled {
         // one recvmsg, as for a blocking server, not an epoll_wait and a recvmsg. Their
         // readiness waits stay armed, so nothing that arrives is missed when the loop
         // blocks (and a stale readiness event then costs one read that finds nothing).
-        for (size_t i = 0; i < st.hot.size(); ++i)
-          if (st.hot[i]->poll_read()) got = true;
+        got = read_hot(st);
         if (got) st.direct_reads.fetch_add(1, std::memory_order_relaxed);
         if (!got && (st.hot.empty() || ++round % epoll_every == 0) && st.io->poll() > 0)
           got = true;  // another socket, a timer or a posted handler (epoll_wait, timeout 0)

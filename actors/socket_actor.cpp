@@ -32,14 +32,10 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
         auto& st = self->state;
         for (auto& ev : *batch) {
           switch (ev.kind) {
-            case proto::frame_assembler::event::frame_ready: {
+            case proto::frame_assembler::event::frame_ready: {  // a reply: requests skip us
               auto fp = make_frame_ptr(std::move(ev.f));
-              auto h = fp->hdr();
-              CAF_LOG_DEBUG("recv " << proto::describe(h, fp->fds.size()));
-              if (h.is_reply())
-                self->send(st.correlation, reply_atom::value, std::move(fp));
-              else
-                self->send(st.dispatcher, inbound_atom::value, std::move(fp));
+              CAF_LOG_DEBUG("recv " << proto::describe(fp->hdr(), fp->fds.size()));
+              self->send(st.correlation, reply_atom::value, std::move(fp));
               break;
             }
             case proto::frame_assembler::event::rejected: {

@@ -1,5 +1,6 @@
-// socket_actor.hpp: one per connection. Routes what the io thread assembled (replies to the
-// correlation actor, requests to the dispatcher), answers frames rejected by size with an
+// socket_actor.hpp: one per connection. Routes the replies the io thread assembled to the
+// correlation actor (its transport hands requests to the dispatcher itself), answers frames
+// rejected by size with an
 // error reply so the stream stays in sync, and writes frames in order with their fds
 // through its transport (whose write path it shares with direct-call threads).
 //

@@ -288,7 +288,7 @@ bool stream_transport::read_pass_locked(bool block) {
     if (ev.kind == proto::frame_assembler::event::frame_ready) {
       ++frames_in;
       auto h = ev.f.hdr();
-      if (requests_ && !h.is_reply()) {
+      if (!h.is_reply()) {
         to(reqs, ev);
         continue;
       }
@@ -322,13 +322,8 @@ proto::status stream_transport::send_many(const frame_ptr* fs, size_t n) {
   if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
   bool any_fds = false;
   for (size_t i = 0; i < n; ++i) {
-    outq_.push_back(fs[i]);
-    queued_ += fs[i]->bytes.size();
     any_fds = any_fds || !fs[i]->fds.empty();
-  }
-  if (queued_ > max_send_queue) {
-    write_failed(0);
-    return proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB");
+    if (auto st = enqueue_locked(fs[i]); !st) return st;
   }
   if (write_armed_) return {};  // the io thread will write them, in order
   if (!any_fds && event_loop::on_loop_thread()) {
@@ -374,14 +369,17 @@ proto::status stream_transport::send_gathered(const uint8_t* head, size_t head_l
   size_t from = done > head_len ? done - head_len : 0;
   rest->bytes.insert(rest->bytes.end(), data + from, data + len);
   bytes_out += done;  // the queue counts the rest when it leaves
-  queued_ += rest->bytes.size();
-  outq_.push_back(std::move(rest));
-  if (queued_ > max_send_queue) {
-    write_failed(0);
-    return proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB");
-  }
-  if (!write_armed_) arm_writable();
+  if (auto st = enqueue_locked(std::move(rest)); !st) return st;
+  arm_writable();  // (a no-op if a write already waits for room)
   return {};
+}
+
+proto::status stream_transport::enqueue_locked(frame_ptr f) {
+  queued_ += f->bytes.size();
+  outq_.push_back(std::move(f));
+  if (queued_ <= max_send_queue) return {};
+  write_failed(0);
+  return proto::error(proto::errc::peer_gone, "peer stopped reading: send queue over 128 MiB");
 }
 
 void stream_transport::flush_deferred() {

@@ -74,12 +74,12 @@ class stream_transport : public deferred_writer,
   proto::status send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) override;
   /// Counters of send_gathered: frames sent, and how many of them had to be copied (in part).
   std::atomic<uint64_t> gathered{0}, gathered_copied{0};
-  /// Starts reading; batches go to `owner` as (frames_atom, event_batch); EOF or an error
-  /// as (ioerr_atom, proto::error). Reading stops after either. With `requests`, the peer's
-  /// well-formed requests go straight there instead, as (inbound_atom, event_batch, owner,
-  /// transport): the dispatcher, which answers through this transport. That spares every
-  /// request two actor hops (owner, and the owner's reply back to the transport).
-  void start(caf::actor owner, caf::actor requests = {});
+  /// Starts reading. The peer's well-formed requests go to `requests` (the dispatcher, which
+  /// answers through this transport) as (inbound_atom, event_batch, owner, transport); all
+  /// else to `owner` as (frames_atom, event_batch), and EOF or an error as (eof_atom or
+  /// ioerr_atom, proto::error). Reading stops after either. Requests skipping the owner
+  /// spares each two actor hops (owner, and the owner's reply back to the transport).
+  void start(caf::actor owner, caf::actor requests);
   /// Largest frame accepted from the next header on (any thread).
   void set_max_frame(uint32_t n) noexcept { max_frame_.store(n, std::memory_order_relaxed); }
   /// Stops reading and closes the socket (on the io thread). Blocked direct calls fail at
@@ -126,6 +126,9 @@ class stream_transport : public deferred_writer,
   void on_writable();
   /// Writes queued frames; wm_ held. False on a socket error.
   bool flush_locked();
+  /// Queues `f` behind the others (wm_ held); an error, and the connection failed, when the
+  /// peer has left more than max_send_queue unread.
+  proto::status enqueue_locked(frame_ptr f);
   void write_failed(int err);
 
   std::shared_ptr<direct_calls> direct_;
@@ -149,7 +152,7 @@ class stream_transport : public deferred_writer,
   std::mutex rm_;                                ///< one reader at a time: asm_, owner_
   proto::frame_assembler asm_;
   caf::actor owner_;
-  caf::actor requests_;                          ///< rm_: the dispatcher, if requests skip owner_
+  caf::actor requests_;                          ///< rm_: the dispatcher
   reply_landing* landing_ = nullptr;            ///< rm_: the leader's, while it waits
   std::atomic<bool> started_{false};            ///< owner_ is set
   std::atomic<bool> stopped_{false};            ///< reading has ended

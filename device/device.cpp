@@ -474,7 +474,7 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
               if (const uint8_t* src = read_memory(st, *r)) {
                 auto head = make_region_head(in->hdr.msg_id, command::region_read, true, *r);
                 // An error means the connection is going; its socket actor hears of it.
-                if (auto sent = in->writer->send_gathered(head.data(), head.size(), src, r->count); !sent)
+                if (auto sent = in->writer->send_gathered(head.bytes.data(), head.bytes.size(), src, r->count); !sent)
                   CAF_LOG_DEBUG("REGION_READ reply not sent: " << sent.err().message());
                 return outbound::already_sent();
               }

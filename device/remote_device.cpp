@@ -313,10 +313,8 @@ status remote_device::write(uint32_t region, uint64_t offset, const void* buf, u
     uint32_t n = uint32_t(std::min(chunk, count - done));
     region_access a{offset + done, region, n};
     // The data goes from `buf` into the socket (gathered after the head): no copy.
-    auto head = make_region_head(0, command::region_write, false, a);
-    frame f;
-    f.bytes.assign(head.begin(), head.end());
-    auto r = ep_->call_frame(std::move(f), std::chrono::milliseconds(0), nullptr, byte_view{in + done, n});
+    auto r = ep_->call_frame(make_region_head(0, command::region_write, false, a), std::chrono::milliseconds(0), nullptr,
+                             byte_view{in + done, n});
     if (auto e = r.failure()) return e;
     auto m = decode(*r.reply, ep_->config().quirks);
     auto* rep = m ? std::get_if<region_write_reply>(&*m) : nullptr;

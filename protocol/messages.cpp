@@ -832,19 +832,13 @@ frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_a
 
 uint8_t* region_frame_data(frame& f) noexcept { return f.bytes.data() + header_size + region_access_size; }
 
-region_head make_region_head(uint16_t msg_id, command cmd, bool reply, const region_access& a) noexcept {
-  region_head out{};
-  header h;
-  h.msg_id = msg_id;
-  h.command = uint16_t(cmd);
-  h.msg_size = uint32_t(header_size + region_access_size + a.count);
+frame make_region_head(uint16_t msg_id, command cmd, bool reply, const region_access& a) {
+  frame f = make_region_frame(msg_id, cmd, false, a);  // header and access fields only
+  header h = f.hdr();
+  h.msg_size = uint32_t(f.bytes.size() + a.count);
   h.flags = reply ? hflags::type_reply : hflags::type_command;
-  write_header(out.data(), h);
-  uint8_t* p = out.data() + header_size;  // the same layout as write_access
-  std::memcpy(p, &a.offset, 8);
-  std::memcpy(p + 8, &a.region, 4);
-  std::memcpy(p + 12, &a.count, 4);
-  return out;
+  f.set_hdr(h);
+  return f;
 }
 
 const uint8_t* region_read_reply_data(const frame& f, const region_access& want) noexcept {

@@ -407,11 +407,10 @@ frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_a
                         const uint8_t* data = nullptr, uint32_t extra_flags = 0);
 /// Where the data of a frame from make_region_frame starts.
 uint8_t* region_frame_data(frame& f) noexcept;
-/// The first bytes of a REGION_READ reply or REGION_WRITE request for `a` (header and
-/// access fields), for a sender that gathers the a.count data bytes from elsewhere
+/// The head of a REGION_READ reply or REGION_WRITE request for `a` (header and access
+/// fields only), for a sender that gathers the a.count data bytes from elsewhere
 /// (stream_transport::send_gathered): the header's msg_size counts them.
-using region_head = std::array<uint8_t, header_size + region_access_size>;
-region_head make_region_head(uint16_t msg_id, command cmd, bool reply, const region_access& a) noexcept;
+frame make_region_head(uint16_t msg_id, command cmd, bool reply, const region_access& a);
 /// The data of a REGION_READ reply, read in place: nullptr unless it is a successful reply
 /// for exactly `want` (same offset, region and count, and the frame's size agrees).
 const uint8_t* region_read_reply_data(const frame& f, const region_access& want) noexcept;
