@@ -6,7 +6,7 @@ namespace vfu {
 
 bool direct_calls::acquire(std::chrono::milliseconds limit) {
   std::unique_lock<std::mutex> g(m_);
-  if (!cv_.wait_for(g, limit, [&] { return inflight_ < max_; })) return false;
+  if (!cv_.wait_for(g, limit, [&] { return inflight_.load(std::memory_order_relaxed) < max_; })) return false;
   ++inflight_;
   return true;
 }

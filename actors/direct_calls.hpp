@@ -27,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <atomic>
 #include <unordered_map>
 
 #include "actors/types.hpp"
@@ -44,6 +45,8 @@ class direct_calls {
   /// Back-pressure: waits until fewer than max_outstanding thread requests are pending.
   bool acquire(std::chrono::milliseconds limit);
   void release();
+  /// Thread requests pending now (between acquire and release), without the lock.
+  uint32_t in_flight() const noexcept { return inflight_.load(std::memory_order_relaxed); }
 
   /// The current connection's epoch (see above).
   uint64_t epoch();
@@ -80,7 +83,7 @@ class direct_calls {
   std::mutex m_;
   std::condition_variable cv_;
   uint32_t max_;
-  uint32_t inflight_ = 0;
+  std::atomic<uint32_t> inflight_{0};  ///< written under m_
   uint16_t next_ = id_base;
   uint64_t epoch_ = 0;
   std::unordered_map<uint16_t, entry> map_;

@@ -198,6 +198,10 @@ void try_reconnect(sup_t self) {
 void start_connection(sup_t self, proto::unique_fd fd) {
   auto& st = self->state;
   auto tr = std::make_shared<stream_transport>(st.rt->io(), std::move(fd), proto::limits::max_version_frame, st.direct);
+  tr->set_caller_poll_max_ns(st.cfg.caller_poll_max_ns >= 0 ? st.cfg.caller_poll_max_ns
+                                                             : runtime_options::poll_ns_from_env(
+                                                                   "VFU_CALLER_POLL_MAX_NS",
+                                                                   endpoint_config::default_caller_poll_max_ns));
   st.socket = self->spawn<caf::monitored>(socket_actor, tr, st.corr, st.disp);
   {
     std::lock_guard<std::mutex> g(st.status->m);

@@ -38,20 +38,6 @@ void run_deferred(std::vector<std::shared_ptr<deferred_writer>>& v) {
   }
 }
 
-// QEMU's adaptive polling (util/aio-posix.c, adjust_polling_time; an iothread's
-// poll-max-ns): how long the idle loop polls before it blocks. A wait that ended within the
-// window needs no change; one that would have needed more than max_ns resets the window to
-// 0 (QEMU's default shrink); one shorter than max_ns grows it (4 us, then doubling).
-struct adaptive_poll {
-  int64_t max_ns = 0;  ///< 0: never poll
-  int64_t ns = 0;      ///< the current window
-  void adjust(int64_t block_ns) {
-    if (block_ns <= ns) return;
-    if (block_ns > max_ns) ns = 0;
-    else if (ns < max_ns) ns = std::min(max_ns, ns ? ns * 2 : int64_t{4000});
-  }
-};
-
 // A CAF scheduler policy (the interface of caf::policy::work_sharing) whose one worker
 // waits in the io_context instead of on a condition variable.
 class loop_policy : public caf::policy::unprofiled {

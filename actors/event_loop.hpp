@@ -23,6 +23,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -57,6 +58,21 @@ inline constexpr int poll_every = 64;
 
 /// True on the thread that runs the event loop (of any runtime in this process).
 bool on_loop_thread() noexcept;
+
+/// QEMU's adaptive polling (util/aio-posix.c, adjust_polling_time; an iothread's
+/// poll-max-ns): how long to poll before blocking. A wait that ended within the window
+/// needs no change; one that would have needed more than max_ns resets the window to 0
+/// (QEMU's default shrink); one shorter than max_ns grows it (4 us, then doubling). Used by
+/// the idle loop and by a caller waiting for its reply (endpoint_config::caller_poll_max_ns).
+struct adaptive_poll {
+  int64_t max_ns = 0;  ///< 0: never poll
+  int64_t ns = 0;      ///< the current window
+  void adjust(int64_t wait_ns) {
+    if (wait_ns <= ns) return;
+    if (wait_ns > max_ns) ns = 0;
+    else if (ns < max_ns) ns = std::min(max_ns, ns ? ns * 2 : int64_t{4000});
+  }
+};
 
 /// Loop thread only: calls w->flush_deferred() before the loop next waits for or polls io.
 void defer_flush(std::shared_ptr<deferred_writer> w);

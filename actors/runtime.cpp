@@ -49,20 +49,18 @@ std::optional<int64_t> runtime_options::parse_poll_max_ns(const std::string& tex
   return n;
 }
 
-namespace {
-// runtime_options::poll_max_ns = -1: VFU_POLL_MAX_NS, a number of nanoseconds, or 0.
-int64_t default_poll_max_ns() {
-  const char* v = std::getenv("VFU_POLL_MAX_NS");
-  if (!v || !*v) return 0;
-  auto n = runtime_options::parse_poll_max_ns(v);
-  if (!n) std::fprintf(stderr, "vfu: ignoring VFU_POLL_MAX_NS='%s': not a number of nanoseconds from 0 to 1000000000\n", v);
-  return n.value_or(0);
+int64_t runtime_options::poll_ns_from_env(const char* var, int64_t fallback) {
+  const char* v = std::getenv(var);
+  if (!v || !*v) return fallback;
+  auto n = parse_poll_max_ns(v);
+  if (!n)
+    std::fprintf(stderr, "vfu: ignoring %s='%s': not a number of nanoseconds from 0 to 1000000000\n", var, v);
+  return n.value_or(fallback);
 }
-}  // namespace
 
 runtime::runtime(const std::vector<std::string>& caf_args, runtime_options opts)
     : cfg_(std::make_unique<config>(opts)), opts_(opts) {
-  if (opts_.poll_max_ns < 0) opts_.poll_max_ns = default_poll_max_ns();
+  if (opts_.poll_max_ns < 0) opts_.poll_max_ns = runtime_options::poll_ns_from_env("VFU_POLL_MAX_NS", 0);
   if (!caf_args.empty()) {
     std::vector<std::string> argv_store{"vfu"};
     argv_store.insert(argv_store.end(), caf_args.begin(), caf_args.end());

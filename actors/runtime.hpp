@@ -36,6 +36,9 @@ struct runtime_options {
   /// `text` as a poll_max_ns: a whole number of nanoseconds from 0 to 1 s (nullopt if not).
   /// The one parser for VFU_POLL_MAX_NS and the tools' --poll-max-ns options.
   static std::optional<int64_t> parse_poll_max_ns(const std::string& text);
+  /// The environment variable `var` as a poll_max_ns, or `fallback` when it is unset or
+  /// empty, or not a valid value (then with a warning on stderr).
+  static int64_t poll_ns_from_env(const char* var, int64_t fallback);
   /// vfu-serve's default: twice QEMU's iothread default (32768), because on the VMs we
   /// measure a wake-up costs 10-20 us and a broker-to-broker round trip 25-50 us, so the
   /// server's idle gap in a ping-pong often exceeds 32 us; the window then resets and the

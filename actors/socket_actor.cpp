@@ -85,7 +85,9 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
         return "frames_in=" + std::to_string(t.frames_in.load()) + " frames_out=" + std::to_string(t.frames_out.load()) +
                " bytes_in=" + std::to_string(t.bytes_in.load()) + " bytes_out=" + std::to_string(t.bytes_out.load()) +
                " rejected=" + std::to_string(st.rejected) + " waits_armed=" + std::to_string(t.waits_armed.load()) +
-               " gathered=" + std::to_string(t.gathered.load()) + " gathered_copied=" + std::to_string(t.gathered_copied.load());
+               " gathered=" + std::to_string(t.gathered.load()) + " gathered_copied=" + std::to_string(t.gathered_copied.load()) +
+               " leader_caught=" + std::to_string(t.leader_caught.load()) +
+               " leader_slept=" + std::to_string(t.leader_slept.load());
       },
   };
 }

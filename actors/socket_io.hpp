@@ -99,8 +99,13 @@ class stream_transport : public deferred_writer,
   /// Leader: reads and handles what arrives until `slot` completes, the deadline passes or
   /// the connection ends. With `landing`, the bulk data of the reply it names is received
   /// straight into the caller's buffer (reply_landing).
+  /// It first polls the socket (recvmsg without waiting) for up to the connection's
+  /// adaptive window (set_caller_poll_max_ns), and sleeps in recvmsg only after that.
   void lead_wait(call_slot& slot, std::chrono::steady_clock::time_point deadline, reply_landing* landing = nullptr);
   void lead_end();
+  /// The longest a leader polls before it sleeps (0: never; endpoint_config::
+  /// caller_poll_max_ns). Before start().
+  void set_caller_poll_max_ns(int64_t n) noexcept { caller_poll_.max_ns = std::clamp<int64_t>(n, 0, 1000000000); }
   /// Fails every blocked direct call now (the peer closed its end: no reply can come).
   void fail_direct(const proto::error& why);
   /// close() was called: the connection is over (its socket actor has ended).
@@ -111,6 +116,8 @@ class stream_transport : public deferred_writer,
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
   /// Readiness waits armed (each costs Asio an epoll_ctl).
   std::atomic<uint64_t> waits_armed{0};
+  /// Leaders' waits that ended while polling (no sleep, no wake-up), and that slept.
+  std::atomic<uint64_t> leader_caught{0}, leader_slept{0};
 
  private:
   void arm();
@@ -154,6 +161,7 @@ class stream_transport : public deferred_writer,
   caf::actor owner_;
   caf::actor requests_;                          ///< rm_: the dispatcher
   reply_landing* landing_ = nullptr;            ///< rm_: the leader's, while it waits
+  event_loop::adaptive_poll caller_poll_;        ///< rm_: how long a leader polls
   std::atomic<bool> started_{false};            ///< owner_ is set
   std::atomic<bool> stopped_{false};            ///< reading has ended
   std::atomic<bool> closing_{false};            ///< close() was called

@@ -379,10 +379,11 @@ std::vector<proto::frame> reads(uint32_t region, uint64_t off, int n) {
 std::string g_serve_poll;     ///< --poll-max-ns for vfu-serve (empty: its default)
 int64_t g_client_poll = 0;    ///< runtime_options::poll_max_ns of our client's runtime
 bool g_caller_reads = true;   ///< endpoint_config::caller_reads of our client
+int64_t g_caller_poll = -1;   ///< endpoint_config::caller_poll_max_ns of our client (-1: its default)
 
 struct servers {
   pid_t pid = 0;
-  std::string dir, gpio, gpio2, dma, ram;  ///< gpio2: our client's, while a raw client has gpio
+  std::string dir, gpio, gpio2, gpio3, dma, ram;  ///< gpio2, gpio3: our client's, while a raw client has gpio
   std::vector<std::string> gpios;  ///< --devices gpio sockets
 };
 
@@ -393,10 +394,11 @@ servers start_servers(const std::string& bindir, int devices) {
   s.dir = tmp;
   s.gpio = s.dir + "/gpio.sock";
   s.gpio2 = s.dir + "/gpio2.sock";
+  s.gpio3 = s.dir + "/gpio3.sock";
   s.dma = s.dir + "/dma.sock";
   s.ram = s.dir + "/ram.sock";
   std::vector<std::string> args{bindir + "/vfu-serve", "--device=gpio", "--socket-path=" + s.gpio, "--device=gpio",
-                                "--socket-path=" + s.gpio2, "--device=dma-test", "--socket-path=" + s.dma,
+                                "--socket-path=" + s.gpio2, "--device=gpio", "--socket-path=" + s.gpio3, "--device=dma-test", "--socket-path=" + s.dma,
                                 "--device=ram", "--socket-path=" + s.ram};
   if (!g_serve_poll.empty()) args.push_back("--poll-max-ns=" + g_serve_poll);
   for (int i = 0; i < devices; ++i) {
@@ -426,10 +428,12 @@ void stop_servers(servers& s) {
 }
 
 std::unique_ptr<dev::remote_device> open_device(runtime& rt, const std::string& sock,
-                                                std::shared_ptr<dev::guest_memory> mem = nullptr) {
+                                                std::shared_ptr<dev::guest_memory> mem = nullptr,
+                                                int64_t caller_poll = g_caller_poll) {
   endpoint_config cfg;
   cfg.reconnect = false;
   cfg.caller_reads = g_caller_reads;
+  cfg.caller_poll_max_ns = caller_poll;
   auto d = dev::remote_device::open(rt, sock, std::move(mem), cfg);
   if (!d) {
     std::fprintf(stderr, "vfu-bench: cannot open %s: %s\n", sock.c_str(), d.err().message().c_str());
@@ -697,13 +701,15 @@ int main(int argc, char** argv) {
         only.insert(l.substr(p, c - p));
         p = c + 1;
       }
-    } else if (a.rfind("--poll-max-ns=", 0) == 0 || a.rfind("--client-poll-max-ns=", 0) == 0) {
+    } else if (a.rfind("--poll-max-ns=", 0) == 0 || a.rfind("--client-poll-max-ns=", 0) == 0 ||
+               a.rfind("--caller-poll-max-ns=", 0) == 0) {
       auto n = runtime_options::parse_poll_max_ns(a.substr(a.find('=') + 1));
       if (!n) {
         std::fprintf(stderr, "vfu-bench: %s needs nanoseconds from 0 to 1000000000\n", a.substr(0, a.find('=')).c_str());
         return 2;
       }
       if (a[2] == 'p') g_serve_poll = std::to_string(*n);
+      else if (a[4] == 'l') g_caller_poll = *n;
       else g_client_poll = *n;
     } else if (a == "--loop-reads") g_caller_reads = false;
     else if (a == "--json") json = true;
@@ -711,6 +717,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,devices]\n"
                    "                 [--devices=N] [--poll-max-ns=N (vfu-serve's)] [--client-poll-max-ns=N]\n"
+                   "                 [--caller-poll-max-ns=N (our client's callers; default: the library's)]\n"
                    "                 [--loop-reads (our client's loop reads every reply: caller_reads off)]\n"
                    "                 | --idle-devices=N | --soak=SECONDS\n");
       return 2;
@@ -779,11 +786,21 @@ int main(int argc, char** argv) {
       uint32_t v;
       return bool(d->read(2, 1, &v, 4));
     });
-    interleave({&f, &raw, &cl});
+    // The same with callers that sleep at once (caller_poll_max_ns = 0), as a raw client does.
+    auto ds = open_device(rt, s.gpio3, nullptr, 0);
+    auto cs = fn_meter("vfu-broker client API: BAR2 read 4 B, 1 thread, no polling", s.pid, 1, [&] {
+      uint32_t v;
+      return bool(ds->read(2, 1, &v, 4));
+    });
+    bool polls = g_caller_poll != 0;
+    if (polls) interleave({&f, &raw, &cl, &cs});
+    else interleave({&f, &raw, &cl});
     rows.push_back(f.result());
     rows.push_back(against(raw, f));
     rows.push_back(against(cl, raw));
     auto fr = rows[rows.size() - 3], cr = rows.back();
+    if (polls) rows.push_back(against(cs, raw));
+    ds.reset();
     char line[256];
     std::snprintf(line, sizeof line,
                   "broker <-> broker, 1 in flight: mean latency %.2fx the floor's (median per round), p50 %.2fx",
@@ -792,6 +809,11 @@ int main(int argc, char** argv) {
     std::snprintf(line, sizeof line, "our client API from one thread: %.2fx a raw client's rate (same server, same run)",
                   median_ratio(cl, raw));
     notes.push_back(line);
+    if (polls) {
+      std::snprintf(line, sizeof line, "... with callers that never poll (caller_poll_max_ns=0): %.2fx",
+                    median_ratio(cs, raw));
+      notes.push_back(line);
+    }
     auto r4 = client_threads("vfu-broker client API: BAR2 read 4 B, 4 threads", s.pid, *d, 4, 2);
     r4.floor = fr.name;
     r4.ratio = r4.rate / fr.rate;

@@ -541,6 +541,62 @@ TEST_F(BrokerTest, CallerReadsItsOwnReplyWithoutWakingTheLoop) {
   }
 }
 
+// A caller reading its own reply polls the socket before it sleeps (caller_poll_max_ns):
+// once its adaptive window has grown past the round trip, replies are caught without a
+// sleep. With 0, or VFU_CALLER_POLL_MAX_NS=0 and the default, every wait sleeps; an
+// explicit value wins over the environment.
+TEST_F(BrokerTest, CallerPollsForItsReplyBeforeItSleeps) {
+  const char* old = std::getenv("VFU_CALLER_POLL_MAX_NS");
+  std::string saved = old ? old : "";
+  struct setting {
+    const char* env;  // nullptr: unset
+    int64_t max_ns;
+    bool polls;
+  };
+  for (auto [env, max_ns, polls] : std::vector<setting>{{nullptr, 1000000000, true},
+                                                        {nullptr, 0, false},
+                                                        {"0", -1, false},
+                                                        {"1000000000", -1, true},
+                                                        {"0", 1000000000, true}}) {
+    SCOPED_TRACE(std::string("env ") + (env ? env : "unset") + ", caller_poll_max_ns " + std::to_string(max_ns));
+    if (env) ::setenv("VFU_CALLER_POLL_MAX_NS", env, 1);
+    else ::unsetenv("VFU_CALLER_POLL_MAX_NS");
+    runtime crt({}, polling(0));
+    auto fd = start_server(pattern_device);
+    endpoint_config cfg;
+    cfg.caller_poll_max_ns = max_ns;
+    auto ep = endpoint::connect_fd(crt, std::move(fd), cfg);
+    ASSERT_TRUE(ep.ok()) << ep.err().message();
+    constexpr uint64_t calls = 200;
+    for (uint64_t i = 0; i < calls; ++i) {
+      auto r = (*ep)->call_decoded(rr(i, 4));
+      ASSERT_TRUE(r.ok()) << r.err().message();
+      EXPECT_EQ(std::get<proto::region_read_reply>(*r).data,
+                (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1), uint8_t(i + 2), uint8_t(i + 3)}));
+    }
+    auto stats = (*ep)->stats();
+    auto counter = [&](const std::string& key) {
+      auto at = stats.find(key + "=");
+      EXPECT_NE(at, std::string::npos) << stats;
+      return at == std::string::npos ? 0ull : std::stoull(stats.substr(at + key.size() + 1));
+    };
+    uint64_t caught = counter("leader_caught"), slept = counter("leader_slept");
+    EXPECT_EQ(caught + slept, calls) << stats;
+    if (polls) {
+      // The window starts at 0 and doubles from 4 us per wait that needed more; a few
+      // dozen waits may sleep (a preempted server), not most of them.
+      EXPECT_GE(caught, calls / 2) << stats;
+    } else {
+      EXPECT_EQ(caught, 0u) << stats;
+    }
+    (*ep)->close();
+    ep->reset();
+    server_.reset();
+  }
+  if (old) ::setenv("VFU_CALLER_POLL_MAX_NS", saved.c_str(), 1);
+  else ::unsetenv("VFU_CALLER_POLL_MAX_NS");
+}
+
 // A caller blocked reading its own reply (the server never answers) fails at once when the
 // endpoint is closed from another thread: it does not wait out its 60 s timeout.
 TEST_F(BrokerTest, CloseWhileACallerReadsFailsItsCallAtOnce) {
