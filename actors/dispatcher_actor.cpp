@@ -35,15 +35,7 @@ void send_frame(self_t, const route& r, frame_ptr f) {
 
 void reply(self_t self, const route& r, const proto::header& req, outbound& out) {
   if (req.no_reply() || out.sent) return;
-  if (!out.err && out.frame) {
-    out.frame->set_msg_id(req.msg_id);
-    send_frame(self, r, std::move(out.frame));
-    return;
-  }
-  proto::frame f = out.err ? proto::make_error_reply(req, out.err)
-                           : out.reply ? proto::make_frame(req.msg_id, *out.reply, 0, std::move(out.fds))
-                                       : proto::make_error_reply(req, EIO);
-  send_frame(self, r, make_frame_ptr(std::move(f)));
+  send_frame(self, r, encode_reply(req, out));
 }
 
 void error_reply(self_t self, const route& r, const proto::header& req, int err) {
@@ -115,6 +107,7 @@ void dispatch_next(self_t self) {
   st.current_sock = it.sock;
   st.current_tr = it.tr;
   st.current_target = it.target;
+  it.in->alone = st.queue.empty();
   self->request(it.target, caf::infinite, inbound_atom::value, std::move(it.in))
       .then([=](outbound_ptr& out) { finish(self, seq, out ? out : outbound::error(EIO), 0); },
             [=](caf::error& e) {
@@ -124,7 +117,8 @@ void dispatch_next(self_t self) {
 }
 
 // One request from the peer: decoded, answered here (errors, VERSION) or queued for its
-// device. `tr`: the transport it came from, which the answer goes to.
+// device (dispatch_next hands it over). `tr`: the transport it came from, which the answer
+// goes to.
 void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, proto::frame& f) {
   auto& st = self->state;
   route r{sock, tr};
@@ -175,7 +169,6 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   in->writer = tr;
   ++st.served;
   st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), target});
-  dispatch_next(self);
 }
 
 }  // namespace
@@ -211,7 +204,10 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         self->state.limits = proto::decode_limits{};
       },
       [=](inbound_atom, event_batch& reqs, caf::actor& sock, transport_ptr& tr) {
+        // The whole batch is queued before the first request goes out, so that each
+        // knows whether others wait behind it (inbound::alone).
         for (auto& ev : *reqs) on_request(self, sock, tr, ev.f);
+        dispatch_next(self);
       },
       [=](drain_atom) -> caf::result<void> {
         auto& st = self->state;

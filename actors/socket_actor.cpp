@@ -86,6 +86,7 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
                " bytes_in=" + std::to_string(t.bytes_in.load()) + " bytes_out=" + std::to_string(t.bytes_out.load()) +
                " rejected=" + std::to_string(st.rejected) + " waits_armed=" + std::to_string(t.waits_armed.load()) +
                " gathered=" + std::to_string(t.gathered.load()) + " gathered_copied=" + std::to_string(t.gathered_copied.load()) +
+               " sent_now=" + std::to_string(t.sent_now.load()) + " writes=" + std::to_string(t.writes.load()) +
                " leader_caught=" + std::to_string(t.leader_caught.load()) +
                " leader_slept=" + std::to_string(t.leader_slept.load());
       },

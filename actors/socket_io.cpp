@@ -354,6 +354,16 @@ proto::status stream_transport::send_many(const frame_ptr* fs, size_t n) {
   return {};
 }
 
+proto::status stream_transport::send_now(frame_ptr f) {
+  std::lock_guard<std::mutex> g(wm_);
+  if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
+  ++sent_now;
+  if (auto st = enqueue_locked(std::move(f)); !st) return st;
+  if (write_armed_) return {};  // the io thread will write it, in order
+  if (!flush_locked()) return proto::error(proto::errc::peer_gone, "sendmsg failed");
+  return {};
+}
+
 proto::status stream_transport::send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) {
   std::lock_guard<std::mutex> g(wm_);
   if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
@@ -371,6 +381,7 @@ proto::status stream_transport::send_gathered(const uint8_t* head, size_t head_l
       return proto::error(proto::errc::peer_gone, "sendmsg failed");
     }
     done = size_t(r);
+    if (done) ++writes;
     if (done == total) {
       ++frames_out;
       bytes_out += total;
@@ -428,6 +439,7 @@ bool stream_transport::flush_locked() {
       write_failed(int(-r));
       return false;
     }
+    if (r > 0) ++writes;
     for (size_t left = size_t(r); left > 0;) {
       auto& fr = *outq_.front();
       size_t rest = fr.bytes.size() - out_off_;

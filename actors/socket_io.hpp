@@ -72,8 +72,14 @@ class stream_transport : public deferred_writer,
   /// what is queued, in one sendmsg where the socket has room; what it has no room for is
   /// copied into the queue. No copy of `data` at all in the usual case.
   proto::status send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) override;
+  /// Sends `f` after what is queued, gathered with it into as few sendmsg calls as the fd
+  /// rule allows, now: not at the loop's deferred flush (reply_writer).
+  proto::status send_now(frame_ptr f) override;
   /// Counters of send_gathered: frames sent, and how many of them had to be copied (in part).
   std::atomic<uint64_t> gathered{0}, gathered_copied{0};
+  /// Frames given to send_now, and sendmsg calls that wrote bytes (frames_out / writes is
+  /// how well replies are batched).
+  std::atomic<uint64_t> sent_now{0}, writes{0};
   /// Starts reading. The peer's well-formed requests go to `requests` (the dispatcher, which
   /// answers through this transport) as (inbound_atom, event_batch, owner, transport); all
   /// else to `owner` as (frames_atom, event_batch), and EOF or an error as (eof_atom or

@@ -2,6 +2,16 @@
 
 namespace vfu {
 
+frame_ptr encode_reply(const proto::header& req, outbound& out) {
+  if (!out.err && out.frame) {
+    out.frame->set_msg_id(req.msg_id);
+    return std::move(out.frame);
+  }
+  return make_frame_ptr(out.err     ? proto::make_error_reply(req, out.err)
+                        : out.reply ? proto::make_frame(req.msg_id, *out.reply, 0, std::move(out.fds))
+                                    : proto::make_error_reply(req, EIO));
+}
+
 proto::error call_result::failure() const {
   if (err) return err;
   if (!reply) return proto::error(proto::errc::peer_gone, "no reply");

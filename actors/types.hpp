@@ -88,11 +88,15 @@ class call_guard {
 };
 using call_guard_ptr = std::shared_ptr<call_guard>;
 
-/// A connection's write side as a device actor may use it for one bulk reply
-/// (stream_transport).
+/// A connection's write side as a device actor may use it to write its reply itself
+/// (stream_transport): a bulk reply straight from device memory, or the reply to a request
+/// that nothing waits behind (inbound::alone).
 class reply_writer {
  public:
   virtual ~reply_writer() = default;
+  /// Writes `f` after what is queued, now rather than at the event loop's deferred flush.
+  /// An error means the connection is broken.
+  virtual proto::status send_now(frame_ptr f) = 0;
   /// Writes one frame made of `head` followed by `data`, gathered from where they are (a
   /// device's memory): by the time it returns, the frame is in the socket or, where the
   /// socket had no room, copied into the send queue. So the caller may change `data` right
@@ -112,6 +116,10 @@ struct inbound {
   std::shared_ptr<reply_writer> writer;
   /// The request's frame, kept while `msg` points into it (a REGION_WRITE's borrowed data).
   frame_ptr frame;
+  /// No other request of the connection waited behind this one when the dispatcher handed
+  /// it over: its reply may leave at once (reply_writer::send_now) instead of travelling
+  /// back through the dispatcher, which batches replies only when more requests are queued.
+  bool alone = false;
 };
 
 /// The name of a handler actor that takes a REGION_WRITE's data borrowed from its frame
@@ -158,6 +166,10 @@ struct outbound {
     return o;
   }
 };
+
+/// The reply frame to `req` that `out` stands for (an error reply for an errno, or for an
+/// answer with neither message nor frame). Takes out's frame or fds. Not for `sent` answers.
+frame_ptr encode_reply(const proto::header& req, outbound& out);
 using outbound_ptr = std::shared_ptr<outbound>;
 
 /// Connection parameters that change after VERSION.

@@ -252,6 +252,71 @@ TEST_F(ServerTest, LargeReadsLeaveStraightFromDeviceMemoryWithTheBytesOfTheirTur
   EXPECT_GE(counter("gathered_copied"), 1) << stats;  // the socket cannot hold three replies
 }
 
+// The reply to a request that nothing waits behind leaves at once, written by the device
+// actor (reply_writer::send_now), errors included; a pipelined batch is still answered in
+// order and gathered into one sendmsg, with only its last reply written that way.
+TEST_F(ServerTest, ALoneRequestIsAnsweredAtOnceAndABatchInOneSendmsg) {
+  serve("ram");
+  test::raw_peer peer(test::dial_unix(path_));
+  ASSERT_TRUE(peer.version());
+  auto counter = [&](const std::string& key) {
+    auto stats = server_->stats();
+    auto at = stats.find(" " + key + "=");
+    EXPECT_NE(at, std::string::npos) << stats;
+    return at == std::string::npos ? -1l : std::stol(stats.substr(at + key.size() + 2));
+  };
+  region_write_request w;
+  w.region = 0;
+  w.offset = 0;
+  w.count = 4096;
+  for (uint32_t i = 0; i < 4096; ++i) w.data.push_back(uint8_t(i * 5 + 3));
+  long now0 = counter("sent_now");
+  ASSERT_TRUE(peer.send(w, 1));
+  auto wr = peer.recv();
+  ASSERT_TRUE(wr && wr->hdr().msg_id == 1 && !wr->hdr().is_error());
+  auto rd = [](uint64_t off) {
+    region_read_request r;
+    r.region = 0;
+    r.offset = off;
+    r.count = 4;
+    return r;
+  };
+  for (uint16_t id = 2; id < 22; ++id) {
+    ASSERT_TRUE(peer.send(rd(id * 64), id));
+    auto r = peer.recv();
+    ASSERT_TRUE(r && r->hdr().msg_id == id && !r->hdr().is_error()) << "reply " << id;
+    const uint8_t* got = region_read_reply_data(*r, rd(id * 64));
+    ASSERT_NE(got, nullptr);
+    EXPECT_EQ(std::memcmp(got, w.data.data() + id * 64, 4), 0) << "reply " << id;
+  }
+  region_read_request bad = rd(0);
+  bad.region = 0;
+  bad.offset = 1ull << 40;  // past the region's end (the device says so, not the codec)
+  ASSERT_TRUE(peer.send(bad, 22));
+  auto e = peer.recv();
+  ASSERT_TRUE(e && e->hdr().msg_id == 22 && e->hdr().is_error());
+  EXPECT_EQ(counter("sent_now") - now0, 22);
+
+  // 16 reads in one write: the server reads them in one pass.
+  long now1 = counter("sent_now"), writes1 = counter("writes");
+  std::vector<uint8_t> batch;
+  for (uint16_t i = 0; i < 16; ++i) {
+    auto f = make_frame(uint16_t(100 + i), rd(i * 4));
+    batch.insert(batch.end(), f.bytes.begin(), f.bytes.end());
+  }
+  ASSERT_TRUE(peer.send_bytes(batch.data(), batch.size()));
+  for (uint16_t i = 0; i < 16; ++i) {
+    auto r = peer.recv();
+    ASSERT_TRUE(r && r->hdr().msg_id == 100 + i && !r->hdr().is_error()) << "reply " << i;
+    const uint8_t* got = region_read_reply_data(*r, rd(i * 4));
+    ASSERT_NE(got, nullptr);
+    EXPECT_EQ(std::memcmp(got, w.data.data() + i * 4, 4), 0) << "reply " << i;
+  }
+  EXPECT_EQ(counter("sent_now") - now1, 1) << "only the batch's last reply goes out on its own";
+  // One sendmsg, or two when the loop looked at its io in the middle of the batch.
+  EXPECT_LE(counter("writes") - writes1, 2);
+}
+
 // Our client writes bulk data straight from the caller's buffer (gathered after the
 // REGION_WRITE head), and the server applies it from the request frame without a copy:
 // what a later read returns is what was written, in every chunk.
