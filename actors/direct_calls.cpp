@@ -6,7 +6,7 @@ namespace vfu {
 
 bool direct_calls::acquire(std::chrono::milliseconds limit) {
   std::unique_lock<std::mutex> g(m_);
-  if (!cv_.wait_for(g, limit, [&] { return inflight_.load(std::memory_order_relaxed) < max_; })) return false;
+  if (!cv_.wait_for(g, limit, [&] { return inflight_ < max_; })) return false;
   ++inflight_;
   return true;
 }
@@ -33,19 +33,29 @@ std::optional<uint16_t> direct_calls::add(std::shared_ptr<call_slot> slot, uint1
   next_ = next(id);
   // An id that comes round again is no longer "late": its new reply is a real one.
   if (auto it = std::find(expired_.begin(), expired_.end(), id); it != expired_.end()) expired_.erase(it);
-  if (slot) ++stats_.sent;  // no-wait requests are counted by the correlation actor
+  if (slot) {
+    ++stats_.sent;  // no-wait requests are counted by the correlation actor
+    waiting_.fetch_add(1, std::memory_order_relaxed);
+  }
   map_.emplace(id, entry{std::move(slot), command});
   return id;
 }
 
+void direct_calls::erase_locked(std::unordered_map<uint16_t, entry>::iterator it) {
+  if (it->second.slot) waiting_.fetch_sub(1, std::memory_order_relaxed);
+  map_.erase(it);
+}
+
 void direct_calls::remove(uint16_t id) {
   std::lock_guard<std::mutex> g(m_);
-  map_.erase(id);
+  if (auto it = map_.find(id); it != map_.end()) erase_locked(it);
 }
 
 bool direct_calls::expire(uint16_t id) {
   std::lock_guard<std::mutex> g(m_);
-  if (!map_.erase(id)) return false;
+  auto it = map_.find(id);
+  if (it == map_.end()) return false;
+  erase_locked(it);
   ++stats_.timeouts;
   expired_.push_back(id);
   if (expired_.size() > late_memory) expired_.pop_front();
@@ -66,8 +76,9 @@ direct_calls::outcome direct_calls::complete(const frame_ptr& reply) {
       ++stats_.late;
       return outcome::late;
     }
-    slot = std::move(it->second.slot);
     cmd = it->second.command;
+    if (it->second.slot) waiting_.fetch_sub(1, std::memory_order_relaxed);
+    slot = std::move(it->second.slot);
     map_.erase(it);
     if (slot) ++stats_.completed;
   }
@@ -89,6 +100,7 @@ void direct_calls::fail_all(const proto::error& why) {
     for (auto it = map_.begin(); it != map_.end();) {
       if (it->second.slot) {  // no-wait entries are the correlation actor's to fail
         slots.push_back(std::move(it->second.slot));
+        waiting_.fetch_sub(1, std::memory_order_relaxed);
         it = map_.erase(it);
         ++stats_.failed_on_loss;
       } else {

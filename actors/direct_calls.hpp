@@ -45,8 +45,9 @@ class direct_calls {
   /// Back-pressure: waits until fewer than max_outstanding thread requests are pending.
   bool acquire(std::chrono::milliseconds limit);
   void release();
-  /// Thread requests pending now (between acquire and release), without the lock.
-  uint32_t in_flight() const noexcept { return inflight_.load(std::memory_order_relaxed); }
+  /// Calls whose threads wait for their replies now (no-wait requests not counted),
+  /// without the lock.
+  uint32_t waiting() const noexcept { return waiting_.load(std::memory_order_relaxed); }
 
   /// The current connection's epoch (see above).
   uint64_t epoch();
@@ -80,10 +81,13 @@ class direct_calls {
     std::shared_ptr<call_slot> slot;
     uint16_t command = 0;
   };
+  void erase_locked(std::unordered_map<uint16_t, entry>::iterator it);
+
   std::mutex m_;
   std::condition_variable cv_;
   uint32_t max_;
-  std::atomic<uint32_t> inflight_{0};  ///< written under m_
+  uint32_t inflight_ = 0;
+  std::atomic<uint32_t> waiting_{0};  ///< entries with a slot (written under m_)
   uint16_t next_ = id_base;
   uint64_t epoch_ = 0;
   std::unordered_map<uint16_t, entry> map_;

@@ -198,10 +198,7 @@ void try_reconnect(sup_t self) {
 void start_connection(sup_t self, proto::unique_fd fd) {
   auto& st = self->state;
   auto tr = std::make_shared<stream_transport>(st.rt->io(), std::move(fd), proto::limits::max_version_frame, st.direct);
-  tr->set_caller_poll_max_ns(st.cfg.caller_poll_max_ns >= 0 ? st.cfg.caller_poll_max_ns
-                                                             : runtime_options::poll_ns_from_env(
-                                                                   "VFU_CALLER_POLL_MAX_NS",
-                                                                   endpoint_config::default_caller_poll_max_ns));
+  tr->set_caller_poll_max_ns(st.cfg.caller_poll_max_ns);  // (resolved by the endpoint's constructor)
   st.socket = self->spawn<caf::monitored>(socket_actor, tr, st.corr, st.disp);
   {
     std::lock_guard<std::mutex> g(st.status->m);
@@ -311,7 +308,12 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<vfu::listener>)
 namespace vfu {
 
 endpoint::endpoint(runtime& rt, endpoint_config cfg, role r)
-    : rt_(rt), cfg_(std::move(cfg)), role_(r), status_(std::make_shared<endpoint_status>()) {}
+    : rt_(rt), cfg_(std::move(cfg)), role_(r), status_(std::make_shared<endpoint_status>()) {
+  // Once, here: not at every reconnection, on an actor's thread.
+  if (cfg_.caller_poll_max_ns < 0)
+    cfg_.caller_poll_max_ns =
+        runtime_options::poll_ns_from_env("VFU_CALLER_POLL_MAX_NS", endpoint_config::default_caller_poll_max_ns);
+}
 
 endpoint::~endpoint() { close(); }
 

@@ -157,6 +157,7 @@ bool stream_transport::lead_begin() {
 void stream_transport::lead_wait(call_slot& slot, std::chrono::steady_clock::time_point deadline,
                                  reply_landing* landing) {
   using clock = std::chrono::steady_clock;
+  if (slot.done()) return;  // (read by an earlier wait: call_many's replies)
   landing_ = landing;
   auto start = clock::now();
   auto going = [&](clock::time_point until) {
@@ -166,17 +167,21 @@ void stream_transport::lead_wait(call_slot& slot, std::chrono::steady_clock::tim
   // us on a VM, where the thread's CPU halts). Each look is one recvmsg, as the sleep's is.
   // Only a lone caller polls: with others waiting too, its CPU is better left to them and
   // to the peer (on 2 cores, 4 callers polling in turn tripled the p99).
-  if (caller_poll_.ns > 0 && (!direct_ || direct_->in_flight() <= 1)) {
+  bool polled = caller_poll_.ns > 0 && (!direct_ || direct_->waiting() <= 1);
+  if (polled) {
     auto until = std::min(deadline, start + std::chrono::nanoseconds(caller_poll_.ns));
     while (going(until)) read_pass_locked(false);
   }
   bool slept = going(deadline);
   while (going(deadline)) read_pass_locked(true);
-  if (slept) leader_slept.fetch_add(1, std::memory_order_relaxed);
-  else if (slot.done()) leader_caught.fetch_add(1, std::memory_order_relaxed);
-  if (caller_poll_.max_ns > 0 && slot.done())  // (a failed wait says nothing of the peer)
-    caller_poll_.adjust(std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count());
   landing_ = nullptr;
+  // Only a wait that ended with its reply says how fast the peer answers (a close or an
+  // EOF also completes the slot, with an error, and stops or closes the transport).
+  if (!slot.done() || stopped_ || closing_) return;
+  if (slept) leader_slept.fetch_add(1, std::memory_order_relaxed);
+  else if (polled) leader_caught.fetch_add(1, std::memory_order_relaxed);
+  if (caller_poll_.max_ns > 0)
+    caller_poll_.adjust(std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count());
 }
 
 void stream_transport::lead_end() {

@@ -122,7 +122,8 @@ class stream_transport : public deferred_writer,
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
   /// Readiness waits armed (each costs Asio an epoll_ctl).
   std::atomic<uint64_t> waits_armed{0};
-  /// Leaders' waits that ended while polling (no sleep, no wake-up), and that slept.
+  /// Leaders' waits for a reply that ended while polling (no sleep, no wake-up), and that
+  /// slept (whether or not they polled first).
   std::atomic<uint64_t> leader_caught{0}, leader_slept{0};
 
  private:

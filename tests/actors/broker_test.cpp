@@ -569,6 +569,9 @@ TEST_F(BrokerTest, CallerPollsForItsReplyBeforeItSleeps) {
     ASSERT_TRUE(ep.ok()) << ep.err().message();
     constexpr uint64_t calls = 200;
     for (uint64_t i = 0; i < calls; ++i) {
+      // A posted request with a reply still outstanding does not stop the caller polling:
+      // only threads waiting for replies count.
+      if (i % 2) (*ep)->post(proto::region_write_request{{i, 0, 1}, {uint8_t(i)}});
       auto r = (*ep)->call_decoded(rr(i, 4));
       ASSERT_TRUE(r.ok()) << r.err().message();
       EXPECT_EQ(std::get<proto::region_read_reply>(*r).data,
@@ -581,7 +584,9 @@ TEST_F(BrokerTest, CallerPollsForItsReplyBeforeItSleeps) {
       return at == std::string::npos ? 0ull : std::stoull(stats.substr(at + key.size() + 1));
     };
     uint64_t caught = counter("leader_caught"), slept = counter("leader_slept");
-    EXPECT_EQ(caught + slept, calls) << stats;
+    // (A call whose leadership found the loop reading waits on its slot instead: rare.)
+    EXPECT_LE(caught + slept, calls) << stats;
+    EXPECT_GE(caught + slept, calls * 9 / 10) << stats;
     if (polls) {
       // The window starts at 0 and doubles from 4 us per wait that needed more; a few
       // dozen waits may sleep (a preempted server), not most of them.
