@@ -43,6 +43,17 @@ void error_reply(self_t self, const route& r, const proto::header& req, int err)
   send_frame(self, r, make_frame_ptr(proto::make_error_reply(req, err)));
 }
 
+// An error answer to a request that never reaches a device (undecodable, oversized, no
+// handler). Commands are answered strictly in arrival order: while requests before it are
+// still queued or being served, it waits its turn in the queue.
+void error_in_turn(self_t self, const route& r, const proto::header& req, int err) {
+  auto& st = self->state;
+  if (req.no_reply()) return;
+  if (!st.busy && st.queue.empty()) return error_reply(self, r, req, err);
+  st.queue.push_back(dispatcher_state::item{r.sock, r.tr, req, nullptr, caf::actor{},
+                                            make_frame_ptr(proto::make_error_reply(req, err))});
+}
+
 // Server role: VERSION negotiation.
 void serve_version(self_t self, const route& r, const proto::header& h, const proto::version_request& v) {
   const caf::actor& sock = r.sock;
@@ -92,6 +103,11 @@ void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
 
 void dispatch_next(self_t self) {
   auto& st = self->state;
+  while (!st.busy && !st.queue.empty() && st.queue.front().ready) {  // (error_in_turn)
+    auto it = std::move(st.queue.front());
+    st.queue.pop_front();
+    send_frame(self, route{it.sock, it.tr}, std::move(it.ready));
+  }
   if (st.busy || st.queue.empty()) {
     if (!st.busy && !st.drains.empty()) {  // every request so far is answered
       for (auto& p : st.drains) p.deliver(caf::unit);
@@ -140,7 +156,7 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   if (!m) {
     ++st.decode_errors;
     CAF_LOG_WARNING("bad request " << proto::describe(h, f.fds.size()) << ": " << m.err().message());
-    error_reply(self, r, h, proto::to_wire_errno(m.err()));
+    error_in_turn(self, r, h, proto::to_wire_errno(m.err()));
     return;  // the frame's fds close with it
   }
   if (st.cfg.role == role::server) {
@@ -156,7 +172,7 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
     }
   }
   if (!target) {
-    error_reply(self, r, h, ENOTSUP);
+    error_in_turn(self, r, h, ENOTSUP);
     return;
   }
   auto in = std::make_shared<inbound>();
@@ -168,7 +184,7 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   in->correlation = st.correlation;
   in->writer = tr;
   ++st.served;
-  st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), target});
+  st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), target, nullptr});
 }
 
 }  // namespace
@@ -206,7 +222,14 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
       [=](inbound_atom, event_batch& reqs, caf::actor& sock, transport_ptr& tr) {
         // The whole batch is queued before the first request goes out, so that each
         // knows whether others wait behind it (inbound::alone).
-        for (auto& ev : *reqs) on_request(self, sock, tr, ev.f);
+        for (auto& ev : *reqs) {
+          if (ev.kind == proto::frame_assembler::event::frame_ready) {
+            on_request(self, sock, tr, ev.f);
+          } else if (!tr->closing()) {  // rejected by the transport (too large): drained
+            CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
+            error_in_turn(self, route{sock, tr}, ev.hdr, proto::to_wire_errno(ev.err));
+          }
+        }
         dispatch_next(self);
       },
       [=](drain_atom) -> caf::result<void> {

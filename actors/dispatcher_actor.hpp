@@ -48,6 +48,7 @@ struct dispatcher_state {
     proto::header hdr;
     inbound_ptr in;
     caf::actor target;
+    frame_ptr ready;  ///< or an answer decided here (an error), sent in its turn
   };
   dispatcher_config cfg;
   std::deque<item> queue;       ///< requests waiting for the device to finish the current one

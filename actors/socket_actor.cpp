@@ -41,10 +41,8 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
             case proto::frame_assembler::event::rejected: {
               ++st.rejected;
               CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
-              if (ev.hdr.is_reply())
-                self->send(st.correlation, reject_atom::value, ev.hdr, ev.err);
-              else if (!ev.hdr.no_reply())
-                enqueue(self, make_frame_ptr(proto::make_error_reply(ev.hdr, proto::to_wire_errno(ev.err))));
+              // (Only replies come here: rejected requests go to the dispatcher.)
+              self->send(st.correlation, reject_atom::value, ev.hdr, ev.err);
               break;
             }
             case proto::frame_assembler::event::fatal:
@@ -84,7 +82,7 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
         auto& t = *st.transport;
         return "frames_in=" + std::to_string(t.frames_in.load()) + " frames_out=" + std::to_string(t.frames_out.load()) +
                " bytes_in=" + std::to_string(t.bytes_in.load()) + " bytes_out=" + std::to_string(t.bytes_out.load()) +
-               " rejected=" + std::to_string(st.rejected) + " waits_armed=" + std::to_string(t.waits_armed.load()) +
+               " rejected=" + std::to_string(st.rejected + t.rejected_requests.load()) + " waits_armed=" + std::to_string(t.waits_armed.load()) +
                " gathered=" + std::to_string(t.gathered.load()) + " gathered_copied=" + std::to_string(t.gathered_copied.load()) +
                " sent_now=" + std::to_string(t.sent_now.load()) + " writes=" + std::to_string(t.writes.load()) +
                " leader_caught=" + std::to_string(t.leader_caught.load()) +

@@ -307,6 +307,11 @@ bool stream_transport::read_pass_locked(bool block) {
     b->push_back(std::move(ev));
   };
   for (auto& ev : evs) {
+    if (ev.kind == proto::frame_assembler::event::rejected && !ev.hdr.is_reply()) {
+      ++rejected_requests;  // answered by the dispatcher, in its turn
+      to(reqs, ev);
+      continue;
+    }
     if (ev.kind == proto::frame_assembler::event::frame_ready) {
       ++frames_in;
       auto h = ev.f.hdr();

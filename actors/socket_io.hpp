@@ -80,8 +80,9 @@ class stream_transport : public deferred_writer,
   /// Frames given to send_now, and sendmsg calls that wrote bytes (frames_out / writes is
   /// how well replies are batched).
   std::atomic<uint64_t> sent_now{0}, writes{0};
-  /// Starts reading. The peer's well-formed requests go to `requests` (the dispatcher, which
-  /// answers through this transport) as (inbound_atom, event_batch, owner, transport); all
+  /// Starts reading. The peer's requests, well-formed or rejected, go to `requests` (the
+  /// dispatcher, which answers through this transport) as (inbound_atom, event_batch, owner,
+  /// transport); all
   /// else to `owner` as (frames_atom, event_batch), and EOF or an error as (eof_atom or
   /// ioerr_atom, proto::error). Reading stops after either. Requests skipping the owner
   /// spares each two actor hops (owner, and the owner's reply back to the transport).
@@ -120,6 +121,8 @@ class stream_transport : public deferred_writer,
 
   /// Counters for inspection.
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
+  /// Requests too large to accept (drained; the dispatcher answers them with an error).
+  std::atomic<uint64_t> rejected_requests{0};
   /// Readiness waits armed (each costs Asio an epoll_ctl).
   std::atomic<uint64_t> waits_armed{0};
   /// Leaders' waits for a reply that ended while polling (no sleep, no wake-up), and that

@@ -801,6 +801,37 @@ TEST_F(BrokerTest, OversizedRequestGetsE2bigAndTheStreamStaysInSync) {
   EXPECT_EQ(ok->hdr().msg_id, 2);
 }
 
+// Commands are answered strictly in arrival order, also those that never reach the device:
+// in one pipelined write, a read, a malformed request, an oversized one, a command nobody
+// handles and another read get their answers in that order (the errors used to overtake
+// the first read, still at its device).
+TEST_F(BrokerTest, ErrorAnswersKeepTheirTurnBehindRequestsAtTheDevice) {
+  endpoint_config cfg;
+  cfg.offer.max_data_xfer_size = 4096;
+  test::raw_peer peer(start_server(pattern_device, cfg));
+  ASSERT_TRUE(peer.version());
+  std::vector<uint8_t> bytes;
+  auto add = [&](const proto::frame& f) { bytes.insert(bytes.end(), f.bytes.begin(), f.bytes.end()); };
+  add(proto::make_frame(1, rr(10, 4)));
+  // REGION_READ with a 4-byte payload: EINVAL from the codec
+  bytes.insert(bytes.end(), {2, 0, 9, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4});
+  proto::region_write_request big;
+  big.count = 8192;
+  big.data.assign(big.count, 0x5a);
+  add(proto::make_frame(3, big));  // E2BIG from the transport: more than max_data_xfer_size
+  bytes.insert(bytes.end(), {4, 0, 99, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});  // unknown: ENOSYS
+  add(proto::make_frame(5, rr(20, 4)));
+  ASSERT_TRUE(peer.send_bytes(bytes.data(), bytes.size()));
+  struct { uint16_t id; uint32_t err; } want[] = {{1, 0}, {2, EINVAL}, {3, E2BIG}, {4, ENOSYS}, {5, 0}};
+  for (auto& w : want) {
+    auto f = peer.recv();
+    ASSERT_TRUE(f) << "no reply " << w.id;
+    EXPECT_EQ(f->hdr().msg_id, w.id);
+    EXPECT_EQ(f->hdr().is_error(), w.err != 0) << "reply " << f->hdr().msg_id;
+    EXPECT_EQ(f->hdr().error_no, w.err) << "reply " << f->hdr().msg_id;
+  }
+}
+
 TEST_F(BrokerTest, MalformedRequestsGetTheRightErrno) {
   test::raw_peer peer(start_server(pattern_device));
   ASSERT_TRUE(peer.version());
