@@ -584,15 +584,17 @@ TEST_F(BrokerTest, CallerPollsForItsReplyBeforeItSleeps) {
       return at == std::string::npos ? 0ull : std::stoull(stats.substr(at + key.size() + 1));
     };
     uint64_t caught = counter("leader_caught"), slept = counter("leader_slept");
-    // (A call whose leadership found the loop reading waits on its slot instead: rare.)
+    // A call leads unless the loop is reading at that moment (a posted request's reply
+    // that came between two calls): then it waits on its slot and is not counted.
     EXPECT_LE(caught + slept, calls) << stats;
-    EXPECT_GE(caught + slept, calls * 9 / 10) << stats;
     if (polls) {
-      // The window starts at 0 and doubles from 4 us per wait that needed more; a few
-      // dozen waits may sleep (a preempted server), not most of them.
-      EXPECT_GE(caught, calls / 2) << stats;
+      // The window starts at 0 and doubles from 4 us per wait that needed more; some
+      // waits may sleep (a preempted server), not most of them.
+      EXPECT_GE(caught, calls / 4) << stats;
+      EXPECT_GT(caught, 2 * slept) << stats;
     } else {
       EXPECT_EQ(caught, 0u) << stats;
+      EXPECT_GE(slept, calls / 4) << stats;
     }
     (*ep)->close();
     ep->reset();
