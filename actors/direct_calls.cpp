@@ -33,29 +33,19 @@ std::optional<uint16_t> direct_calls::add(std::shared_ptr<call_slot> slot, uint1
   next_ = next(id);
   // An id that comes round again is no longer "late": its new reply is a real one.
   if (auto it = std::find(expired_.begin(), expired_.end(), id); it != expired_.end()) expired_.erase(it);
-  if (slot) {
-    ++stats_.sent;  // no-wait requests are counted by the correlation actor
-    waiting_.fetch_add(1, std::memory_order_relaxed);
-  }
+  if (slot) ++stats_.sent;  // no-wait requests are counted by the correlation actor
   map_.emplace(id, entry{std::move(slot), command});
   return id;
 }
 
-void direct_calls::erase_locked(std::unordered_map<uint16_t, entry>::iterator it) {
-  if (it->second.slot) waiting_.fetch_sub(1, std::memory_order_relaxed);
-  map_.erase(it);
-}
-
 void direct_calls::remove(uint16_t id) {
   std::lock_guard<std::mutex> g(m_);
-  if (auto it = map_.find(id); it != map_.end()) erase_locked(it);
+  map_.erase(id);
 }
 
 bool direct_calls::expire(uint16_t id) {
   std::lock_guard<std::mutex> g(m_);
-  auto it = map_.find(id);
-  if (it == map_.end()) return false;
-  erase_locked(it);
+  if (!map_.erase(id)) return false;
   ++stats_.timeouts;
   expired_.push_back(id);
   if (expired_.size() > late_memory) expired_.pop_front();
@@ -76,9 +66,8 @@ direct_calls::outcome direct_calls::complete(const frame_ptr& reply) {
       ++stats_.late;
       return outcome::late;
     }
-    cmd = it->second.command;
-    if (it->second.slot) waiting_.fetch_sub(1, std::memory_order_relaxed);
     slot = std::move(it->second.slot);
+    cmd = it->second.command;
     map_.erase(it);
     if (slot) ++stats_.completed;
   }
@@ -100,7 +89,6 @@ void direct_calls::fail_all(const proto::error& why) {
     for (auto it = map_.begin(); it != map_.end();) {
       if (it->second.slot) {  // no-wait entries are the correlation actor's to fail
         slots.push_back(std::move(it->second.slot));
-        waiting_.fetch_sub(1, std::memory_order_relaxed);
         it = map_.erase(it);
         ++stats_.failed_on_loss;
       } else {

@@ -24,10 +24,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <atomic>
 #include <unordered_map>
 
 #include "actors/types.hpp"
@@ -45,9 +45,21 @@ class direct_calls {
   /// Back-pressure: waits until fewer than max_outstanding thread requests are pending.
   bool acquire(std::chrono::milliseconds limit);
   void release();
-  /// Calls whose threads wait for their replies now (no-wait requests not counted),
-  /// without the lock.
-  uint32_t waiting() const noexcept { return waiting_.load(std::memory_order_relaxed); }
+
+  /// Threads inside a blocking call (endpoint::call_frame, call_many) now, from before
+  /// they write until they return: a thread whose reply has come but which has not run yet
+  /// still counts. A reading caller polls only while it is alone (stream_transport).
+  class caller_scope {
+   public:
+    explicit caller_scope(direct_calls& d) : d_(d) { d_.callers_.fetch_add(1, std::memory_order_relaxed); }
+    ~caller_scope() { d_.callers_.fetch_sub(1, std::memory_order_relaxed); }
+    caller_scope(const caller_scope&) = delete;
+    caller_scope& operator=(const caller_scope&) = delete;
+
+   private:
+    direct_calls& d_;
+  };
+  uint32_t callers() const noexcept { return callers_.load(std::memory_order_relaxed); }
 
   /// The current connection's epoch (see above).
   uint64_t epoch();
@@ -81,13 +93,11 @@ class direct_calls {
     std::shared_ptr<call_slot> slot;
     uint16_t command = 0;
   };
-  void erase_locked(std::unordered_map<uint16_t, entry>::iterator it);
-
   std::mutex m_;
   std::condition_variable cv_;
   uint32_t max_;
   uint32_t inflight_ = 0;
-  std::atomic<uint32_t> waiting_{0};  ///< entries with a slot (written under m_)
+  std::atomic<uint32_t> callers_{0};
   uint16_t next_ = id_base;
   uint64_t epoch_ = 0;
   std::unordered_map<uint16_t, entry> map_;

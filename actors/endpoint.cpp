@@ -490,6 +490,7 @@ call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds t
   auto cmd = frame.hdr().command;
   timeout = timeout_for(cmd, timeout);
   auto deadline = clock::now() + timeout;
+  direct_calls::caller_scope in_call(*direct_);
   auto slot = std::make_shared<call_slot>();
   proto::error err;
   transport_leader lead;
@@ -511,6 +512,7 @@ call_result endpoint::call_frame(proto::frame frame, std::chrono::milliseconds t
 
 std::vector<call_result> endpoint::call_many(const std::vector<proto::message>& msgs, std::chrono::milliseconds timeout) {
   std::vector<call_result> out(msgs.size());
+  direct_calls::caller_scope in_call(*direct_);
   // Never more at once than the back-pressure bound: the calls of one group cannot wait
   // for each other's completion.
   size_t group = std::max<uint32_t>(1, cfg_.correlation.max_outstanding);
