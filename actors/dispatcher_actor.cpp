@@ -46,12 +46,12 @@ void error_reply(self_t self, const route& r, const proto::header& req, int err)
 // An error answer to a request that never reaches a device (undecodable, oversized, no
 // handler). Commands are answered strictly in arrival order: while requests before it are
 // still queued or being served, it waits its turn in the queue.
-void error_in_turn(self_t self, const route& r, const proto::header& req, int err) {
+void error_in_turn(self_t self, const route& r, const proto::header& req, int err, ticket_ptr ticket) {
   auto& st = self->state;
   if (req.no_reply()) return;
   if (!st.busy && st.queue.empty()) return error_reply(self, r, req, err);
   st.queue.push_back(dispatcher_state::item{r.sock, r.tr, req, nullptr, caf::actor{},
-                                            make_frame_ptr(proto::make_error_reply(req, err))});
+                                            make_frame_ptr(proto::make_error_reply(req, err)), std::move(ticket)});
 }
 
 // Server role: VERSION negotiation.
@@ -97,6 +97,7 @@ void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
   else error_reply(self, r, st.current, err ? err : EIO);
   if (out && out->close_after) self->send(st.current_sock, close_atom::value);
   st.current_tr = nullptr;  // a connection that ends must not live on here
+  st.current_ticket.reset();  // answered
   st.busy = false;
   dispatch_next(self);
 }
@@ -107,7 +108,7 @@ void dispatch_next(self_t self) {
     auto it = std::move(st.queue.front());
     st.queue.pop_front();
     send_frame(self, route{it.sock, it.tr}, std::move(it.ready));
-  }
+  }  // (each item's ticket goes with it: answered)
   if (st.busy || st.queue.empty()) {
     if (!st.busy && !st.drains.empty()) {  // every request so far is answered
       for (auto& p : st.drains) p.deliver(caf::unit);
@@ -123,6 +124,7 @@ void dispatch_next(self_t self) {
   st.current_sock = it.sock;
   st.current_tr = it.tr;
   st.current_target = it.target;
+  st.current_ticket = std::move(it.ticket);
   it.in->alone = st.queue.empty();
   self->request(it.target, caf::infinite, inbound_atom::value, std::move(it.in))
       .then([=](outbound_ptr& out) { finish(self, seq, out ? out : outbound::error(EIO), 0); },
@@ -135,7 +137,7 @@ void dispatch_next(self_t self) {
 // One request from the peer: decoded, answered here (errors, VERSION) or queued for its
 // device (dispatch_next hands it over). `tr`: the transport it came from, which the answer
 // goes to.
-void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, proto::frame& f) {
+void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, proto::frame& f, ticket_ptr ticket) {
   auto& st = self->state;
   route r{sock, tr};
   auto h = f.hdr();
@@ -156,7 +158,7 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   if (!m) {
     ++st.decode_errors;
     CAF_LOG_WARNING("bad request " << proto::describe(h, f.fds.size()) << ": " << m.err().message());
-    error_in_turn(self, r, h, proto::to_wire_errno(m.err()));
+    error_in_turn(self, r, h, proto::to_wire_errno(m.err()), std::move(ticket));
     return;  // the frame's fds close with it
   }
   if (st.cfg.role == role::server) {
@@ -172,7 +174,7 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
     }
   }
   if (!target) {
-    error_in_turn(self, r, h, ENOTSUP);
+    error_in_turn(self, r, h, ENOTSUP, std::move(ticket));
     return;
   }
   auto in = std::make_shared<inbound>();
@@ -184,7 +186,7 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   in->correlation = st.correlation;
   in->writer = tr;
   ++st.served;
-  st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), target, nullptr});
+  st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), target, nullptr, std::move(ticket)});
 }
 
 }  // namespace
@@ -223,11 +225,12 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         // The whole batch is queued before the first request goes out, so that each
         // knows whether others wait behind it (inbound::alone).
         for (auto& ev : *reqs) {
+          auto ticket = std::make_unique<request_ticket>(tr, request_bytes(ev));
           if (ev.kind == proto::frame_assembler::event::frame_ready) {
-            on_request(self, sock, tr, ev.f);
+            on_request(self, sock, tr, ev.f, std::move(ticket));
           } else if (!tr->closing()) {  // rejected by the transport (too large): drained
             CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
-            error_in_turn(self, route{sock, tr}, ev.hdr, proto::to_wire_errno(ev.err));
+            error_in_turn(self, route{sock, tr}, ev.hdr, proto::to_wire_errno(ev.err), std::move(ticket));
           }
         }
         dispatch_next(self);

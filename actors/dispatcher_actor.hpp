@@ -41,6 +41,25 @@ struct dispatcher_config {
   caf::actor supervisor;                ///< told (connup_atom, negotiated) after VERSION
 };
 
+/// One of the peer's requests as its transport's flow control counts it
+/// (stream_transport::request_done): unanswered from when the transport hands it over
+/// until the ticket goes, with the request's answer written or the request dropped,
+/// whichever way it leaves the dispatcher.
+class request_ticket {
+ public:
+  request_ticket(transport_ptr tr, uint64_t bytes) : tr_(std::move(tr)), bytes_(bytes) {}
+  ~request_ticket() {
+    if (tr_) tr_->request_done(bytes_);
+  }
+  request_ticket(const request_ticket&) = delete;
+  request_ticket& operator=(const request_ticket&) = delete;
+
+ private:
+  transport_ptr tr_;
+  uint64_t bytes_;
+};
+using ticket_ptr = std::unique_ptr<request_ticket>;
+
 struct dispatcher_state {
   struct item {
     caf::actor sock;
@@ -49,6 +68,7 @@ struct dispatcher_state {
     inbound_ptr in;
     caf::actor target;
     frame_ptr ready;  ///< or an answer decided here (an error), sent in its turn
+    ticket_ptr ticket;
   };
   dispatcher_config cfg;
   std::deque<item> queue;       ///< requests waiting for the device to finish the current one
@@ -57,6 +77,7 @@ struct dispatcher_state {
   proto::header current{};
   caf::actor current_sock, current_target;
   transport_ptr current_tr;
+  ticket_ptr current_ticket;
   std::map<uint16_t, caf::actor> by_command;
   std::set<caf::actor_id> borrowing;    ///< handlers that take borrowed REGION_WRITE data
   caf::actor device;                    ///< whole-device handler (command 0)

@@ -31,6 +31,12 @@ constexpr size_t direct_read_min = 64 * 1024;
 constexpr int reads_per_wakeup = 16;
 // A leader's blocking recvmsg returns at least this often, to look at its deadline.
 constexpr suseconds_t leader_slice_us = 10000;
+// The peer's requests read but not yet answered (at the dispatcher or a device): above
+// either bound the connection stops reading (the peer's writes then block) until half of
+// them are answered. A recvmsg may overshoot by what it read (at most 64 KiB of small
+// requests, or one frame).
+constexpr uint32_t max_unanswered_requests = 4096;
+constexpr uint64_t max_unanswered_bytes = 64ull << 20;
 }  // namespace
 
 stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
@@ -72,6 +78,10 @@ stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, ui
 
 bool stream_transport::set_events(uint32_t add, uint32_t remove) {
   std::lock_guard<std::mutex> g(em_);
+  return set_events_locked(add, remove);
+}
+
+bool stream_transport::set_events_locked(uint32_t add, uint32_t remove) {
   uint32_t want = (events_ | add) & ~remove;
   if (want == events_) return true;
   epoll_event ev{};
@@ -138,7 +148,7 @@ bool stream_transport::poll_read() {
 bool stream_transport::read_pass() {
   std::unique_lock<std::mutex> g(rm_, std::try_to_lock);
   if (!g) return false;  // a leader reads: it handles what arrives
-  if (stopped_) return false;
+  if (stopped_ || paused_) return false;
   return read_pass_locked(false);
 }
 
@@ -146,8 +156,9 @@ bool stream_transport::lead_begin() {
   if (closing_ || stopped_ || !started_.load(std::memory_order_acquire)) return false;
   if (!rm_.try_lock()) return false;
   leading_ = true;  // close() shuts the socket's read side if it sees this (seq_cst pair)
-  if (closing_ || stopped_ || !set_events(0, EPOLLIN)) {
+  if (closing_ || stopped_ || paused_ || !sync_read_events()) {
     leading_ = false;
+    sync_read_events();
     rm_.unlock();
     return false;
   }
@@ -160,8 +171,10 @@ void stream_transport::lead_wait(call_slot& slot, std::chrono::steady_clock::tim
   if (slot.done()) return;  // (read by an earlier wait: call_many's replies)
   landing_ = landing;
   auto start = clock::now();
+  // (Paused: the loop reads again once the dispatcher has caught up; the caller then
+  // waits for its reply on its slot.)
   auto going = [&](clock::time_point until) {
-    return !slot.done() && !stopped_ && !closing_ && clock::now() < until;
+    return !slot.done() && !stopped_ && !closing_ && !paused_ && clock::now() < until;
   };
   // Poll first: a reply that arrives within the window costs no sleep and no wake-up (5-20
   // us on a VM, where the thread's CPU halts). Each look is one recvmsg, as the sleep's is.
@@ -178,7 +191,7 @@ void stream_transport::lead_wait(call_slot& slot, std::chrono::steady_clock::tim
   landing_ = nullptr;
   // Only a wait that ended with its reply says how fast the peer answers (a close or an
   // EOF also completes the slot, with an error, and stops or closes the transport).
-  if (!slot.done() || stopped_ || closing_) return;
+  if (!slot.done() || stopped_ || closing_ || paused_) return;
   if (slept) leader_slept.fetch_add(1, std::memory_order_relaxed);
   else if (polled) leader_caught.fetch_add(1, std::memory_order_relaxed);
   if (caller_poll_.max_ns > 0)
@@ -187,9 +200,29 @@ void stream_transport::lead_wait(call_slot& slot, std::chrono::steady_clock::tim
 
 void stream_transport::lead_end() {
   // Back to the io thread; what arrived since the last read makes the set ready at once.
-  if (!stopped_ && !closing_) set_events(EPOLLIN, 0);
   leading_ = false;
+  if (!stopped_ && !closing_) sync_read_events();
   rm_.unlock();
+}
+
+bool stream_transport::sync_read_events() {
+  std::lock_guard<std::mutex> g(em_);
+  return leading_ || paused_ ? set_events_locked(0, EPOLLIN) : set_events_locked(EPOLLIN, 0);
+}
+
+void stream_transport::request_done(uint64_t bytes) {
+  unanswered_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
+  uint32_t left = unanswered_.fetch_sub(1, std::memory_order_relaxed) - 1;
+  if (!paused_.load(std::memory_order_relaxed) || left > max_unanswered_requests / 2 ||
+      unanswered_bytes_.load(std::memory_order_relaxed) > max_unanswered_bytes / 2)
+    return;
+  auto self = shared_from_this();
+  asio::post(io_, [self] {
+    if (!self->paused_.exchange(false) || self->stopped_) return;
+    CAF_LOG_DEBUG("the dispatcher caught up: reading again");
+    self->sync_read_events();
+    self->arm();  // (a no-op if armed; a socket the loop polls is read by it anyway)
+  });
 }
 
 void stream_transport::fail_direct(const proto::error& why) {
@@ -207,7 +240,12 @@ bool stream_transport::read_pass_locked(bool block) {
   evs.clear();
   proto::error fail;
   bool got = false, clean_eof = false;
+  uint64_t bytes_this_pass = 0;
   for (int i = 0; i < reads_per_wakeup; ++i) {
+    // (evs.size() frames read so far may all be requests: at most 64 KiB of them.)
+    if (unanswered_.load(std::memory_order_relaxed) + evs.size() >= max_unanswered_requests ||
+        unanswered_bytes_.load(std::memory_order_relaxed) + bytes_this_pass >= max_unanswered_bytes)
+      break;
     alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * proto::limits::scm_max_fd)];
     // The rest of a large frame's body is read straight into the frame (no bounce copy),
     // and only up to its end, so the next frame's bytes still go through the assembler.
@@ -269,6 +307,7 @@ bool stream_transport::read_pass_locked(bool block) {
     if (n > 0) {
       got = true;
       bytes_in += uint64_t(n);
+      bytes_this_pass += uint64_t(n);
       bool had_fds = !fds.empty();
       if (win.first) asm_.body_filled(size_t(n), std::move(fds), evs);
       else asm_.feed(buf_.get(), size_t(n), std::move(fds), evs);
@@ -335,7 +374,20 @@ bool stream_transport::read_pass_locked(bool block) {
   if (!retired.empty()) caf::anon_send(owner_, retire_atom::value, std::move(retired));
   bool fatal = asm_.failed() || fail;
   // Requests first: an EOF's drain (socket_actor) must find them in the dispatcher's queue.
-  if (reqs) caf::anon_send(requests_, inbound_atom::value, reqs, owner_, shared_from_this());
+  if (reqs) {
+    // Counted, and the reading paused if need be, before the dispatcher can answer them.
+    uint64_t bytes = 0;
+    for (auto& ev : *reqs) bytes += request_bytes(ev);
+    uint64_t total = unanswered_bytes_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    uint32_t now = unanswered_.fetch_add(uint32_t(reqs->size()), std::memory_order_relaxed) + uint32_t(reqs->size());
+    if (!fatal && (now >= max_unanswered_requests || total >= max_unanswered_bytes)) {
+      ++pauses;
+      paused_ = true;  // until request_done() sees half of them answered
+      CAF_LOG_DEBUG("stop reading: " << now << " requests (" << total << " bytes) unanswered");
+      sync_read_events();
+    }
+    caf::anon_send(requests_, inbound_atom::value, reqs, owner_, shared_from_this());
+  }
   if (batch) caf::anon_send(owner_, frames_atom::value, batch);
   if (fail && clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, fail);  // answer, then close
   else if (fail) caf::anon_send(owner_, ioerr_atom::value, fail);

@@ -115,6 +115,11 @@ class stream_transport : public deferred_writer,
   void set_caller_poll_max_ns(int64_t n) noexcept { caller_poll_.max_ns = std::clamp<int64_t>(n, 0, 1000000000); }
   /// Fails every blocked direct call now (the peer closed its end: no reply can come).
   void fail_direct(const proto::error& why);
+  /// The dispatcher is done with one of the peer's requests this transport handed it (its
+  /// answer written, or the request dropped), of request_bytes(). Any thread. Flow
+  /// control: with too many requests unanswered the transport stops reading (the peer's
+  /// writes block) and reads again once half of them are answered.
+  void request_done(uint64_t bytes);
   /// close() was called: the connection is over (its socket actor has ended).
   bool closing() const noexcept { return closing_.load(); }
 
@@ -123,6 +128,10 @@ class stream_transport : public deferred_writer,
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
   /// Requests too large to accept (drained; the dispatcher answers them with an error).
   std::atomic<uint64_t> rejected_requests{0};
+  /// Times reading stopped because too many of the peer's requests were unanswered.
+  std::atomic<uint64_t> pauses{0};
+  /// The peer's requests handed to the dispatcher and not yet answered.
+  uint32_t unanswered() const noexcept { return unanswered_.load(std::memory_order_relaxed); }
   /// Readiness waits armed (each costs Asio an epoll_ctl).
   std::atomic<uint64_t> waits_armed{0};
   /// Leaders' waits for a reply that ended while polling (no sleep, no wake-up), and that
@@ -139,6 +148,9 @@ class stream_transport : public deferred_writer,
   bool read_pass_locked(bool block);
   /// The private epoll set's events for the socket (em_ taken here). False on an error.
   bool set_events(uint32_t add, uint32_t remove);
+  bool set_events_locked(uint32_t add, uint32_t remove);
+  /// EPOLLIN in the private set unless a leader reads or reading is paused.
+  bool sync_read_events();
   void arm_writable();
   void on_writable();
   /// Writes queued frames; wm_ held. False on a socket error.
@@ -176,6 +188,9 @@ class stream_transport : public deferred_writer,
   std::atomic<bool> stopped_{false};            ///< reading has ended
   std::atomic<bool> closing_{false};            ///< close() was called
   std::atomic<bool> leading_{false};            ///< a calling thread holds rm_ to read
+  std::atomic<bool> paused_{false};             ///< too many requests unanswered: not reading
+  std::atomic<uint32_t> unanswered_{0};         ///< requests at the dispatcher (request_done)
+  std::atomic<uint64_t> unanswered_bytes_{0};   ///< ... and their frames' bytes
   bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
 };
 
@@ -202,6 +217,12 @@ class transport_leader {
  private:
   std::shared_ptr<stream_transport> tr_;
 };
+
+/// What a request the transport hands to the dispatcher counts for its flow control: its
+/// frame's bytes (0 for a rejected one, whose body was drained).
+inline uint64_t request_bytes(const proto::frame_assembler::event& ev) {
+  return ev.kind == proto::frame_assembler::event::frame_ready ? ev.f.bytes.size() : 0;
+}
 
 /// One sendmsg of `iov` (with `fds`, if any, as SCM_RIGHTS), retried on EINTR. Returns the
 /// bytes written (0 when the socket is full), or -errno.

@@ -803,6 +803,81 @@ TEST_F(BrokerTest, OversizedRequestGetsE2bigAndTheStreamStaysInSync) {
   EXPECT_EQ(ok->hdr().msg_id, 2);
 }
 
+// A device that holds its first request until told (release_atom), then answers as
+// pattern_device does.
+using release_atom = caf::atom_constant<caf::atom("release")>;
+struct stall_state {
+  bool released = false;
+  caf::response_promise held;
+  inbound_ptr held_in;
+  static inline const char* name = "test.stalling-device";
+};
+caf::behavior stalling_device(caf::stateful_actor<stall_state>* self) {
+  return {
+      [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> {
+        auto& st = self->state;
+        if (st.released) return pattern_device(*in);
+        st.held = self->make_response_promise();
+        st.held_in = in;
+        return caf::delegated<outbound_ptr>{};
+      },
+      [=](release_atom) {
+        auto& st = self->state;
+        st.released = true;
+        if (st.held_in) st.held.deliver(pattern_device(*st.held_in));
+      },
+      [](connup_atom, const proto::negotiated&) {},
+      [](connlost_atom) {},
+  };
+}
+
+// Flow control: while the device holds a request, a peer that keeps sending gets at most
+// about 4096 requests read and queued; then the server stops reading and the peer's writes
+// block, instead of the server's memory growing. Once the device answers, everything is
+// answered, in order, and nothing is left counted.
+TEST_F(BrokerTest, APeerThatOutrunsItsDeviceIsStoppedNotBuffered) {
+  auto [a, b] = test::socket_pair();
+  auto dev = rt_->system().spawn(stalling_device);
+  auto ep = endpoint::serve_fd(*rt_, std::move(a), {}, dev);
+  ASSERT_TRUE(ep.ok());
+  server_ = std::move(ep.value());
+  test::raw_peer peer(std::move(b));
+  ASSERT_TRUE(peer.version());
+  auto counter = [&](const std::string& key) {
+    auto s = server_->stats();
+    auto at = s.find(" " + key + "=");
+    EXPECT_NE(at, std::string::npos) << s;
+    return at == std::string::npos ? 0ull : std::stoull(s.substr(at + key.size() + 2));
+  };
+  constexpr uint16_t n = 20000;
+  std::vector<uint8_t> bytes;
+  for (uint16_t i = 0; i < n; ++i) {
+    auto f = proto::make_frame(uint16_t(i + 2), rr(i, 4));
+    bytes.insert(bytes.end(), f.bytes.begin(), f.bytes.end());
+  }
+  std::atomic<bool> all_sent{false};
+  std::thread sender([&] {
+    EXPECT_TRUE(peer.send_bytes(bytes.data(), bytes.size()));
+    all_sent = true;
+  });
+  for (auto until = std::chrono::steady_clock::now() + 20s; counter("pauses") == 0 && std::chrono::steady_clock::now() < until;)
+    std::this_thread::sleep_for(5ms);
+  ASSERT_GE(counter("pauses"), 1u);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_LE(counter("unanswered"), 4096u + 65536 / 32) << "requests read past the bound";
+  EXPECT_FALSE(all_sent) << "the peer's writes should block while the server does not read";
+  caf::anon_send(dev, release_atom::value);
+  for (uint16_t i = 0; i < n; ++i) {
+    auto r = peer.recv();
+    ASSERT_TRUE(r) << "reply " << i;
+    ASSERT_EQ(r->hdr().msg_id, uint16_t(i + 2));
+    ASSERT_FALSE(r->hdr().is_error());
+  }
+  sender.join();
+  EXPECT_TRUE(all_sent);
+  EXPECT_EQ(counter("unanswered"), 0u);
+}
+
 // Commands are answered strictly in arrival order, also those that never reach the device:
 // in one pipelined write, a read, a malformed request, an oversized one, a command nobody
 // handles and another read get their answers in that order (the errors used to overtake
