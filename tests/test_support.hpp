@@ -17,6 +17,14 @@
 
 namespace vfu::test {
 
+/// The number after `key=` in an endpoint's stats() string ("frames_in=3 ..."), or -1 when
+/// the key is not there (so that a test of a counter that was renamed fails).
+inline int64_t stat_value(const std::string& stats, const std::string& key) {
+  for (size_t at = stats.find(key + "="); at != std::string::npos; at = stats.find(key + "=", at + 1))
+    if (at == 0 || stats[at - 1] == ' ') return std::stoll(stats.substr(at + key.size() + 1));
+  return -1;
+}
+
 inline int count_open_fds() {
   int n = 0;
   if (DIR* d = ::opendir("/proc/self/fd")) {
