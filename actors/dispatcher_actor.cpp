@@ -46,7 +46,7 @@ void error_reply(self_t self, const route& r, const proto::header& req, int err)
 // An error answer to a request that never reaches a device (undecodable, oversized, no
 // handler). Commands are answered strictly in arrival order: while requests before it are
 // still queued or being served, it waits its turn in the queue.
-void error_in_turn(self_t self, const route& r, const proto::header& req, int err, ticket_ptr ticket) {
+void error_in_turn(self_t self, const route& r, const proto::header& req, int err, request_ticket ticket) {
   auto& st = self->state;
   if (req.no_reply()) return;
   if (!st.busy && st.queue.empty()) return error_reply(self, r, req, err);
@@ -97,7 +97,7 @@ void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
   else error_reply(self, r, st.current, err ? err : EIO);
   if (out && out->close_after) self->send(st.current_sock, close_atom::value);
   st.current_tr = nullptr;  // a connection that ends must not live on here
-  st.current_ticket.reset();  // answered
+  st.current_ticket.done();
   st.busy = false;
   dispatch_next(self);
 }
@@ -137,7 +137,7 @@ void dispatch_next(self_t self) {
 // One request from the peer: decoded, answered here (errors, VERSION) or queued for its
 // device (dispatch_next hands it over). `tr`: the transport it came from, which the answer
 // goes to.
-void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, proto::frame& f, ticket_ptr ticket) {
+void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, proto::frame& f, request_ticket ticket) {
   auto& st = self->state;
   route r{sock, tr};
   auto h = f.hdr();
@@ -225,7 +225,7 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         // The whole batch is queued before the first request goes out, so that each
         // knows whether others wait behind it (inbound::alone).
         for (auto& ev : *reqs) {
-          auto ticket = std::make_unique<request_ticket>(tr, request_bytes(ev));
+          request_ticket ticket(tr, request_bytes(ev));
           if (ev.kind == proto::frame_assembler::event::frame_ready) {
             on_request(self, sock, tr, ev.f, std::move(ticket));
           } else if (!tr->closing()) {  // rejected by the transport (too large): drained

@@ -45,20 +45,31 @@ struct dispatcher_config {
 /// (stream_transport::request_done): unanswered from when the transport hands it over
 /// until the ticket goes, with the request's answer written or the request dropped,
 /// whichever way it leaves the dispatcher.
+/// A value, moved along with its request (no allocation per request); an empty ticket
+/// (default, or moved from) counts nothing.
 class request_ticket {
  public:
+  request_ticket() = default;
   request_ticket(transport_ptr tr, uint64_t bytes) : tr_(std::move(tr)), bytes_(bytes) {}
-  ~request_ticket() {
-    if (tr_) tr_->request_done(bytes_);
+  request_ticket(request_ticket&& o) noexcept : tr_(std::move(o.tr_)), bytes_(o.bytes_) {}
+  request_ticket& operator=(request_ticket&& o) noexcept {
+    if (this != &o) {
+      done();
+      tr_ = std::move(o.tr_);
+      bytes_ = o.bytes_;
+    }
+    return *this;
   }
-  request_ticket(const request_ticket&) = delete;
-  request_ticket& operator=(const request_ticket&) = delete;
+  ~request_ticket() { done(); }
+  /// The request is answered (or dropped) now.
+  void done() {
+    if (tr_) std::exchange(tr_, nullptr)->request_done(bytes_);
+  }
 
  private:
   transport_ptr tr_;
-  uint64_t bytes_;
+  uint64_t bytes_ = 0;
 };
-using ticket_ptr = std::unique_ptr<request_ticket>;
 
 struct dispatcher_state {
   struct item {
@@ -68,7 +79,7 @@ struct dispatcher_state {
     inbound_ptr in;
     caf::actor target;
     frame_ptr ready;  ///< or an answer decided here (an error), sent in its turn
-    ticket_ptr ticket;
+    request_ticket ticket;
   };
   dispatcher_config cfg;
   std::deque<item> queue;       ///< requests waiting for the device to finish the current one
@@ -77,7 +88,7 @@ struct dispatcher_state {
   proto::header current{};
   caf::actor current_sock, current_target;
   transport_ptr current_tr;
-  ticket_ptr current_ticket;
+  request_ticket current_ticket;
   std::map<uint16_t, caf::actor> by_command;
   std::set<caf::actor_id> borrowing;    ///< handlers that take borrowed REGION_WRITE data
   caf::actor device;                    ///< whole-device handler (command 0)

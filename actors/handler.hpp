@@ -16,7 +16,7 @@ inline caf::behavior function_handler(caf::event_based_actor*, handler_fn fn) {
   return {
       [fn](inbound_atom, inbound_ptr& in) -> outbound_ptr {
         auto out = fn(*in);
-        return out ? out : outbound::error(EIO);
+        return answer_now(*in, out ? out : outbound::error(EIO));
       },
       [](connup_atom, const proto::negotiated&) {},
       [](connlost_atom) {},

@@ -155,8 +155,12 @@ bool stream_transport::read_pass() {
 bool stream_transport::lead_begin() {
   if (closing_ || stopped_ || !started_.load(std::memory_order_acquire)) return false;
   if (!rm_.try_lock()) return false;
+  if (paused_) {  // (set only under rm_: reading waits for the dispatcher)
+    rm_.unlock();
+    return false;
+  }
   leading_ = true;  // close() shuts the socket's read side if it sees this (seq_cst pair)
-  if (closing_ || stopped_ || paused_ || !sync_read_events()) {
+  if (closing_ || stopped_ || !sync_read_events()) {
     leading_ = false;
     sync_read_events();
     rm_.unlock();
@@ -214,11 +218,11 @@ void stream_transport::request_done(uint64_t bytes) {
   unanswered_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
   uint32_t left = unanswered_.fetch_sub(1, std::memory_order_relaxed) - 1;
   if (!paused_.load(std::memory_order_relaxed) || left > max_unanswered_requests / 2 ||
-      unanswered_bytes_.load(std::memory_order_relaxed) > max_unanswered_bytes / 2)
-    return;
+      unanswered_bytes_.load(std::memory_order_relaxed) > max_unanswered_bytes / 2 || !paused_.exchange(false))
+    return;  // (the exchange: one resumption, however many answers see the low mark)
   auto self = shared_from_this();
   asio::post(io_, [self] {
-    if (!self->paused_.exchange(false) || self->stopped_) return;
+    if (self->stopped_) return;
     CAF_LOG_DEBUG("the dispatcher caught up: reading again");
     self->sync_read_events();
     self->arm();  // (a no-op if armed; a socket the loop polls is read by it anyway)

@@ -170,6 +170,13 @@ struct outbound {
 /// The reply frame to `req` that `out` stands for (an error reply for an errno, or for an
 /// answer with neither message nor frame). Takes out's frame or fds. Not for `sent` answers.
 frame_ptr encode_reply(const proto::header& req, outbound& out);
+/// A handler's answer to `in`. The reply to a request that nothing waits behind
+/// (inbound::alone) is written now, through in.writer, and outbound::already_sent()
+/// returned: otherwise the dispatcher would write it at the loop's next flush, one actor
+/// run later, and at 1 request in flight that run is on every round trip. With requests
+/// queued (or without a writer, or for an answer that closes the connection) `out` is
+/// returned for the dispatcher, which gathers the replies into one sendmsg.
+std::shared_ptr<outbound> answer_now(const inbound& in, std::shared_ptr<outbound> out);
 using outbound_ptr = std::shared_ptr<outbound>;
 
 /// Connection parameters that change after VERSION.

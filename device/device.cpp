@@ -266,20 +266,6 @@ int region_access(device_state& st, uint32_t region, uint64_t off, uint8_t* buf,
 // has it (smaller ones are copied into a reply, which then leaves batched with others).
 constexpr uint32_t gather_min = 64 * 1024;
 
-// A region access's answer. The reply to a request that nothing waits behind (inbound::
-// alone) is written from here, now, instead of going back through the dispatcher, which
-// would write it only at the loop's next flush, one actor run later: at 1 request in flight
-// that run is on every round trip. With requests queued the dispatcher writes the replies,
-// gathered into one sendmsg.
-outbound_ptr answer(const inbound& in, outbound_ptr out) {
-  if (!in.alone || !in.writer || in.hdr.no_reply()) return out;
-  auto f = encode_reply(in.hdr, *out);
-  CAF_LOG_DEBUG("send " << describe(f->hdr(), f->fds.size()));
-  // An error means the connection is going; its socket actor hears of it.
-  if (auto sent = in.writer->send_now(std::move(f)); !sent) CAF_LOG_DEBUG("reply not sent: " << sent.err().message());
-  return outbound::already_sent();
-}
-
 // Where a read's bytes already are, if the region is plain memory: framework-owned shared
 // memory, or what the model offers (region_read_memory). Not config space or the MSI-X BAR,
 // which are computed.
@@ -496,14 +482,14 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
             // Otherwise the reply frame is built first and the device reads straight into it.
             auto f = make_region_frame(0, command::region_read, true, *r);
             if (int e = region_access(st, r->region, r->offset, region_frame_data(f), r->count, false))
-              return answer(*in, outbound::error(e));
-            return answer(*in, outbound::of_frame(std::move(f)));
+              return answer_now(*in, outbound::error(e));
+            return answer_now(*in, outbound::of_frame(std::move(f)));
           }
           if (auto* w = std::get_if<region_write_request>(&m)) {
             // (A write only reads from the buffer; borrowed data lives in the request frame.)
             auto* src = const_cast<uint8_t*>(w->bytes());
-            if (int e = region_access(st, w->region, w->offset, src, w->count, true)) return answer(*in, outbound::error(e));
-            return answer(*in, outbound::of(region_write_reply{{w->offset, w->region, w->count}}));
+            if (int e = region_access(st, w->region, w->offset, src, w->count, true)) return answer_now(*in, outbound::error(e));
+            return answer_now(*in, outbound::of(region_write_reply{{w->offset, w->region, w->count}}));
           }
           if (auto* w = std::get_if<write_multi_request>(&m)) {
             for (auto& e : w->writes) {
