@@ -17,6 +17,12 @@ inline constexpr uint64_t max_data_xfer_ceiling = 64u << 20;
 /// What we advertise by default: the spec default, which every known peer uses.
 inline constexpr uint64_t our_max_data_xfer = 1u << 20;
 
+/// Largest DMA_READ a server asks of a client that uses QEMU's DMA layout. QEMU (10.1-10.2,
+/// hw/vfio-user/proxy.c vfio_user_send_one) takes a partial sendmsg() of its reply for a
+/// whole one and drops the rest, so a reply must fit in its socket's send buffer (208 KiB
+/// by default): 64 KiB replies always did (docs/interop.md).
+inline constexpr uint64_t qemu_dma_read_chunk = 64u << 10;
+
 /// Room for the fixed part of any message on top of its data bytes (the largest fixed
 /// head is DMA_UNMAP with a bitmap, 40 bytes; region-info caps are bounded separately).
 inline constexpr uint32_t frame_overhead = 4096;
@@ -26,8 +32,10 @@ inline constexpr uint64_t default_max_msg_fds = 1;
 /// Linux refuses more than SCM_MAX_FD (253) fds in one sendmsg; a larger advertised value
 /// is accepted but clamped to this.
 inline constexpr uint32_t scm_max_fd = 253;
-/// fds we can receive in one message; sized for chunked SET_IRQS eventfds (QEMU sends 16).
-inline constexpr uint32_t our_max_msg_fds = 64;
+/// fds we say we can receive in one message (max_msg_fds, both roles). QEMU refuses a
+/// server that offers more than 16 ("malformed max_msg_fds"), and splits its SET_IRQS
+/// eventfds into chunks of this size. We still take up to scm_max_fd in one message.
+inline constexpr uint32_t our_max_msg_fds = 16;
 /// Largest max_msg_fds value accepted in a peer's JSON (libvfio-user's own bound).
 inline constexpr uint64_t max_msg_fds_ceiling = 1024;
 
