@@ -49,6 +49,12 @@ struct device_state : device_context {
   caf::actor correlation;
   uint64_t send_max_data = limits::default_max_data_xfer;
   uint64_t max_dma_maps = limits::default_max_dma_maps;
+  /// How this connection's client lays DMA messages out (docs/interop.md): known once
+  /// forced by the quirks or answered by the probe (await_wire).
+  enum class dma_wire : uint8_t { unknown, probing, spec, qemu };
+  dma_wire wire = dma_wire::unknown;
+  std::vector<std::function<void()>> wire_waiters;  ///< message DMA held until it is known
+  uint64_t conn_gen = 0;                            ///< which connection a probe belongs to
   static inline const char* name = borrowing_handler_name;  // it reads w->bytes()
 
   ~device_state() override { drop_connection_state(); for (auto& s : shm) if (s.mem) ::munmap(s.mem, s.size); }
@@ -120,6 +126,47 @@ struct device_state : device_context {
     for (auto& [rp, out] : unmap_waiters) rp.deliver(out);
     unmap_waiters.clear();
   }
+  // ---- DMA message layout ----------------------------------------------------------------
+  bool wire_known() const { return wire == dma_wire::spec || wire == dma_wire::qemu; }
+  proto::quirks wire_quirks() const {
+    auto q = quirks;
+    q.qemu_dma_layout = wire == dma_wire::qemu;
+    return q;
+  }
+  void reset_wire() {
+    ++conn_gen;
+    wire = !quirks.dma_layout_forced ? dma_wire::unknown : quirks.qemu_dma_layout ? dma_wire::qemu : dma_wire::spec;
+  }
+  const char* wire_name() const {
+    return wire == dma_wire::qemu ? "QEMU's layout {offset u64, count u32, data@12}" : "the spec's layout {address u64, count u64, data@16}";
+  }
+  // Runs `go` once the layout is known. The first message DMA of a connection asks first,
+  // with a DMA_WRITE of zero bytes to `addr`: QEMU answers it with a bare header, a client
+  // that follows the spec echoes address and count. No byte of guest memory moves.
+  void await_wire(uint64_t addr, std::function<void()> go) {
+    wire_waiters.push_back(std::move(go));
+    if (wire == dma_wire::probing) return;
+    wire = dma_wire::probing;
+    dma_write_request probe;
+    probe.addr = addr;
+    uint64_t gen = conn_gen;
+    self->request(correlation, caf::infinite, request_atom::value, make_frame_ptr(make_frame(0, probe)), uint32_t(0))
+        .then([=](call_result& r) {
+          if (gen != conn_gen) return;  // that connection is gone (its waiters ran then)
+          if (auto f = r.failure()) {
+            wire = dma_wire::spec;
+            CAF_LOG_WARNING("the client refused a DMA_WRITE of zero bytes (" << f.message() << "): DMA messages use "
+                                                                            << wire_name());
+          } else {
+            wire = r.reply->hdr().msg_size == header_size ? dma_wire::qemu : dma_wire::spec;
+            CAF_LOG_INFO("DMA messages use " << wire_name() << " (detected)");
+          }
+          auto waiters = std::move(wire_waiters);
+          wire_waiters.clear();
+          for (auto& w : waiters) w();
+        });
+  }
+
   void dma_read(uint64_t addr, uint64_t len, std::function<void(int, std::vector<uint8_t>)> cb) override {
     auto* w = find_window(addr, len);
     if (!w || !(w->prot & dma_flags::read)) return cb(EFAULT, {});
@@ -129,6 +176,7 @@ struct device_state : device_context {
       return cb(0, std::move(out));
     }
     if (!correlation) return cb(ENOTCONN, {});
+    if (!wire_known()) return await_wire(addr, [=] { dma_read(addr, len, cb); });
     auto acc = std::make_shared<std::vector<uint8_t>>();
     acc->reserve(len);
     w->inflight++;
@@ -136,11 +184,11 @@ struct device_state : device_context {
   }
   void chunked_read(uint64_t waddr, uint64_t addr, uint64_t left, std::shared_ptr<std::vector<uint8_t>> acc,
                     std::function<void(int, std::vector<uint8_t>)> cb) {
-    uint64_t n = std::min(left, send_max_data);
+    uint64_t n = std::min(left, wire == dma_wire::qemu ? std::min(send_max_data, limits::qemu_dma_read_chunk) : send_max_data);
     dma_read_request req;
     req.addr = addr;
     req.count = n;
-    auto q = quirks;
+    auto q = wire_quirks();
     self->request(correlation, caf::infinite, request_atom::value, make_frame_ptr(make_frame(0, req)), uint32_t(0))
         .then([=](call_result& r) {
           auto fail = [&](int e) { release(waddr); cb(e, {}); };
@@ -163,6 +211,10 @@ struct device_state : device_context {
       return cb(0);
     }
     if (!correlation) return cb(ENOTCONN);
+    if (!wire_known()) {
+      auto held = std::make_shared<std::vector<uint8_t>>(std::move(data));
+      return await_wire(addr, [=] { dma_write(addr, std::move(*held), cb); });
+    }
     w->inflight++;
     chunked_write(w->addr, addr, std::make_shared<std::vector<uint8_t>>(std::move(data)), 0, std::move(cb));
   }
@@ -172,9 +224,9 @@ struct device_state : device_context {
     dma_write_request req;
     req.addr = addr + done;
     req.count = n;
-    req.layout = quirks.qemu_dma_layout ? dma_layout::qemu : dma_layout::spec;
+    req.layout = wire == dma_wire::qemu ? dma_layout::qemu : dma_layout::spec;
     req.data.assign(data->begin() + long(done), data->begin() + long(done + n));
-    auto q = quirks;
+    auto q = wire_quirks();
     self->request(correlation, caf::infinite, request_atom::value, make_frame_ptr(make_frame(0, req)), uint32_t(0))
         .then([=](call_result& r) {
           if (auto f = r.failure()) {
@@ -517,8 +569,12 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
           return outbound::error(ENOTSUP);
         },
         [=](connup_atom, const proto::negotiated& n) {
-          self->state.send_max_data = n.send_max_data();
+          // The spec bounds a DMA message by the client's max_data_xfer_size; QEMU checks
+          // it against the server's own (E2BIG), so the smaller of the two serves both.
+          self->state.send_max_data = std::min(n.send_max_data(), n.recv_max_data());
           self->state.max_dma_maps = n.ours.max_dma_maps;
+          self->state.reset_wire();
+          if (self->state.wire_known()) CAF_LOG_INFO("DMA messages use " << self->state.wire_name() << " (forced by the quirks)");
           self->state.model->attached();
         },
         [=](connlost_atom) {
@@ -528,6 +584,11 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
           st.correlation = nullptr;
           for (auto& [rp, out] : st.unmap_waiters) rp.deliver(out);
           st.unmap_waiters.clear();
+          // DMA held for the layout probe fails now (its window is gone), not never.
+          st.reset_wire();
+          auto held = std::move(st.wire_waiters);
+          st.wire_waiters.clear();
+          for (auto& w : held) w();
           st.model->detached();
         },
     };

@@ -25,24 +25,34 @@
 
 namespace vfu::proto {
 
-/// Known deviations of real peers from the spec. All off = the spec.
+/// Known deviations of real peers from the spec. All off = the spec, except that a server
+/// finds out the DMA layout of each client by itself unless `dma_layout_forced` is set.
 struct quirks {
   /// QEMU (10.1-10.2) lays DMA_READ/DMA_WRITE out as {offset u64, count u32, data@12}:
   /// DMA_WRITE requests we send put data at @12 (+4 pad), DMA_READ replies we receive carry
   /// data at @12, and a header-only DMA_WRITE reply is accepted.
   bool qemu_dma_layout = false;
+  /// qemu_dma_layout is a decision, not a default: a server does not detect the layout
+  /// (device.cpp, docs/interop.md) but uses the one given.
+  bool dma_layout_forced = false;
   /// libvfio-user sends error replies that echo the request's payload after the header.
   bool error_reply_payload = false;
   /// libvfio-user pads a short MIG_DATA_READ reply to the requested length (the `size`
   /// field says how many bytes are valid; the rest is padding).
   bool mig_read_padding = false;
 
-  static quirks spec() { return {}; }
-  static quirks libvfio_user() { quirks q; q.error_reply_payload = true; q.mig_read_padding = true; return q; }
-  static quirks qemu() { quirks q; q.qemu_dma_layout = true; return q; }
+  static quirks spec() { quirks q; q.dma_layout_forced = true; return q; }
+  static quirks libvfio_user() {
+    quirks q = spec();
+    q.error_reply_payload = true;
+    q.mig_read_padding = true;
+    return q;
+  }
+  static quirks qemu() { quirks q; q.qemu_dma_layout = true; q.dma_layout_forced = true; return q; }
   quirks operator|(const quirks& o) const {
     quirks q;
     q.qemu_dma_layout = qemu_dma_layout || o.qemu_dma_layout;
+    q.dma_layout_forced = dma_layout_forced || o.dma_layout_forced;
     q.error_reply_payload = error_reply_payload || o.error_reply_payload;
     q.mig_read_padding = mig_read_padding || o.mig_read_padding;
     return q;

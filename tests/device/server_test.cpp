@@ -621,6 +621,9 @@ using release_atom = caf::atom_constant<caf::atom("release")>;
 caf::behavior holding_memory(caf::stateful_actor<hold_state>* self, int) {
   return {
       [=](vfu::inbound_atom, vfu::inbound_ptr& in) -> caf::result<vfu::outbound_ptr> {
+        // The server's first DMA message asks our layout (a DMA_WRITE of no bytes).
+        if (auto* w = std::get_if<vfu::proto::dma_write_request>(&in->msg))
+          return vfu::outbound::of(vfu::proto::dma_write_reply{{w->addr, w->count, vfu::proto::dma_layout::spec}});
         auto rp = self->make_response_promise<vfu::outbound_ptr>();
         self->state.held.emplace_back(rp, in);
         return rp;
