@@ -139,36 +139,25 @@ class dma_test_device : public device_model {
   uint8_t scratch_[dmatest::scratch_size] = {};
 };
 
-// ---- ram: 1 MiB of plain memory behind BAR0, reached only through REGION_READ/WRITE -------
+// ---- ram: 1 MiB of memory behind BAR0; its first half mmap-able, its second half not -------
 class ram_device : public device_model {
  public:
-  ram_device() : mem_(ram::size) {
+  ram_device() {
     spec_.ids = pci_ids{dmatest::vendor, ram::device, dmatest::vendor, 0x0200, 0x050000 /* memory controller, RAM */, 1, 1};
     spec_.bars[0] = bar_spec{ram::size, false, false, false};
     spec_.regions[0].size = ram::size;
+    spec_.regions[0].shared_memory = true;
+    spec_.regions[0].sparse = {{0, ram::mmap_size}};
     spec_.pm_capability = false;
   }
   const device_spec& spec() const override { return spec_; }
-  // The framework has checked region bounds before a hook runs.
-  int region_read(uint32_t region, uint64_t off, uint8_t* buf, uint32_t n) override {
-    if (region != 0) return EINVAL;
-    std::memcpy(buf, mem_.data() + off, n);
-    return 0;
+  // The framework serves every access from the shared memory; only reset is the model's.
+  void reset() override {
+    if (uint8_t* mem = ctx->region_memory(0)) std::memset(mem, 0, ram::size);
   }
-  int region_write(uint32_t region, uint64_t off, const uint8_t* buf, uint32_t n) override {
-    if (region != 0) return EINVAL;
-    std::memcpy(mem_.data() + off, buf, n);
-    return 0;
-  }
-  // Plain memory: large reads are sent straight from it.
-  const uint8_t* region_read_memory(uint32_t region, uint64_t off, uint32_t) override {
-    return region == 0 ? mem_.data() + off : nullptr;
-  }
-  void reset() override { std::fill(mem_.begin(), mem_.end(), 0); }
 
  private:
   device_spec spec_;
-  std::vector<uint8_t> mem_;
 };
 
 }  // namespace

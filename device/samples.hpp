@@ -6,8 +6,10 @@
 //  dma-test: a copy engine. BAR0 holds registers; ringing the doorbell copies LEN bytes of
 //            guest memory from SRC to DST (through mmapped windows or DMA messages) and
 //            raises MSI-X vector 0. BAR2 is 64 KiB of shared memory (mmap-able).
-//  ram:      1 MiB of memory behind BAR0, not mmap-able: every access is a REGION_READ or
-//            REGION_WRITE message (vfu-bench's bandwidth rows).
+//  ram:      1 MiB of memory behind BAR0 (framework shared memory). A client may mmap its
+//            first half (a sparse area); the second half is reached only by REGION_READ and
+//            REGION_WRITE messages (so are accesses that span both halves, such as
+//            vfu-bench's 1 MiB bandwidth rows). DEVICE_RESET zeroes it.
 #pragma once
 
 #include <memory>
@@ -40,6 +42,7 @@ inline constexpr uint32_t scratch_type = 0x80007675, scratch_subtype = 1;  // ve
 namespace ram {
 inline constexpr uint16_t device = 0x0002;
 inline constexpr uint32_t size = 1u << 20;
+inline constexpr uint32_t mmap_size = size / 2;  ///< the sparse-mmap area [0, mmap_size)
 }  // namespace ram
 
 std::shared_ptr<device_model> make_gpio();

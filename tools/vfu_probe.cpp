@@ -1,11 +1,16 @@
 // vfu-probe: connects to any vfio-user server and prints what an engineer wants to see,
 // like `lspci -vv` for a vfio-user device. `--json` prints the same for scripts.
-//   vfu-probe [--json] [--quirks=spec|qemu|libvfio-user] SOCKET
+// `--read=REGION:OFFSET:LENGTH` (repeatable) also dumps region bytes, in hex.
+//   vfu-probe [--json] [--quirks=spec|qemu|libvfio-user] [--read=R:OFF:LEN...] SOCKET
 // Exit 0 on success; otherwise non-zero with a one-line reason on stderr.
+#include <cctype>
+#include <cerrno>
 #include <cinttypes>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "device/pci_config.hpp"
 #include "device/remote_device.hpp"
@@ -37,6 +42,28 @@ int die(const std::string& why) {
   std::fprintf(stderr, "vfu-probe: %s\n", why.c_str());
   return 1;
 }
+const char* usage = "usage: vfu-probe [--json] [--quirks=spec|qemu|libvfio-user] [--read=REGION:OFFSET:LENGTH ...] SOCKET";
+
+struct region_dump {
+  uint32_t region = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;
+};
+/// "R:OFF:LEN", each a number in C notation (0x...), LEN at most 1 MiB.
+std::optional<region_dump> parse_dump(const std::string& v) {
+  uint64_t n[3];
+  const char* p = v.c_str();
+  for (int i = 0; i < 3; ++i) {
+    char* end = nullptr;
+    if (!std::isdigit(static_cast<unsigned char>(*p))) return std::nullopt;
+    errno = 0;
+    n[i] = std::strtoull(p, &end, 0);
+    if (errno || end == p || *end != (i < 2 ? ':' : '\0')) return std::nullopt;
+    p = end + (i < 2);
+  }
+  if (n[0] > UINT32_MAX || n[2] == 0 || n[2] > (1u << 20)) return std::nullopt;
+  return region_dump{uint32_t(n[0]), n[1], uint32_t(n[2])};
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -46,19 +73,25 @@ int main(int argc, char** argv) {
   cfg.reconnect = false;
   std::vector<std::string> rest;
   auto caf_args = runtime::filter_caf_args(argc, argv, rest);
+  std::vector<region_dump> dumps;
   for (auto& a : rest) {
     if (a == "--json") as_json = true;
+    else if (a.rfind("--read=", 0) == 0) {
+      auto d = parse_dump(a.substr(7));
+      if (!d) return die("--read needs REGION:OFFSET:LENGTH with LENGTH from 1 to 1048576, got '" + a.substr(7) + "'");
+      dumps.push_back(*d);
+    }
     else if (a == "--quirks=qemu") cfg.quirks = quirks::qemu();
     else if (a == "--quirks=libvfio-user") cfg.quirks = quirks::libvfio_user();
     else if (a == "--quirks=spec") cfg.quirks = quirks::spec();
     else if (a == "-h" || a == "--help") {
-      std::printf("usage: vfu-probe [--json] [--quirks=spec|qemu|libvfio-user] SOCKET\n");
+      std::printf("%s\n", usage);
       return 0;
     } else if (a.rfind("-", 0) == 0) return die("unknown option " + a);
     else if (path.empty()) path = a;
     else return die("only one socket path, please");
   }
-  if (path.empty()) return die("usage: vfu-probe [--json] SOCKET");
+  if (path.empty()) return die(usage);
   runtime rt(caf_args);
   auto d = dev::remote_device::open(rt, path, nullptr, cfg);
   if (!d) return die("cannot connect to " + path + ": " + d.err().message());
@@ -117,6 +150,35 @@ int main(int argc, char** argv) {
     c["capabilities"] = caps;
     j["config"] = c;
   }
+  json reads = json::array();
+  std::vector<std::string> dump_lines;
+  for (auto& d : dumps) {
+    std::vector<uint8_t> buf(d.length);
+    if (auto s = dv.read(d.region, d.offset, buf.data(), buf.size()); !s)
+      return die("read of region " + std::to_string(d.region) + " failed: " + s.err().message());
+    std::string hex;
+    char b[8];
+    for (uint32_t i = 0; i < d.length; ++i) {
+      if (i % 16 == 0) {
+        if (i) dump_lines.push_back(hex);
+        std::snprintf(b, sizeof b, "%u", d.region);
+        hex = std::string("  region ") + b + " 0x";
+        char o[24];
+        std::snprintf(o, sizeof o, "%" PRIx64 ":", d.offset + i);
+        hex += o;
+      }
+      std::snprintf(b, sizeof b, " %02x", buf[i]);
+      hex += b;
+    }
+    dump_lines.push_back(hex);
+    std::string plain;
+    for (auto c : buf) {
+      std::snprintf(b, sizeof b, "%02x", c);
+      plain += b;
+    }
+    reads.push_back({{"region", d.region}, {"offset", d.offset}, {"length", d.length}, {"hex", plain}});
+  }
+  if (!dumps.empty()) j["reads"] = reads;
   if (as_json) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
@@ -156,5 +218,6 @@ int main(int argc, char** argv) {
   for (auto& q : j["irqs"])
     std::printf("  IRQ %-5s count %u%s%s\n", q["name"].get<std::string>().c_str(), q["count"].get<unsigned>(),
                 q["eventfd"].get<bool>() ? " eventfd" : "", q["maskable"].get<bool>() ? " maskable" : "");
+  for (auto& l : dump_lines) std::printf("%s\n", l.c_str());
   return 0;
 }
