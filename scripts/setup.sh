@@ -4,6 +4,9 @@
 set -euo pipefail
 pkgs=(g++ cmake make libcaf-dev libboost-dev libgtest-dev nlohmann-json3-dev)
 if [ "${VFU_FUZZ:-0}" = 1 ]; then pkgs+=(clang libclang-rt-14-dev); fi
+# The qemu interop tests (tests/interop/run.sh) assemble a guest from Debian packages and
+# drive QEMU's monitor; QEMU itself is built by hand (docs/interop.md).
+if [ -n "${VFU_QEMU:-}" ]; then pkgs+=(cpio gzip xz-utils zstd socat); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
