@@ -91,8 +91,9 @@ void dispatch_next(self_t self);
 
 void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
   auto& st = self->state;
-  if (!st.busy || seq != st.seq) return;  // answered already (its device died), or stale
+  if (!st.busy || seq != st.seq) return;  // answered already (timed out, its device died)
   route r{st.current_sock, st.current_tr};
+  st.current_in = nullptr;
   if (out) reply(self, r, st.current, *out);
   else error_reply(self, r, st.current, err ? err : EIO);
   if (out && out->close_after) self->send(st.current_sock, close_atom::value);
@@ -100,6 +101,28 @@ void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
   st.current_ticket.done();
   st.busy = false;
   dispatch_next(self);
+}
+
+// One timer for the request at the device: when it fires, the request then current is
+// timed out if its own deadline has passed, or the timer is armed again for it.
+void arm_deadline(self_t self) {
+  auto& st = self->state;
+  if (st.deadline_armed || !st.busy) return;
+  st.deadline_armed = true;
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(st.deadline - std::chrono::steady_clock::now());
+  self->delayed_send(self, std::max(left, std::chrono::milliseconds(1)), deadline_atom::value);
+}
+
+void on_deadline(self_t self) {
+  auto& st = self->state;
+  st.deadline_armed = false;
+  if (!st.busy) return;
+  if (std::chrono::steady_clock::now() < st.deadline) return arm_deadline(self);
+  // A device that wrote its answer itself has claimed it: that answer stands.
+  if (st.current_in && !st.current_in->claim()) return;
+  CAF_LOG_WARNING("no answer to " << proto::describe(st.current, 0) << " by its deadline: ETIMEDOUT");
+  ++st.timed_out;
+  finish(self, st.seq, nullptr, ETIMEDOUT);
 }
 
 void dispatch_next(self_t self) {
@@ -125,6 +148,10 @@ void dispatch_next(self_t self) {
   st.current_tr = it.tr;
   st.current_target = it.target;
   st.current_ticket = std::move(it.ticket);
+  st.current_in = it.in;
+  st.deadline = std::chrono::steady_clock::now() +
+                (classify(it.hdr.command) == timeout_class::long_op ? st.cfg.handler_timeout_long : st.cfg.handler_timeout);
+  arm_deadline(self);
   it.in->alone = st.queue.empty();
   self->request(it.target, caf::infinite, inbound_atom::value, std::move(it.in))
       .then([=](outbound_ptr& out) { finish(self, seq, out ? out : outbound::error(EIO), 0); },
@@ -163,6 +190,8 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   }
   if (st.cfg.role == role::server) {
     if (auto* v = std::get_if<proto::version_request>(&*m)) {
+      // Once: renegotiating limits under requests in flight is not in the protocol.
+      if (st.negotiated) return error_in_turn(self, r, h, EINVAL, std::move(ticket));
       serve_version(self, r, h, *v);
       return;
     }
@@ -241,6 +270,7 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         st.drains.push_back(self->make_response_promise());
         return caf::delegated<void>{};
       },
+      [=](deadline_atom) { on_deadline(self); },
       [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
   };
 }

@@ -7,15 +7,18 @@
 //  - a command number we do not know: ENOSYS ("no such operation", as QEMU answers unknown
 //    server->client commands), so a peer can tell "not implemented" from "malformed";
 //  - a known command with no handler registered: ENOTSUP;
-//  - a handler that failed or vanished: EIO.
+//  - a handler that failed or vanished: EIO;
+//  - a handler that did not answer by its deadline (handler_timeout): ETIMEDOUT. Its late
+//    answer is dropped, and the requests behind it go on in order.
 // In the server role it also answers VERSION itself (negotiation), and closes a connection
 // whose first command is not VERSION (the spec requires VERSION first).
 //
 // Order: it hands a device one request at a time and queues the rest until the answer
 // comes, so a posted write is applied before a later read, whichever device actor serves
-// them. (Not with CAF's await and a timeout: every timed request wakes CAF's clock thread,
-// which cost about a third of the server's CPU per request. A device actor that dies is
-// noticed by monitoring instead, and its request is answered EIO.) Requests in the other
+// them. (Not with CAF's await and a timeout per request, which wakes CAF's clock thread
+// for every request: one deadline timer at a time, re-armed for the request then current
+// when it fires. A device actor that dies is noticed by monitoring, and its request is
+// answered EIO.) Requests in the other
 // direction go through the correlation actor, so a server's DMA_READ is answered while the
 // client's thread is blocked on its REGION_READ: no deadlock.
 #pragma once
@@ -37,7 +40,11 @@ struct dispatcher_config {
   vfu::role role = role::server;
   proto::quirks quirks;
   proto::server_offer offer;            ///< server role: what VERSION answers
+  /// How long a handler may take to answer (endpoint_config::handler_timeout); the long
+  /// one for commands that may legitimately take long (classify(): reset, migration, DMA
+  /// map and unmap).
   std::chrono::milliseconds handler_timeout{60000};
+  std::chrono::milliseconds handler_timeout_long{600000};
   caf::actor supervisor;                ///< told (connup_atom, negotiated) after VERSION
 };
 
@@ -89,13 +96,16 @@ struct dispatcher_state {
   caf::actor current_sock, current_target;
   transport_ptr current_tr;
   request_ticket current_ticket;
+  inbound_ptr current_in;                        ///< its claim() decides who answers
+  std::chrono::steady_clock::time_point deadline;  ///< when the current request times out
+  bool deadline_armed = false;                   ///< one (deadline_atom) timer at a time
   std::map<uint16_t, caf::actor> by_command;
   std::set<caf::actor_id> borrowing;    ///< handlers that take borrowed REGION_WRITE data
   caf::actor device;                    ///< whole-device handler (command 0)
   caf::actor correlation;
   proto::decode_limits limits;
   bool negotiated = false;
-  uint64_t served = 0, decode_errors = 0;
+  uint64_t served = 0, decode_errors = 0, timed_out = 0;
   std::vector<caf::response_promise> drains;  ///< (drain_atom) requests: answered when idle
   static inline const char* name = "vfu.dispatcher";
 };

@@ -327,6 +327,7 @@ void endpoint::start_actors(caf::actor handler) {
   dc.quirks = cfg_.quirks;
   dc.offer = cfg_.offer;
   dc.handler_timeout = cfg_.handler_timeout;
+  dc.handler_timeout_long = cfg_.handler_timeout_long;
   // The supervisor needs the dispatcher and the dispatcher tells the supervisor about
   // VERSION: spawn the dispatcher, then the supervisor, then introduce them.
   disp_ = sys.spawn(dispatcher_actor, dc, corr_);

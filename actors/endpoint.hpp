@@ -52,7 +52,11 @@ const char* to_string(conn_state s) noexcept;
 struct endpoint_config {
   proto::quirks quirks;
   correlation_config correlation;
+  /// Server role: how long a device or host handler may take to answer one request before
+  /// the dispatcher answers it ETIMEDOUT (and drops its late answer); the long one for
+  /// DEVICE_RESET, migration, DMA_MAP and DMA_UNMAP.
   std::chrono::milliseconds handler_timeout{60000};
+  std::chrono::milliseconds handler_timeout_long{600000};
   /// A thread blocked in call(), call_frame() or call_many() reads the socket itself while
   /// nobody else does (stream_transport's leader), so its reply wakes it directly instead
   /// of waking the event loop, which then wakes it. false: the loop reads every reply.

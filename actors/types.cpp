@@ -13,8 +13,9 @@ frame_ptr encode_reply(const proto::header& req, outbound& out) {
                                     : proto::make_error_reply(req, EIO));
 }
 
-std::shared_ptr<outbound> answer_now(const inbound& in, std::shared_ptr<outbound> out) {
+std::shared_ptr<outbound> answer_now(inbound& in, std::shared_ptr<outbound> out) {
   if (!in.alone || !in.writer || in.hdr.no_reply() || out->sent || out->close_after) return out;
+  if (!in.claim()) return outbound::already_sent();  // answered ETIMEDOUT already
   auto f = encode_reply(in.hdr, *out);
   CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));
   // An error means the connection is going; its socket actor hears of it.

@@ -11,6 +11,7 @@
 
 #include <caf/all.hpp>
 
+#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -120,6 +121,13 @@ struct inbound {
   /// it over: its reply may leave at once (reply_writer::send_now) instead of travelling
   /// back through the dispatcher, which batches replies only when more requests are queued.
   bool alone = false;
+  /// The right to answer, taken once: by a device that writes its reply itself, or by the
+  /// dispatcher when the handler's deadline passes (ETIMEDOUT). The loser stays silent, so
+  /// the peer never gets two answers to one request.
+  bool claim() noexcept { return !answered_.exchange(true, std::memory_order_acq_rel); }
+
+ private:
+  std::atomic<bool> answered_{false};
 };
 
 /// The name of a handler actor that takes a REGION_WRITE's data borrowed from its frame
@@ -176,7 +184,7 @@ frame_ptr encode_reply(const proto::header& req, outbound& out);
 /// run later, and at 1 request in flight that run is on every round trip. With requests
 /// queued (or without a writer, or for an answer that closes the connection) `out` is
 /// returned for the dispatcher, which gathers the replies into one sendmsg.
-std::shared_ptr<outbound> answer_now(const inbound& in, std::shared_ptr<outbound> out);
+std::shared_ptr<outbound> answer_now(inbound& in, std::shared_ptr<outbound> out);
 using outbound_ptr = std::shared_ptr<outbound>;
 
 /// Connection parameters that change after VERSION.
@@ -218,6 +226,7 @@ using track_atom = caf::atom_constant<caf::atom("track")>;
 using retire_atom = caf::atom_constant<caf::atom("retire")>;
 using eof_atom = caf::atom_constant<caf::atom("eof")>;
 using drain_atom = caf::atom_constant<caf::atom("drain")>;
+using deadline_atom = caf::atom_constant<caf::atom("deadline")>;
 
 /// Renders a CAF error (including our "vfu" category) as text.
 std::string render(const caf::error& e);

@@ -524,6 +524,7 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
             // transport copies only what the socket has no room for).
             if (r->count >= gather_min && in->writer && !in->hdr.no_reply()) {
               if (const uint8_t* src = read_memory(st, *r)) {
+                if (!in->claim()) return outbound::already_sent();  // answered ETIMEDOUT
                 auto head = make_region_head(in->hdr.msg_id, command::region_read, true, *r);
                 // An error means the connection is going; its socket actor hears of it.
                 if (auto sent = in->writer->send_gathered(head.bytes.data(), head.bytes.size(), src, r->count); !sent)

@@ -26,10 +26,10 @@ run_asan() {
 }
 run_tsan() {
   cmake -S . -B build-tsan -DVFU_TSAN=ON -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-g1 >/dev/null
-  cmake --build build-tsan -j"$jobs" --target actor_tests device_tests client_tests fault_tests
+  cmake --build build-tsan -j"$jobs" --target actor_tests device_tests client_tests fault_tests robustness_tests
   export TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$PWD/tests/tsan.supp"
   (cd build-tsan && ctest --output-on-failure -j"$jobs" --timeout 900 \
-     -R '^(polling\.)?(BrokerTest|ServerTest|ClientTest|InProcessClientTest|HostileServerTest|FaultTest)\.')
+     -R '^(polling\.)?(BrokerTest|ServerTest|ClientTest|InProcessClientTest|HostileServerTest|FaultTest|RobustnessTest)\.')
 }
 
 case "$mode" in
