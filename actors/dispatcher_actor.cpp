@@ -103,19 +103,21 @@ void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
   dispatch_next(self);
 }
 
-// One timer for the request at the device: when it fires, the request then current is
-// timed out if its own deadline has passed, or the timer is armed again for it.
+// The request at the device has a deadline. One timer serves a run of requests: it is armed
+// when no timer is due before the current deadline, and when it fires, the request then
+// current is timed out if its own deadline has passed, or a timer is armed for it.
 void arm_deadline(self_t self) {
   auto& st = self->state;
-  if (st.deadline_armed || !st.busy) return;
-  st.deadline_armed = true;
+  if (!st.busy || st.deadline >= st.timer_at) return;
+  st.timer_at = st.deadline;
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(st.deadline - std::chrono::steady_clock::now());
-  self->delayed_send(self, std::max(left, std::chrono::milliseconds(1)), deadline_atom::value);
+  self->delayed_send(self, std::max(left, std::chrono::milliseconds(1)), deadline_atom::value,
+                     int64_t(st.deadline.time_since_epoch().count()));
 }
 
-void on_deadline(self_t self) {
+void on_deadline(self_t self, int64_t at) {
   auto& st = self->state;
-  st.deadline_armed = false;
+  if (at == st.timer_at.time_since_epoch().count()) st.timer_at = std::chrono::steady_clock::time_point::max();
   if (!st.busy) return;
   if (std::chrono::steady_clock::now() < st.deadline) return arm_deadline(self);
   // A device that wrote its answer itself has claimed it: that answer stands.
@@ -270,7 +272,7 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         st.drains.push_back(self->make_response_promise());
         return caf::delegated<void>{};
       },
-      [=](deadline_atom) { on_deadline(self); },
+      [=](deadline_atom, int64_t at) { on_deadline(self, at); },
       [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
   };
 }

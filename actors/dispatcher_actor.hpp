@@ -16,9 +16,9 @@
 // Order: it hands a device one request at a time and queues the rest until the answer
 // comes, so a posted write is applied before a later read, whichever device actor serves
 // them. (Not with CAF's await and a timeout per request, which wakes CAF's clock thread
-// for every request: one deadline timer at a time, re-armed for the request then current
-// when it fires. A device actor that dies is noticed by monitoring, and its request is
-// answered EIO.) Requests in the other
+// for every request: a deadline timer serves a run of requests, re-armed for the request
+// then current when it fires. A device actor that dies is noticed by monitoring, and its
+// request is answered EIO.) Requests in the other
 // direction go through the correlation actor, so a server's DMA_READ is answered while the
 // client's thread is blocked on its REGION_READ: no deadlock.
 #pragma once
@@ -98,7 +98,8 @@ struct dispatcher_state {
   request_ticket current_ticket;
   inbound_ptr current_in;                        ///< its claim() decides who answers
   std::chrono::steady_clock::time_point deadline;  ///< when the current request times out
-  bool deadline_armed = false;                   ///< one (deadline_atom) timer at a time
+  /// When the earliest (deadline_atom) timer pending fires (max: none).
+  std::chrono::steady_clock::time_point timer_at = std::chrono::steady_clock::time_point::max();
   std::map<uint16_t, caf::actor> by_command;
   std::set<caf::actor_id> borrowing;    ///< handlers that take borrowed REGION_WRITE data
   caf::actor device;                    ///< whole-device handler (command 0)

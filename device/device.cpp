@@ -19,6 +19,9 @@ struct window {
   uint32_t prot = 0;        ///< dma_flags: what the device may do
   uint8_t* map = nullptr;   ///< nullptr: message-based DMA
   int inflight = 0;         ///< message-based transfers in progress
+  /// DMA_UNMAP came while transfers were in flight: no new transfer may use it, its range
+  /// may not be mapped again, and it goes when the last transfer ends.
+  bool unmapping = false;
 };
 
 struct irq_vec {
@@ -105,21 +108,21 @@ struct device_state : device_context {
     if (it == windows.begin()) return nullptr;
     --it;
     auto& w = it->second;
-    if (addr < w.addr || end > w.addr + w.size) return nullptr;
+    if (w.unmapping || addr < w.addr || end > w.addr + w.size) return nullptr;
     return &w;
   }
   void release(uint64_t window_addr) {
     auto it = windows.find(window_addr);
     if (it != windows.end()) --it->second.inflight;
-    // Windows unmapped while busy (size 0) go when their last transfer ends; deferred
-    // unmap replies go when no such window is left.
+    // Windows unmapped while busy go when their last transfer ends; deferred unmap
+    // replies go when no such window is left.
     bool busy = false;
     for (auto i = windows.begin(); i != windows.end();) {
-      if (i->second.size == 0 && i->second.inflight == 0) {
+      if (i->second.unmapping && i->second.inflight == 0) {
         i = windows.erase(i);
         continue;
       }
-      busy = busy || i->second.size == 0;
+      busy = busy || i->second.unmapping;
       ++i;
     }
     if (busy) return;
@@ -248,7 +251,7 @@ struct device_state : device_context {
 
   void drop_connection_state() {
     for (auto& [a, w] : windows)
-      if (w.map) ::munmap(w.map, w.size ? w.size : 0);
+      if (w.map) ::munmap(w.map, w.size);
     windows.clear();
     for (auto& idx : irqs)
       for (auto& v : idx) v.efd.reset();
@@ -419,11 +422,14 @@ outbound_ptr on_set_irqs(device_state& st, const set_irqs_request& req, fd_list&
 outbound_ptr on_dma_map(device_state& st, const dma_map_request& req, fd_list& fds) {
   if (st.windows.size() >= st.max_dma_maps) return outbound::error(ENOSPC);
   uint64_t end = req.addr + req.size;  // decode checked overflow
+  // An overlap is EEXIST (the spec); with a window still being unmapped, EBUSY: that
+  // range is free again once its last transfer ends.
+  auto overlap = [](const window& w) { return outbound::error(w.unmapping ? EBUSY : EEXIST); };
   auto it = st.windows.lower_bound(req.addr);
-  if (it != st.windows.end() && it->second.size && it->first < end) return outbound::error(EEXIST);
+  if (it != st.windows.end() && it->first < end) return overlap(it->second);
   if (it != st.windows.begin()) {
     auto p = std::prev(it);
-    if (p->second.size && p->first + p->second.size > req.addr) return outbound::error(EEXIST);
+    if (p->first + p->second.size > req.addr) return overlap(p->second);
   }
   window w;
   w.addr = req.addr;
@@ -435,7 +441,10 @@ outbound_ptr on_dma_map(device_state& st, const dma_map_request& req, fd_list& f
     if (p == MAP_FAILED) return outbound::error(errno);
     w.map = static_cast<uint8_t*>(p);
   }
-  st.windows.emplace(req.addr, w);
+  if (!st.windows.emplace(req.addr, w).second) {  // (the checks above rule it out)
+    if (w.map) ::munmap(w.map, w.size);
+    return outbound::error(EEXIST);
+  }
   return outbound::of(dma_map_reply{});
 }
 
@@ -453,17 +462,17 @@ caf::result<outbound_ptr> on_dma_unmap(self_t self, const dma_unmap_request& req
     if (w.map) ::munmap(w.map, w.size);
     w.map = nullptr;
     busy = busy || w.inflight > 0;
-    w.size = 0;  // marked: erased when its last transfer completes
+    w.unmapping = true;  // erased when its last transfer completes
   };
   if (req.flags & dma_flags::unmap_all) {
     for (auto& [a, w] : st.windows) drop(w);
   } else {
     auto it = st.windows.find(req.addr);
-    if (it == st.windows.end() || it->second.size != req.size) return outbound::error(ENOENT);
+    if (it == st.windows.end() || it->second.unmapping || it->second.size != req.size) return outbound::error(ENOENT);
     drop(it->second);
   }
   for (auto i = st.windows.begin(); i != st.windows.end();)
-    i = (i->second.size == 0 && i->second.inflight == 0) ? st.windows.erase(i) : std::next(i);
+    i = (i->second.unmapping && i->second.inflight == 0) ? st.windows.erase(i) : std::next(i);
   if (!busy) return out;
   // The spec: the server drops every reference, in-flight DMA included, before replying.
   auto rp = self->make_response_promise<outbound_ptr>();

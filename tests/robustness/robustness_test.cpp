@@ -126,4 +126,116 @@ TEST_F(RobustnessTest, AHandlerPastItsDeadlineIsAnsweredEtimedoutAndItsLateAnswe
   caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);
 }
 
+// A client's guest memory that holds the server's DMA_READs until released (answering the
+// layout probe, a DMA_WRITE of no bytes, at once).
+using release_atom = caf::atom_constant<caf::atom("release")>;
+struct hold_state {
+  std::vector<std::pair<caf::response_promise, inbound_ptr>> held;
+};
+caf::behavior holding_memory(caf::stateful_actor<hold_state>* self, int) {
+  return {
+      [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> {
+        if (auto* w = std::get_if<dma_write_request>(&in->msg))
+          return outbound::of(dma_write_reply{{w->addr, w->count, dma_layout::spec}});
+        self->state.held.emplace_back(self->make_response_promise(), in);
+        return caf::delegated<outbound_ptr>{};
+      },
+      [=](release_atom) {
+        for (auto& [rp, in] : self->state.held) {
+          auto& r = std::get<dma_read_request>(in->msg);
+          rp.deliver(outbound::of(dma_read_reply{r, std::vector<uint8_t>(r.count, 0x5a)}));
+        }
+        self->state.held.clear();
+      },
+      [=](stats_atom) { return uint32_t(self->state.held.size()); },
+      [](connup_atom, const negotiated&) {},
+      [](connlost_atom) {},
+  };
+}
+
+// 1. A DMA_UNMAP that waits for message DMA in flight keeps its window until the transfer
+// ends. If it times out (handler_timeout_long) and the client maps the same IOVA again,
+// that map used to pass the overlap check (the old window was marked by size 0), do
+// nothing (the key was taken) and still answer success: the new mmap leaked, and once the
+// old window went, the range the client believes mapped was gone. Now the map is refused
+// (EBUSY) while the old window drains, and succeeds after.
+TEST_F(RobustnessTest, AMapOverAWindowStillBeingUnmappedIsRefusedUntilItIsGone) {
+  endpoint_config scfg;
+  scfg.handler_timeout_long = 200ms;  // DMA_UNMAP's
+  auto [a, b] = test::socket_pair();
+  auto sep = endpoint::serve_fd(*rt_, std::move(a), scfg, dev::spawn_device(rt_->system(), dev::make_sample("dma-test")));
+  ASSERT_TRUE(sep.ok());
+  server_ = std::move(sep.value());
+  // The client in a runtime of its own, so that a held DMA_READ cannot stall the server's.
+  auto crt = std::make_unique<runtime>();
+  auto holder = crt->system().spawn(holding_memory, 0);
+  endpoint_config ccfg;
+  ccfg.reconnect = false;
+  auto cep = endpoint::connect_fd(*crt, std::move(b), ccfg, holder);
+  ASSERT_TRUE(cep.ok()) << cep.err().message();
+  auto& c = **cep;
+  namespace dt = dev::dmatest;
+  auto wr = [&](uint32_t region, uint64_t off, std::vector<uint8_t> data) {
+    region_write_request w{{off, region, uint32_t(data.size())}, std::move(data)};
+    return c.call_decoded(w).ok();
+  };
+  auto map = [&](unique_fd* fd) {
+    dma_map_request m;
+    m.flags = dma_flags::read | dma_flags::write;
+    m.addr = 0x200000;
+    m.size = 1 << 20;
+    fd_list fds;
+    if (fd) fds.push_back(unique_fd(::dup(fd->get())));
+    auto f = c.call(m, std::move(fds)).failure();
+    return f ? (f.errnum ? f.errnum : -1) : 0;
+  };
+  ASSERT_TRUE(wr(region_index::config, 4, {0x06, 0x00}));  // memory + bus master
+  ASSERT_EQ(map(nullptr), 0);
+  ASSERT_TRUE(wr(0, dt::src, {0, 0, 0x20, 0, 0, 0, 0, 0}));
+  ASSERT_TRUE(wr(0, dt::dst, {0, 0x10, 0x20, 0, 0, 0, 0, 0}));
+  ASSERT_TRUE(wr(0, dt::len, {16, 0, 0, 0}));
+  ASSERT_TRUE(wr(0, dt::doorbell, {1, 0, 0, 0}));
+  caf::scoped_actor self{crt->system()};
+  auto held = [&] {
+    uint32_t n = 0;
+    self->request(holder, 1s, stats_atom::value).receive([&](uint32_t x) { n = x; }, [](caf::error&) {});
+    return n;
+  };
+  for (int i = 0; i < 100000 && held() == 0; ++i) std::this_thread::yield();
+  ASSERT_EQ(held(), 1u) << "the device's DMA_READ is held by the client";
+  dma_unmap_request u;
+  u.addr = 0x200000;
+  u.size = 1 << 20;
+  auto un = c.call(u);
+  EXPECT_EQ(un.failure().errnum, ETIMEDOUT) << "the unmap did not wait for the DMA in flight";
+  unique_fd mem(::memfd_create("guest", MFD_CLOEXEC));
+  ASSERT_EQ(::ftruncate(mem.get(), 1 << 20), 0);
+  EXPECT_EQ(map(&mem), EBUSY) << "a map over a window still being unmapped was accepted";
+  caf::anon_send(holder, release_atom::value);  // the transfer ends, and the old window goes
+  int r = -1;
+  for (int i = 0; i < 200 && (r = map(&mem)) == EBUSY; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(r, 0) << "the range could not be mapped again once the old window was gone";
+  // The new window is the one the device uses: a copy through it lands in the memfd.
+  auto* p = static_cast<uint8_t*>(::mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0));
+  ASSERT_NE(p, MAP_FAILED);
+  std::memset(p, 0x77, 16);
+  uint32_t copies = 0;
+  auto copies_now = [&] {
+    auto m = c.call_decoded(region_read_request{{dt::copies, 0, 4}});
+    if (m) std::memcpy(&copies, std::get<region_read_reply>(*m).data.data(), 4);
+    return copies;
+  };
+  uint32_t before = copies_now();
+  ASSERT_TRUE(wr(0, dt::doorbell, {1, 0, 0, 0}));
+  for (int i = 0; i < 500 && copies_now() == before; ++i) std::this_thread::sleep_for(2ms);
+  EXPECT_EQ(copies, before + 1) << "the copy through the new window did not complete";
+  EXPECT_EQ(p[0x1000], 0x77) << "the copy did not go through the new window";
+  ::munmap(p, 1 << 20);
+  c.close();
+  cep.value().reset();
+  caf::anon_send_exit(holder, caf::exit_reason::user_shutdown);
+  holder = nullptr;
+  self->send_exit(self, caf::exit_reason::normal);
+}
+
 }  // namespace
