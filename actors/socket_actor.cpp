@@ -85,7 +85,8 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
                " rejected=" + std::to_string(st.rejected + t.rejected_requests.load()) + " waits_armed=" + std::to_string(t.waits_armed.load()) +
                " gathered=" + std::to_string(t.gathered.load()) + " gathered_copied=" + std::to_string(t.gathered_copied.load()) +
                " sent_now=" + std::to_string(t.sent_now.load()) + " writes=" + std::to_string(t.writes.load()) +
-               " unanswered=" + std::to_string(t.unanswered()) + " pauses=" + std::to_string(t.pauses.load()) +
+               " unanswered=" + std::to_string(t.unanswered()) + " awaiting=" + std::to_string(t.awaiting()) +
+               " pauses=" + std::to_string(t.pauses.load()) +
                " leader_caught=" + std::to_string(t.leader_caught.load()) +
                " leader_slept=" + std::to_string(t.leader_slept.load());
       },

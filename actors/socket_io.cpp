@@ -34,9 +34,12 @@ constexpr suseconds_t leader_slice_us = 10000;
 // The peer's requests read but not yet answered (at the dispatcher or a device): above
 // either bound the connection stops reading (the peer's writes then block) until half of
 // them are answered. A recvmsg may overshoot by what it read (at most 64 KiB of small
-// requests, or one frame).
+// requests, or one frame). While a request of ours awaits its reply, the bounds are four
+// times as high: that reply may sit behind the peer's requests (a device's DMA_READ
+// while the peer pipelines), and a stopped reader would never see it.
 constexpr uint32_t max_unanswered_requests = 4096;
 constexpr uint64_t max_unanswered_bytes = 64ull << 20;
+constexpr uint32_t awaiting_factor = 4;
 }  // namespace
 
 stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
@@ -214,19 +217,45 @@ bool stream_transport::sync_read_events() {
   return leading_ || paused_ ? set_events_locked(0, EPOLLIN) : set_events_locked(EPOLLIN, 0);
 }
 
+bool stream_transport::stop_reading(uint64_t more, uint64_t more_bytes) const noexcept {
+  uint32_t f = awaiting_.load(std::memory_order_relaxed) ? awaiting_factor : 1;
+  return unanswered_.load(std::memory_order_relaxed) + more >= uint64_t(max_unanswered_requests) * f ||
+         unanswered_bytes_.load(std::memory_order_relaxed) + more_bytes >= max_unanswered_bytes * f;
+}
+
 void stream_transport::request_done(uint64_t bytes) {
   unanswered_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
   uint32_t left = unanswered_.fetch_sub(1, std::memory_order_relaxed) - 1;
   if (!paused_.load(std::memory_order_relaxed) || left > max_unanswered_requests / 2 ||
       unanswered_bytes_.load(std::memory_order_relaxed) > max_unanswered_bytes / 2 || !paused_.exchange(false))
     return;  // (the exchange: one resumption, however many answers see the low mark)
+  CAF_LOG_DEBUG("the dispatcher caught up: reading again");
+  resume_reading();
+}
+
+void stream_transport::resume_reading() {
   auto self = shared_from_this();
   asio::post(io_, [self] {
     if (self->stopped_) return;
-    CAF_LOG_DEBUG("the dispatcher caught up: reading again");
     self->sync_read_events();
     self->arm();  // (a no-op if armed; a socket the loop polls is read by it anyway)
   });
+}
+
+void stream_transport::count_request_out(const proto::header& h) {
+  if (!h.is_command() || h.no_reply()) return;
+  // Its reply may be behind the peer's requests: a paused reader reads again.
+  if (awaiting_.fetch_add(1, std::memory_order_relaxed) == 0 && paused_.load(std::memory_order_relaxed) &&
+      !stop_reading(0, 0) && paused_.exchange(false)) {
+    CAF_LOG_DEBUG("a request of ours awaits its reply: reading again");
+    resume_reading();
+  }
+}
+
+void stream_transport::count_reply_in() {
+  uint32_t a = awaiting_.load(std::memory_order_relaxed);
+  while (a && !awaiting_.compare_exchange_weak(a, a - 1, std::memory_order_relaxed)) {
+  }
 }
 
 void stream_transport::fail_direct(const proto::error& why) {
@@ -247,9 +276,7 @@ bool stream_transport::read_pass_locked(bool block) {
   uint64_t bytes_this_pass = 0;
   for (int i = 0; i < reads_per_wakeup; ++i) {
     // (evs.size() frames read so far may all be requests: at most 64 KiB of them.)
-    if (unanswered_.load(std::memory_order_relaxed) + evs.size() >= max_unanswered_requests ||
-        unanswered_bytes_.load(std::memory_order_relaxed) + bytes_this_pass >= max_unanswered_bytes)
-      break;
+    if (stop_reading(evs.size(), bytes_this_pass)) break;
     alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * proto::limits::scm_max_fd)];
     // The rest of a large frame's body is read straight into the frame (no bounce copy),
     // and only up to its end, so the next frame's bytes still go through the assembler.
@@ -351,10 +378,14 @@ bool stream_transport::read_pass_locked(bool block) {
     b->push_back(std::move(ev));
   };
   for (auto& ev : evs) {
-    if (ev.kind == proto::frame_assembler::event::rejected && !ev.hdr.is_reply()) {
-      ++rejected_requests;  // answered by the dispatcher, in its turn
-      to(reqs, ev);
-      continue;
+    if (ev.kind == proto::frame_assembler::event::rejected) {
+      if (ev.hdr.is_reply()) {
+        count_reply_in();
+      } else {
+        ++rejected_requests;  // answered by the dispatcher, in its turn
+        to(reqs, ev);
+        continue;
+      }
     }
     if (ev.kind == proto::frame_assembler::event::frame_ready) {
       ++frames_in;
@@ -363,6 +394,7 @@ bool stream_transport::read_pass_locked(bool block) {
         to(reqs, ev);
         continue;
       }
+      count_reply_in();
       if (direct_ && h.is_reply() && direct_calls::owns(h.msg_id)) {
         auto fp = make_frame_ptr(std::move(ev.f));
         auto o = direct_->complete(fp);
@@ -378,20 +410,20 @@ bool stream_transport::read_pass_locked(bool block) {
   if (!retired.empty()) caf::anon_send(owner_, retire_atom::value, std::move(retired));
   bool fatal = asm_.failed() || fail;
   // Requests first: an EOF's drain (socket_actor) must find them in the dispatcher's queue.
-  if (reqs) {
-    // Counted, and the reading paused if need be, before the dispatcher can answer them.
+  if (reqs) {  // counted before the dispatcher can answer them
     uint64_t bytes = 0;
     for (auto& ev : *reqs) bytes += request_bytes(ev);
-    uint64_t total = unanswered_bytes_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-    uint32_t now = unanswered_.fetch_add(uint32_t(reqs->size()), std::memory_order_relaxed) + uint32_t(reqs->size());
-    if (!fatal && (now >= max_unanswered_requests || total >= max_unanswered_bytes)) {
-      ++pauses;
-      paused_ = true;  // until request_done() sees half of them answered
-      CAF_LOG_DEBUG("stop reading: " << now << " requests (" << total << " bytes) unanswered");
-      sync_read_events();
-    }
-    caf::anon_send(requests_, inbound_atom::value, reqs, owner_, shared_from_this());
+    unanswered_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+    unanswered_.fetch_add(uint32_t(reqs->size()), std::memory_order_relaxed);
   }
+  // (Also after replies only: the last reply we awaited brings the bounds back down.)
+  if (!fatal && !paused_ && stop_reading(0, 0)) {
+    ++pauses;
+    paused_ = true;  // until request_done() sees half of them answered, or we send a request
+    CAF_LOG_DEBUG("stop reading: " << unanswered_.load() << " requests (" << unanswered_bytes_.load() << " bytes) unanswered");
+    sync_read_events();
+  }
+  if (reqs) caf::anon_send(requests_, inbound_atom::value, reqs, owner_, shared_from_this());
   if (batch) caf::anon_send(owner_, frames_atom::value, batch);
   if (fail && clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, fail);  // answer, then close
   else if (fail) caf::anon_send(owner_, ioerr_atom::value, fail);
@@ -436,6 +468,7 @@ proto::status stream_transport::send_gathered(const uint8_t* head, size_t head_l
   if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
   size_t total = head_len + len;
   ++gathered;
+  count_request_out(proto::read_header(head));
   // Frames queued before this one leave first, whole.
   if (!outq_.empty() && !write_armed_ && !flush_locked())
     return proto::error(proto::errc::peer_gone, "sendmsg failed");
@@ -470,6 +503,7 @@ proto::status stream_transport::send_gathered(const uint8_t* head, size_t head_l
 }
 
 proto::status stream_transport::enqueue_locked(frame_ptr f) {
+  count_request_out(f->hdr());
   queued_ += f->bytes.size();
   outq_.push_back(std::move(f));
   if (queued_ <= max_send_queue) return {};

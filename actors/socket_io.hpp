@@ -120,6 +120,10 @@ class stream_transport : public deferred_writer,
   /// control: with too many requests unanswered the transport stops reading (the peer's
   /// writes block) and reads again once half of them are answered.
   void request_done(uint64_t bytes);
+  /// Our own requests written and not yet answered (a reply read), as flow control counts
+  /// them: while there are any, reading stops only at four times the bounds. A request
+  /// that never gets its reply keeps the higher bounds.
+  uint32_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
   /// close() was called: the connection is over (its socket actor has ended).
   bool closing() const noexcept { return closing_.load(); }
 
@@ -159,6 +163,12 @@ class stream_transport : public deferred_writer,
   /// peer has left more than max_send_queue unread.
   proto::status enqueue_locked(frame_ptr f);
   void write_failed(int err);
+  /// Flow control: whether reading must stop with `more` requests of `more_bytes` bytes
+  /// more unanswered; resume_reading() puts EPOLLIN back from any thread.
+  bool stop_reading(uint64_t more, uint64_t more_bytes) const noexcept;
+  void resume_reading();
+  void count_request_out(const proto::header& h);
+  void count_reply_in();
 
   std::shared_ptr<direct_calls> direct_;
   proto::error setup_error_;
@@ -191,6 +201,7 @@ class stream_transport : public deferred_writer,
   std::atomic<bool> paused_{false};             ///< too many requests unanswered: not reading
   std::atomic<uint32_t> unanswered_{0};         ///< requests at the dispatcher (request_done)
   std::atomic<uint64_t> unanswered_bytes_{0};   ///< ... and their frames' bytes
+  std::atomic<uint32_t> awaiting_{0};           ///< our requests written, no reply read yet
   bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
 };
 

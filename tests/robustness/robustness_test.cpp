@@ -238,4 +238,83 @@ TEST_F(RobustnessTest, AMapOverAWindowStillBeingUnmappedIsRefusedUntilItIsGone) 
   self->send_exit(self, caf::exit_reason::normal);
 }
 
+// A device that, for a REGION_READ of offset 0x999, first reads 8 bytes of guest memory
+// with DMA_READ and answers with them; every other read is answered at once.
+caf::behavior dma_then_answer(caf::event_based_actor* self, int) {
+  return {
+      [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> {
+        auto* r = std::get_if<region_read_request>(&in->msg);
+        if (!r) return outbound::error(ENOTSUP);
+        if (r->offset != 0x999) return outbound::of(region_read_reply{*r, std::vector<uint8_t>(r->count, 0)});
+        auto rp = self->make_response_promise<outbound_ptr>();
+        auto req = *r;
+        self->request(in->correlation, caf::infinite, request_atom::value,
+                      make_frame_ptr(make_frame(0, dma_read_request{{0x1000, 8}})), uint32_t(0))
+            .then([=](call_result& res) mutable {
+              auto m = res.failure() ? result<message>(res.failure()) : decode(*res.reply);
+              auto* d = m ? std::get_if<dma_read_reply>(&*m) : nullptr;
+              if (!d) {
+                rp.deliver(outbound::error(EIO));
+                return;
+              }
+              region_read_reply rep{req, d->data};
+              rep.count = uint32_t(d->data.size());
+              rp.deliver(outbound::of(rep));
+            });
+        return rp;
+      },
+      [](connup_atom, const negotiated&) {},
+      [](connlost_atom) {},
+  };
+}
+
+// 2. With 4096 of the peer's requests unanswered, the connection stops reading (flow
+// control). If the request at the device waits for a reply of the same peer (a DMA_READ),
+// that reply sits behind requests the connection no longer reads: it stalled until the
+// DMA timed out. Now, while a request of ours awaits its reply, reading goes on (up to four
+// times the bound). The peer here pipelines 12000 requests behind the one that does DMA.
+TEST_F(RobustnessTest, AReplyTheDeviceWaitsForIsReadWhileThePeerOutrunsIt) {
+  auto dev = rt_->system().spawn(dma_then_answer, 0);
+  test::raw_peer peer(serve(dev));
+  ASSERT_TRUE(peer.version());
+  constexpr int n = 12000;  // 384 KiB: more than the socket holds once the server stops reading
+  std::vector<uint8_t> burst;
+  auto add = [&](uint16_t id, uint64_t off) {
+    auto f = make_frame(id, region_read_request{{off, 0, 8}});
+    burst.insert(burst.end(), f.bytes.begin(), f.bytes.end());
+  };
+  add(1, 0x999);
+  for (int i = 0; i < n; ++i) add(uint16_t(2 + i), 0);
+  std::atomic<bool> written{false};
+  std::thread writer([&] {
+    peer.send_bytes(burst.data(), burst.size());
+    written = true;
+  });
+  auto dma = peer.recv();
+  ASSERT_TRUE(dma && dma->hdr().command == uint16_t(command::dma_read) && dma->hdr().is_command());
+  for (int i = 0; i < 300 && !written; ++i) std::this_thread::sleep_for(10ms);  // (the DMA times out in 5 s)
+  EXPECT_TRUE(written.load()) << "the server stopped reading: the DMA reply could not be sent";
+  if (!written) {  // let the DMA time out, so that the server reads again and the writer ends
+    writer.join();
+    peer.recv(10s);
+    server_.reset();
+    caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);
+    return;
+  }
+  writer.join();
+  ASSERT_TRUE(peer.send(dma_read_reply{{0x1000, 8}, std::vector<uint8_t>(8, 0xab)}, dma->hdr().msg_id));
+  auto first = peer.recv();
+  ASSERT_TRUE(first && first->hdr().msg_id == 1 && !first->hdr().is_error()) << "no answer to the request at the device";
+  EXPECT_EQ(first->bytes.back(), 0xab) << "the read that waited for DMA has the DMA's bytes";
+  int got = 0;
+  for (int i = 0; i < n; ++i) {
+    auto r = peer.recv();
+    if (!r || r->hdr().msg_id != uint16_t(2 + i) || r->hdr().is_error()) break;
+    ++got;
+  }
+  EXPECT_EQ(got, n) << "replies missing or out of order";
+  server_.reset();
+  caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);
+}
+
 }  // namespace
