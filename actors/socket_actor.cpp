@@ -57,12 +57,13 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
         self->quit(to_caf(e));
       },
       [=](eof_atom, proto::error& e) {
-        // The peer closed its end (or half-closed it) at a frame boundary. What it sent
-        // before is answered first, as a half-closing client expects: the requests may
-        // still sit in the dispatcher's or a device's queue (an io pass can read the last
-        // requests and the EOF before any actor runs). Our own requests can get no reply
-        // any more and fail at once. Then the connection ends, with a bound on the wait.
-        CAF_LOG_INFO("peer closed its end: answering what it sent, then closing");
+        // The peer closed its end (or half-closed it) at a frame boundary, or declared a
+        // frame too large to read and drop. What it sent before is answered first, as a
+        // half-closing client expects: the requests may still sit in the dispatcher's or a
+        // device's queue (an io pass can read the last requests and the EOF before any
+        // actor runs). Our own requests can get no reply any more and fail at once. Then
+        // the connection ends, with a bound on the wait.
+        CAF_LOG_INFO("closing (" << e.message() << "): answering what the peer sent first");
         auto& st = self->state;
         self->send(st.correlation, failall_atom::value, e);
         st.transport->fail_direct(e);

@@ -377,7 +377,12 @@ bool stream_transport::read_pass_locked(bool block) {
     if (!b) b = std::make_shared<std::vector<proto::frame_assembler::event>>();
     b->push_back(std::move(ev));
   };
+  proto::error overflow;  // a frame declared far over the limit: answer, then close
   for (auto& ev : evs) {
+    if (ev.kind == proto::frame_assembler::event::fatal && ev.err.code == proto::errc::too_large) {
+      overflow = ev.err;
+      continue;
+    }
     if (ev.kind == proto::frame_assembler::event::rejected) {
       if (ev.hdr.is_reply()) {
         count_reply_in();
@@ -427,6 +432,7 @@ bool stream_transport::read_pass_locked(bool block) {
   if (batch) caf::anon_send(owner_, frames_atom::value, batch);
   if (fail && clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, fail);  // answer, then close
   else if (fail) caf::anon_send(owner_, ioerr_atom::value, fail);
+  else if (overflow) caf::anon_send(owner_, eof_atom::value, overflow);
   if (fatal) stopped_ = true;  // the assembler's fatal event (in the batch) or `fail` ends the actor
   return true;
 }

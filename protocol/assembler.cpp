@@ -19,17 +19,11 @@ void frame_assembler::feed(const uint8_t* data, size_t n, fd_list fds, std::vect
   const size_t first_event = out.size();
   size_t i = 0;
   while (i < n) {
-    if (draining_) {
+    if (draining_) {  // (its rejected event went out with its header)
       size_t k = size_t(std::min<uint64_t>(drain_left_, n - i));
       drain_left_ -= k;
       i += k;
-      if (drain_left_ == 0) {
-        draining_ = false;
-        event ev{event::rejected, {}, drain_hdr_,
-                 error(errc::too_large, "msg_size " + std::to_string(drain_hdr_.msg_size) +
-                                            " > limit " + std::to_string(max_frame_))};
-        out.push_back(std::move(ev));
-      }
+      if (drain_left_ == 0) draining_ = false;
       continue;
     }
     if (!in_body_) {
@@ -50,14 +44,16 @@ void frame_assembler::feed(const uint8_t* data, size_t n, fd_list fds, std::vect
         return;
       }
       if (h.msg_size > max_frame_) {
-        draining_ = true;
-        drain_hdr_ = h;
+        // Answered now, not when (if ever) its body has come.
+        std::string what = "msg_size " + std::to_string(h.msg_size) + " > limit " + std::to_string(max_frame_);
+        out.push_back(event{event::rejected, {}, h, error(errc::too_large, what)});
         cur_.fds.clear();  // fds that came with its header go with it
-        drain_left_ = h.msg_size - header_size;
-        if (drain_left_ == 0) {  // cannot happen with max_frame_ >= 16, kept for safety
-          draining_ = false;
-          out.push_back(event{event::rejected, {}, h, error(errc::too_large, "oversized frame")});
+        if (h.msg_size - max_frame_ > limits::oversize_drain_max) {
+          fail(out, error(errc::too_large, what + ": too far over it to read and drop"));
+          return;
         }
+        draining_ = true;
+        drain_left_ = h.msg_size - header_size;
         continue;
       }
       cur_.bytes.resize(h.msg_size);  // checked against max_frame_ above

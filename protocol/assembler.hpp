@@ -3,9 +3,12 @@
 //
 // Three outcomes, kept distinct (architecture.md):
 //  - frame:    a complete message with its fds;
-//  - rejected: the header was readable but the frame is not acceptable (too large). Its body
-//              is drained without being stored, so the stream stays in sync, and the layer
-//              above answers with an error reply (E2BIG) if it was a command;
+//  - rejected: the header was readable but the frame is not acceptable (too large). The
+//              event comes with the header, so the layer above answers (E2BIG, if it was a
+//              command) without waiting for the body. The body is then drained without
+//              being stored, so the stream stays in sync, if it is at most
+//              limits::oversize_drain_max over the limit; otherwise a fatal event (code
+//              too_large) follows: the layer above answers, then closes;
 //  - fatal:    the stream can no longer be trusted (size < 16, bad type bits, too many fds).
 // Body bytes are never parsed as a header. Nothing is allocated before the header's size
 // has been checked against `max_frame`.
@@ -68,7 +71,6 @@ class frame_assembler {
   bool in_body_ = false;
   bool draining_ = false;
   uint64_t drain_left_ = 0;
-  header drain_hdr_{};
   frame cur_;
   size_t body_have_ = 0;
   bool failed_ = false;

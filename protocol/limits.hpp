@@ -23,6 +23,12 @@ inline constexpr uint64_t our_max_data_xfer = 1u << 20;
 /// by default): 64 KiB replies always did (docs/interop.md).
 inline constexpr uint64_t qemu_dma_read_chunk = 64u << 10;
 
+/// A frame that declares a size over the limit is answered E2BIG at once. Up to this much
+/// over, its body is then read and dropped, so the stream stays in sync (about a
+/// millisecond of reading); further over, the connection is closed after the answer:
+/// reading gigabytes a peer may never send keeps nothing in sync. (QEMU closes on any.)
+inline constexpr uint64_t oversize_drain_max = 1u << 20;
+
 /// Room for the fixed part of any message on top of its data bytes (the largest fixed
 /// head is DMA_UNMAP with a bitmap, 40 bytes; region-info caps are bounded separately).
 inline constexpr uint32_t frame_overhead = 4096;

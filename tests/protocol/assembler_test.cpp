@@ -231,8 +231,10 @@ TEST_F(Assembler, OversizedFrameIsDrainedAndTheNextOneIsIntact) {
   frame_assembler a(64);
   std::vector<ev> out;
   // fd with a chunk ending inside the oversized frame: it is that frame's and is closed.
+  // The frame is rejected as soon as its header is in, before its body.
   feed(a, stream, 0, 50, out, eventfds(1, &raw));
-  EXPECT_TRUE(out.empty());
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].kind, ev::rejected);
   EXPECT_TRUE(a.mid_frame());
   EXPECT_FALSE(is_open(raw[0]));
   feed(a, stream, 50, stream.size(), out);
@@ -245,6 +247,35 @@ TEST_F(Assembler, OversizedFrameIsDrainedAndTheNextOneIsIntact) {
   EXPECT_EQ(out[1].kind, ev::frame_ready);
   EXPECT_EQ(out[1].f.bytes, next);
   EXPECT_FALSE(a.failed());
+}
+
+// More than limits::oversize_drain_max over the limit: rejected (to be answered), then
+// fatal with too_large (the layer above closes after the answer), not drained.
+TEST_F(Assembler, AFrameFarOverTheLimitIsRejectedThenFatal) {
+  header h{};
+  h.msg_id = 9;
+  h.command = uint16_t(command::region_write);
+  h.msg_size = uint32_t(64 + limits::oversize_drain_max + 1);
+  std::vector<uint8_t> b(header_size);
+  write_header(b.data(), h);
+  frame_assembler a(64);
+  std::vector<ev> out;
+  a.feed(b.data(), b.size(), {}, out);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].kind, ev::rejected);
+  EXPECT_EQ(out[0].hdr.msg_id, 9);
+  EXPECT_EQ(out[1].kind, ev::fatal);
+  EXPECT_EQ(out[1].err.code, errc::too_large);
+  EXPECT_TRUE(a.failed());
+  // Exactly at the bound it is drained.
+  h.msg_size = uint32_t(64 + limits::oversize_drain_max);
+  write_header(b.data(), h);
+  frame_assembler d(64);
+  out.clear();
+  d.feed(b.data(), b.size(), {}, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].kind, ev::rejected);
+  EXPECT_FALSE(d.failed());
 }
 
 TEST_F(Assembler, FdsThatArrivedWithTheOversizedHeaderAreClosed) {

@@ -317,4 +317,36 @@ TEST_F(RobustnessTest, AReplyTheDeviceWaitsForIsReadWhileThePeerOutrunsIt) {
   caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);
 }
 
+// 4. A header that declares more than the negotiated maximum is answered E2BIG at once,
+// without waiting for its body. Up to 1 MiB over the limit the body is then read and
+// dropped, and the stream stays in sync; further over, the connection is closed after
+// the answer (draining up to 4 GiB from a peer that may never send it keeps nothing in
+// sync). A header alone declaring 4 GiB used to get no answer at all.
+TEST_F(RobustnessTest, ADeclaredSizeOverTheLimitIsAnsweredBeforeItsBody) {
+  test::raw_peer peer(serve_sample("ram"));
+  ASSERT_TRUE(peer.version());  // max_data_xfer_size 1 MiB: frames up to 1 MiB + 4 KiB
+  region_write_request w{{0, 0, (1u << 20) + 64 * 1024}, {}};
+  w.data.assign(w.count, 0x5a);
+  auto f = make_frame(1, w);
+  ASSERT_TRUE(peer.send_bytes(f.bytes.data(), header_size));  // the header alone
+  EXPECT_EQ(answer(peer, 1, 2s), E2BIG) << "no E2BIG before the body";
+  ASSERT_TRUE(peer.send_bytes(f.bytes.data() + header_size, f.bytes.size() - header_size));
+  ASSERT_TRUE(peer.send(region_read_request{{0, 0, 4}}, 2));
+  EXPECT_EQ(answer(peer, 2), 0) << "the stream is out of sync after the drained body";
+}
+
+TEST_F(RobustnessTest, ADeclaredSizeFarOverTheLimitIsAnsweredAndTheConnectionClosed) {
+  test::raw_peer peer(serve_sample("ram"));
+  ASSERT_TRUE(peer.version());
+  header h{};
+  h.msg_id = 1;
+  h.command = uint16_t(command::region_write);
+  h.msg_size = 0xffffffff;  // 4 GiB, and nothing of it sent
+  uint8_t b[header_size];
+  write_header(b, h);
+  ASSERT_TRUE(peer.send_bytes(b, sizeof b));
+  EXPECT_EQ(answer(peer, 1, 2s), E2BIG) << "a 4 GiB declaration got no answer";
+  EXPECT_TRUE(peer.wait_eof(2s)) << "the connection was not closed";
+}
+
 }  // namespace
