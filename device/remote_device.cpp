@@ -266,15 +266,40 @@ status remote_device::probe_locked() {
   return {};
 }
 
+uint8_t* remote_device::mapping(uint32_t region, uint64_t offset, uint64_t count) const {
+  uint64_t end;
+  if (region >= regions_.size() || __builtin_add_overflow(offset, count, &end)) return nullptr;
+  for (auto& [a, p] : regions_[region].areas)
+    if (offset >= a.offset && end <= a.offset + a.size) return p + (offset - a.offset);
+  return nullptr;
+}
+
+status remote_device::fence() {
+  uint64_t posted = posted_.load(std::memory_order_acquire);
+  if (fenced_.load(std::memory_order_acquire) >= posted) return {};
+  // The server handles commands in order: any answer says the posted writes before it are
+  // done. DEVICE_GET_INFO has no side effects.
+  auto r = ep_->call(device_info_request{});
+  if (auto e = r.failure()) return e;
+  fenced(posted);
+  return {};
+}
+
+void remote_device::fenced(uint64_t posted) {
+  uint64_t f = fenced_.load(std::memory_order_relaxed);
+  while (f < posted && !fenced_.compare_exchange_weak(f, posted, std::memory_order_release)) {
+  }
+}
+
 status remote_device::read(uint32_t region, uint64_t offset, void* buf, uint64_t count) {
   if (auto s = gate(); !s) return s;
   std::shared_lock<std::shared_mutex> rl(probe_m_);
-  if (region < regions_.size())
-    for (auto& [a, p] : regions_[region].areas)
-      if (offset >= a.offset && offset + count <= a.offset + a.size) {
-        std::memcpy(buf, p + (offset - a.offset), count);
-        return {};
-      }
+  if (uint8_t* p = mapping(region, offset, count)) {
+    if (auto s = fence(); !s) return s;
+    std::memcpy(buf, p, count);
+    return {};
+  }
+  uint64_t posted = posted_.load(std::memory_order_acquire);
   uint64_t chunk = std::max<uint64_t>(1, ep_->limits().send_max_data);
   auto* out = static_cast<uint8_t*>(buf);
   for (uint64_t done = 0; done < count;) {
@@ -295,18 +320,19 @@ status remote_device::read(uint32_t region, uint64_t offset, void* buf, uint64_t
     std::memcpy(out + done + land.to, data + land.to, n - land.to);
     done += n;
   }
+  fenced(posted);
   return {};
 }
 
 status remote_device::write(uint32_t region, uint64_t offset, const void* buf, uint64_t count) {
   if (auto s = gate(); !s) return s;
   std::shared_lock<std::shared_mutex> rl(probe_m_);
-  if (region < regions_.size())
-    for (auto& [a, p] : regions_[region].areas)
-      if (offset >= a.offset && offset + count <= a.offset + a.size) {
-        std::memcpy(p + (offset - a.offset), buf, count);
-        return {};
-      }
+  if (uint8_t* p = mapping(region, offset, count)) {
+    if (auto s = fence(); !s) return s;
+    std::memcpy(p, buf, count);
+    return {};
+  }
+  uint64_t posted = posted_.load(std::memory_order_acquire);
   uint64_t chunk = std::max<uint64_t>(1, ep_->limits().send_max_data);
   auto* in = static_cast<const uint8_t*>(buf);
   for (uint64_t done = 0; done < count;) {
@@ -322,14 +348,24 @@ status remote_device::write(uint32_t region, uint64_t offset, const void* buf, u
       return error(errc::protocol_violation, "REGION_WRITE reply does not match the request");
     done += n;
   }
+  fenced(posted);
   return {};
 }
 
 status remote_device::write_posted(uint32_t region, uint64_t offset, const void* buf, uint32_t count) {
   if (auto s = gate(); !s) return s;
+  {
+    std::shared_lock<std::shared_mutex> rl(probe_m_);
+    if (uint8_t* p = mapping(region, offset, count)) {  // plain memory: write it, in its turn
+      if (auto s = fence(); !s) return s;
+      std::memcpy(p, buf, count);
+      return {};
+    }
+  }
   if (count > ep_->limits().send_max_data) return error(errc::too_large, "posted write above max_data_xfer_size");
   ep_->post_frame(make_region_frame(0, command::region_write, false, region_access{offset, region, count},
                                     static_cast<const uint8_t*>(buf), hflags::no_reply));
+  posted_.fetch_add(1, std::memory_order_release);  // (once it is on its way: fence())
   return {};
 }
 
@@ -348,6 +384,7 @@ status remote_device::write_posted_many(const std::vector<posted_write>& writes)
     for (size_t k = i; k < std::min(writes.size(), i + per_message); ++k)
       m.writes.push_back(write_multi_entry{writes[k].offset, writes[k].region, writes[k].count, writes[k].data});
     ep_->post_noreply(m);
+    posted_.fetch_add(1, std::memory_order_release);
   }
   return {};
 }

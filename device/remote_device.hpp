@@ -8,6 +8,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -89,7 +90,9 @@ class remote_device {
   /// through an mmapped sparse area when the whole range lies in one.
   proto::status read(uint32_t region, uint64_t offset, void* buf, uint64_t count);
   proto::status write(uint32_t region, uint64_t offset, const void* buf, uint64_t count);
-  /// Posted write (NO_REPLY); stays ordered with later requests.
+  /// Posted write (NO_REPLY); stays ordered with later requests, and with later accesses
+  /// through an mmapped area (which first wait for the posted writes before them: one
+  /// round trip, only when there are any). Into an mmapped area it is a plain write.
   proto::status write_posted(uint32_t region, uint64_t offset, const void* buf, uint32_t count);
   /// Several posted writes of at most 8 bytes: coalesced into REGION_WRITE_MULTI messages
   /// (up to 200 entries, as QEMU does) when the server advertised write_multiple, otherwise
@@ -125,6 +128,13 @@ class remote_device {
  private:
   remote_device() = default;
   proto::status fetch_region(uint32_t index);
+  /// Where [offset, offset+count) of `region` is mapped, if one sparse area holds all of
+  /// it (probe_m_ held).
+  uint8_t* mapping(uint32_t region, uint64_t offset, uint64_t count) const;
+  /// Waits until the server has applied every posted write sent so far (a round trip, if
+  /// any is not known to be applied); fenced() records that those up to `posted` are.
+  proto::status fence();
+  void fenced(uint64_t posted);
 
   proto::status probe_locked();
   proto::status gate();
@@ -161,6 +171,9 @@ class remote_device {
   uint64_t replays_ = 0;
   proto::error replay_error_;
   std::thread replayer_;
+  // Posted writes sent by message, and how many of them the server is known to have
+  // applied (an answer to a later request says so).
+  std::atomic<uint64_t> posted_{0}, fenced_{0};
 };
 
 /// The device actor a client registers to serve DMA_READ/DMA_WRITE from `mem`.
