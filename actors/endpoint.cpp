@@ -428,9 +428,11 @@ std::optional<uint16_t> endpoint::register_direct(proto::frame& frame, const std
                                                   uint64_t epoch, std::chrono::milliseconds timeout, proto::error& err) {
   auto h = frame.hdr();
   bool replied = !h.no_reply();
-  auto limit = std::max(cfg_.correlation.short_timeout, cfg_.correlation.long_timeout);
-  if (replied && !direct_->acquire(limit)) {  // back-pressure
-    err = proto::error(proto::errc::busy, "too many outstanding requests");
+  // Back-pressure: room among the outstanding requests, for as long as the call may take
+  // (a no-wait request: its command's timeout).
+  auto wait = timeout_for(h.command, timeout);
+  if (replied && !direct_->acquire(wait)) {
+    err = proto::error(proto::errc::busy, "too many outstanding requests (waited " + std::to_string(wait.count()) + " ms)");
     return std::nullopt;
   }
   auto id = direct_->add(replied ? slot : nullptr, h.command, epoch);

@@ -69,14 +69,14 @@ TEST_F(RobustnessTest, ASecondVersionIsRefusedAndTheConnectionStays) {
   EXPECT_EQ(answer(peer, 8), 0) << "the connection did not stay usable";
 }
 
-// A device that never answers a REGION_READ of offset 0x666 in time: it answers 300 ms
+// A device that never answers a REGION_READ of offset 0x666 in time: it answers `late_ms`
 // late, through answer_now (as a device whose request nothing waits behind does) and as
 // its reply to the dispatcher. Every other read is answered at once.
 using late_atom = caf::atom_constant<caf::atom("late")>;
 struct slow_state {
   std::vector<std::pair<caf::response_promise, inbound_ptr>> held;
 };
-caf::behavior slow_device(caf::stateful_actor<slow_state>* self, int) {
+caf::behavior slow_device(caf::stateful_actor<slow_state>* self, int late_ms) {
   return {
       [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> {
         auto* r = std::get_if<region_read_request>(&in->msg);
@@ -84,7 +84,7 @@ caf::behavior slow_device(caf::stateful_actor<slow_state>* self, int) {
         region_read_reply rep{*r, std::vector<uint8_t>(r->count, 0x11)};
         if (r->offset != 0x666) return answer_now(*in, outbound::of(rep));
         self->state.held.emplace_back(self->make_response_promise(), in);
-        self->delayed_send(self, 300ms, late_atom::value);
+        self->delayed_send(self, std::chrono::milliseconds(late_ms), late_atom::value);
         return caf::delegated<outbound_ptr>{};
       },
       [=](late_atom) {
@@ -105,7 +105,7 @@ caf::behavior slow_device(caf::stateful_actor<slow_state>* self, int) {
 TEST_F(RobustnessTest, AHandlerPastItsDeadlineIsAnsweredEtimedoutAndItsLateAnswerDropped) {
   endpoint_config cfg;
   cfg.handler_timeout = 100ms;
-  auto dev = rt_->system().spawn(slow_device, 0);
+  auto dev = rt_->system().spawn(slow_device, 300);
   test::raw_peer peer(serve(dev, cfg));
   ASSERT_TRUE(peer.version());
   region_read_request held{{0x666, 0, 4}}, quick{{0, 0, 4}};
@@ -408,6 +408,35 @@ TEST_F(RobustnessTest, AReadThroughTheMappingSeesTheWritesPostedBeforeIt) {
   EXPECT_FALSE(dv.read(0, ~uint64_t(0) - 0xff, buf, sizeof buf).ok());
   EXPECT_FALSE(dv.write(0, ~uint64_t(0) - 0xff, buf, sizeof buf).ok());
   d.value().reset();
+}
+
+// 7. A call that waits for room among the outstanding requests (back-pressure) gives up at
+// its own deadline, not after the longest timeout of any command (60 s).
+TEST_F(RobustnessTest, ACallWaitingForRoomKeepsItsOwnTimeout) {
+  endpoint_config scfg;
+  scfg.handler_timeout = 30s;
+  auto dev = rt_->system().spawn(slow_device, 20000);  // holds offset 0x666 for 20 s
+  auto sock = serve(dev, scfg);
+  endpoint_config cfg;
+  cfg.reconnect = false;
+  cfg.correlation.max_outstanding = 1;
+  auto crt = std::make_unique<runtime>();
+  auto ep = endpoint::connect_fd(*crt, std::move(sock), cfg);
+  ASSERT_TRUE(ep.ok());
+  auto& c = **ep;
+  std::thread first([&] { c.call(region_read_request{{0x666, 0, 4}}, {}, 3s); });  // holds the only slot
+  std::this_thread::sleep_for(100ms);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = c.call(region_read_request{{0, 0, 4}}, {}, 200ms);
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_TRUE(r.failure()) << "the call got through without room";
+  EXPECT_LT(took, 1500ms) << "a call with a 200 ms timeout waited "
+                          << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms for room";
+  first.join();
+  c.close();
+  ep.value().reset();
+  server_.reset();
+  caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);
 }
 
 }  // namespace
