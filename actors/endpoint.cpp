@@ -685,10 +685,11 @@ std::string endpoint::stats() {
 }
 
 void endpoint::close() {
-  if (closed_) return;
-  closed_ = true;
-  on_state(nullptr);
-  caf::anon_send(sup_, close_atom::value);
+  // Any thread, concurrently: one caller closes, and every caller returns once it is closed.
+  if (!closed_.exchange(true)) {
+    on_state(nullptr);
+    caf::anon_send(sup_, close_atom::value);
+  }
   wait_state(conn_state::closed, std::chrono::seconds(5));
 }
 

@@ -33,6 +33,7 @@
 
 #include <caf/all.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -201,7 +202,7 @@ class endpoint {
   std::shared_ptr<endpoint_status> status_;
   std::shared_ptr<direct_calls> direct_;
   caf::actor corr_, disp_, sup_;
-  bool closed_ = false;
+  std::atomic<bool> closed_{false};
 };
 
 }  // namespace vfu

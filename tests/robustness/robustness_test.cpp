@@ -439,4 +439,32 @@ TEST_F(RobustnessTest, ACallWaitingForRoomKeepsItsOwnTimeout) {
   caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);
 }
 
+// 8. close() may be called from any thread, concurrently, as endpoint.hpp promises: it used
+// to test and set a plain bool, so a second caller could return at once, before the
+// endpoint was closed (and TSan saw the race).
+TEST_F(RobustnessTest, CloseFromManyThreadsAtOnceReturnsWhenClosed) {
+  for (int round = 0; round < 20; ++round) {
+    auto sock = serve_sample("gpio");
+    endpoint_config cfg;
+    cfg.reconnect = false;
+    auto ep = endpoint::connect_fd(*rt_, std::move(sock), cfg);
+    ASSERT_TRUE(ep.ok());
+    auto& c = **ep;
+    std::atomic<int> ready{0}, early{0};
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 6; ++i)
+      ts.emplace_back([&] {
+        ++ready;
+        while (ready < 6) std::this_thread::yield();
+        c.close();
+        if (c.state() != conn_state::closed) ++early;
+      });
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(early.load(), 0) << "close() returned before the endpoint was closed (round " << round << ")";
+    ep.value().reset();
+    server_.reset();
+    if (early) break;
+  }
+}
+
 }  // namespace
