@@ -439,7 +439,19 @@ bool stream_transport::read_pass_locked(bool block) {
 
 proto::status stream_transport::send(const frame_ptr& f) { return send_many(&f, 1); }
 
+namespace {
+// One sendmsg carries at most SCM_MAX_FD fds, and a frame's fds go with one sendmsg.
+proto::status check_fds(const proto::frame& f) {
+  if (f.fds.size() <= proto::limits::scm_max_fd) return {};
+  return proto::error(proto::errc::bad_fds, std::string(proto::command_name(f.hdr().command)) + " with " +
+                                                std::to_string(f.fds.size()) + " fds: one message carries at most " +
+                                                std::to_string(proto::limits::scm_max_fd));
+}
+}  // namespace
+
 proto::status stream_transport::send_many(const frame_ptr* fs, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (auto st = check_fds(*fs[i]); !st) return st;
   std::lock_guard<std::mutex> g(wm_);
   if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
   bool any_fds = false;
@@ -460,6 +472,7 @@ proto::status stream_transport::send_many(const frame_ptr* fs, size_t n) {
 }
 
 proto::status stream_transport::send_now(frame_ptr f) {
+  if (auto st = check_fds(*f); !st) return st;
   std::lock_guard<std::mutex> g(wm_);
   if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
   ++sent_now;
@@ -644,8 +657,9 @@ ssize_t send_iov(int fd, const iovec* iov, size_t n, const proto::fd_list* fds) 
   mh.msg_iov = const_cast<iovec*>(iov);
   mh.msg_iovlen = n;
   alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * proto::limits::scm_max_fd)];
+  if (fds && fds->size() > proto::limits::scm_max_fd) return -EINVAL;  // (send_many refuses such frames)
   if (fds && !fds->empty()) {
-    size_t k = std::min<size_t>(fds->size(), proto::limits::scm_max_fd);
+    size_t k = fds->size();
     mh.msg_control = cbuf;
     mh.msg_controllen = CMSG_SPACE(sizeof(int) * k);
     cmsghdr* c = CMSG_FIRSTHDR(&mh);

@@ -467,4 +467,26 @@ TEST_F(RobustnessTest, CloseFromManyThreadsAtOnceReturnsWhenClosed) {
   }
 }
 
+// 9. A frame with more fds than one sendmsg can carry (SCM_MAX_FD, 253) is refused with a
+// clear error. send_iov used to drop the fds past 253, and the frame went out with fewer
+// fds than its payload names.
+TEST_F(RobustnessTest, AFrameWithMoreFdsThanOneMessageCarriesIsRefused) {
+  auto sock = serve_sample("dma-test");
+  endpoint_config cfg;
+  cfg.reconnect = false;
+  auto ep = endpoint::connect_fd(*rt_, std::move(sock), cfg);
+  ASSERT_TRUE(ep.ok());
+  set_irqs_request s;
+  s.flags = irq_set_flags::data_eventfd | irq_set_flags::action_trigger;
+  s.index = irq_index::msix;
+  s.count = limits::scm_max_fd + 1;
+  fd_list fds;
+  for (uint32_t i = 0; i < s.count; ++i) fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
+  auto r = (*ep)->call(s, std::move(fds));
+  auto f = r.failure();
+  EXPECT_EQ(f.code, errc::bad_fds) << "got: " << f.message();
+  EXPECT_TRUE((*ep)->call(device_info_request{}).ok()) << "the connection did not stay usable";
+  (*ep)->close();
+}
+
 }  // namespace
