@@ -179,14 +179,16 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   CAF_LOG_DEBUG("recv " << proto::describe(h, f.fds.size()));
   caf::actor target = st.device;
   if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = it->second;
-  // For the device framework's actor, a REGION_WRITE's data stays in its frame (the frame
-  // travels with the request), sparing a copy of up to max_data_xfer_size bytes.
-  auto lim = st.limits;
-  lim.borrow_region_write = target && st.borrowing.count(target.id());
-  auto m = proto::decode(f, st.cfg.quirks, lim);
+  // A REGION_WRITE's data stays in its frame, which the message shares (proto::shared_bytes):
+  // no copy of up to max_data_xfer_size bytes, and no handler can outlive the bytes.
+  std::shared_ptr<proto::frame> shared;
+  if (h.command == uint16_t(proto::command::region_write) && h.is_command()) shared = make_frame_ptr(std::move(f));
+  proto::frame& fr = shared ? *shared : f;
+  auto m = shared ? proto::decode(std::shared_ptr<const proto::frame>(shared), st.cfg.quirks, st.limits)
+                  : proto::decode(fr, st.cfg.quirks, st.limits);
   if (!m) {
     ++st.decode_errors;
-    CAF_LOG_WARNING("bad request " << proto::describe(h, f.fds.size()) << ": " << m.err().message());
+    CAF_LOG_WARNING("bad request " << proto::describe(h, fr.fds.size()) << ": " << m.err().message());
     error_in_turn(self, r, h, proto::to_wire_errno(m.err()), std::move(ticket));
     return;  // the frame's fds close with it
   }
@@ -198,7 +200,7 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
       return;
     }
     if (!st.negotiated) {
-      CAF_LOG_WARNING("first command is not VERSION: " << proto::describe(h, f.fds.size()));
+      CAF_LOG_WARNING("first command is not VERSION: " << proto::describe(h, fr.fds.size()));
       error_reply(self, r, h, EINVAL);
       self->send(sock, close_atom::value);
       return;
@@ -211,9 +213,7 @@ void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, pr
   auto in = std::make_shared<inbound>();
   in->hdr = h;
   in->msg = std::move(*m);
-  in->fds = std::move(f.fds);
-  if (auto* w = std::get_if<proto::region_write_request>(&in->msg); w && w->borrowed)
-    in->frame = make_frame_ptr(std::move(f));  // the vector moves, its bytes stay where they are
+  in->fds = std::move(fr.fds);
   in->correlation = st.correlation;
   in->writer = tr;
   ++st.served;
@@ -236,8 +236,6 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
   return {
       [=](handler_atom, uint16_t cmd, caf::actor& h) {
         self->monitor(h);
-        auto* named = dynamic_cast<caf::monitorable_actor*>(caf::actor_cast<caf::abstract_actor*>(h));
-        if (named && std::strcmp(named->name(), borrowing_handler_name) == 0) self->state.borrowing.insert(h.id());
         if (cmd == 0) self->state.device = h;
         else self->state.by_command[cmd] = h;
       },

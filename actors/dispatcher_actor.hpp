@@ -101,7 +101,6 @@ struct dispatcher_state {
   /// When the earliest (deadline_atom) timer pending fires (max: none).
   std::chrono::steady_clock::time_point timer_at = std::chrono::steady_clock::time_point::max();
   std::map<uint16_t, caf::actor> by_command;
-  std::set<caf::actor_id> borrowing;    ///< handlers that take borrowed REGION_WRITE data
   caf::actor device;                    ///< whole-device handler (command 0)
   caf::actor correlation;
   proto::decode_limits limits;

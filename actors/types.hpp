@@ -115,8 +115,6 @@ struct inbound {
   /// REGION_READ reply, straight from device memory); null when it did not come from a
   /// transport.
   std::shared_ptr<reply_writer> writer;
-  /// The request's frame, kept while `msg` points into it (a REGION_WRITE's borrowed data).
-  frame_ptr frame;
   /// No other request of the connection waited behind this one when the dispatcher handed
   /// it over: its reply may leave at once (reply_writer::send_now) instead of travelling
   /// back through the dispatcher, which batches replies only when more requests are queued.
@@ -130,10 +128,6 @@ struct inbound {
   std::atomic<bool> answered_{false};
 };
 
-/// The name of a handler actor that takes a REGION_WRITE's data borrowed from its frame
-/// (region_write_request::borrowed, data left empty): the device framework's device actor.
-/// Any other handler gets the data copied into region_write_request::data, as before.
-inline constexpr const char* borrowing_handler_name = "vfu.device";
 using inbound_ptr = std::shared_ptr<inbound>;
 
 /// A device actor's answer: an errno, or a reply message with optional fds.

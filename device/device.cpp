@@ -58,7 +58,7 @@ struct device_state : device_context {
   dma_wire wire = dma_wire::unknown;
   std::vector<std::function<void()>> wire_waiters;  ///< message DMA held until it is known
   uint64_t conn_gen = 0;                            ///< which connection a probe belongs to
-  static inline const char* name = borrowing_handler_name;  // it reads w->bytes()
+  static inline const char* name = "vfu.device";
 
   ~device_state() override { drop_connection_state(); for (auto& s : shm) if (s.mem) ::munmap(s.mem, s.size); }
 
@@ -548,8 +548,8 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
             return answer_now(*in, outbound::of_frame(std::move(f)));
           }
           if (auto* w = std::get_if<region_write_request>(&m)) {
-            // (A write only reads from the buffer; borrowed data lives in the request frame.)
-            auto* src = const_cast<uint8_t*>(w->bytes());
+            // (A write only reads from the buffer, which may be the request frame's.)
+            auto* src = const_cast<uint8_t*>(w->data.data());
             if (int e = region_access(st, w->region, w->offset, src, w->count, true)) return answer_now(*in, outbound::error(e));
             return answer_now(*in, outbound::of(region_write_reply{{w->offset, w->region, w->count}}));
           }

@@ -31,6 +31,7 @@ struct dctx {
   size_t nfds;
   const quirks& q;
   const decode_limits& lim;
+  std::shared_ptr<const void> owner;  ///< of the payload's bytes, when they may be shared
   bool reply() const { return h.is_reply(); }
   error fail(errc c, const std::string& what) const { return error(c, ctx(h.command, reply(), what)); }
   error short_payload(size_t need) const {
@@ -364,8 +365,8 @@ result<message> dec_region_rw(const dctx& c, bool write) {
     return message{std::move(m)};
   }
   region_write_request m{a, {}};
-  if (c.lim.borrow_region_write) m.borrowed = r.here();
-  else r.bytes(a.count, m.data);
+  if (c.owner) m.data = shared_bytes(c.owner, r.here(), a.count);
+  else r.bytes(a.count, m.data.own());
   return message{std::move(m)};
 }
 
@@ -558,8 +559,23 @@ result<message> dec_mig_data(const dctx& c, bool write) {
 }  // namespace
 
 // ======================================================================================
+namespace {
+result<message> decode_in(const dctx& c);
+}  // namespace
+
+result<message> decode(const std::shared_ptr<const frame>& f, const quirks& q, const decode_limits& lim) {
+  return decode_in(dctx{f->hdr(), f->payload(), f->fds.size(), q, lim, f});
+}
+
 result<message> decode(const header& h, byte_view p, size_t nfds, const quirks& q, const decode_limits& lim) {
-  dctx c{h, p, nfds, q, lim};
+  return decode_in(dctx{h, p, nfds, q, lim, nullptr});
+}
+
+namespace {
+result<message> decode_in(const dctx& c) {
+  const header& h = c.h;
+  byte_view p = c.p;
+  const quirks& q = c.q;
   if (h.msg_size != p.size + header_size)
     return error(errc::bad_header, "msg_size " + std::to_string(h.msg_size) + " != frame length");
   uint32_t type = h.flags & hflags::type_mask;
@@ -619,6 +635,7 @@ result<message> decode(const header& h, byte_view p, size_t nfds, const quirks& 
   }
   return error(errc::unknown_command, command_name(h.command));
 }
+}  // namespace
 
 // ======================================================================================
 namespace {
@@ -734,8 +751,7 @@ void encode_into(const message& msg, frame_bytes& out) {
       [&](const region_read_reply& m) { write_access(w, m); w.bytes(m.data); },
       [&](const region_write_request& m) {
         write_access(w, m);
-        if (m.borrowed) w.bytes(m.borrowed, m.count);
-        else w.bytes(m.data);
+        w.bytes(m.data.data(), m.data.size());
       },
       [&](const region_write_reply& m) { write_access(w, m); },
       [&](const dma_read_request& m) { enc_dma(w, m, nullptr); },

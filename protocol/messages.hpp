@@ -12,8 +12,10 @@
 // checked by the layer that has it, using `decode_limits`.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <variant>
@@ -62,10 +64,53 @@ struct quirks {
 /// Limits that depend on the connection (negotiated); decode checks data counts with them.
 struct decode_limits {
   uint64_t max_data_xfer = 64u << 20;  ///< count in REGION/DMA/MIG data messages
-  /// A REGION_WRITE request's data is not copied out of the frame: the message points at
-  /// it (region_write_request::borrowed), and the caller keeps the frame alive and in
-  /// place while it uses the message. For the server's bulk path.
-  bool borrow_region_write = false;
+};
+
+/// Bulk bytes of a message (a REGION_WRITE's data): its own, or shared with the frame it
+/// was decoded from (decode() of a shared frame), which spares copying up to
+/// max_data_xfer_size bytes. A copy of the message shares them as well, so the bytes live
+/// as long as any copy: no reader is left with a dangling pointer. Reading goes through
+/// data()/size(); changing them makes them the message's own first.
+class shared_bytes {
+ public:
+  shared_bytes() = default;
+  shared_bytes(std::vector<uint8_t> v) : own_(std::move(v)) {}  // NOLINT: a vector is the common case
+  shared_bytes(std::initializer_list<uint8_t> l) : own_(l) {}
+  /// `n` bytes at `p`, kept alive by `owner`.
+  shared_bytes(std::shared_ptr<const void> owner, const uint8_t* p, size_t n) : owner_(std::move(owner)), p_(p), n_(n) {}
+  const uint8_t* data() const noexcept { return owner_ ? p_ : own_.data(); }
+  size_t size() const noexcept { return owner_ ? n_ : own_.size(); }
+  bool empty() const noexcept { return size() == 0; }
+  const uint8_t* begin() const noexcept { return data(); }
+  const uint8_t* end() const noexcept { return data() + size(); }
+  uint8_t operator[](size_t i) const noexcept { return data()[i]; }
+  /// Whether the bytes are shared with a frame (not copied).
+  bool shared() const noexcept { return bool(owner_); }
+  std::vector<uint8_t>& own() {
+    if (owner_) {
+      own_.assign(p_, p_ + n_);
+      owner_.reset();
+    }
+    return own_;
+  }
+  void assign(size_t n, uint8_t v) { own().assign(n, v); }
+  void resize(size_t n) { own().resize(n); }
+  void push_back(uint8_t v) { own().push_back(v); }
+  uint8_t& operator[](size_t i) { return own()[i]; }
+  bool operator==(const shared_bytes& o) const noexcept {
+    return size() == o.size() && std::equal(begin(), end(), o.begin());
+  }
+  bool operator!=(const shared_bytes& o) const noexcept { return !(*this == o); }
+  friend bool operator==(const shared_bytes& a, const std::vector<uint8_t>& b) noexcept {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+  }
+  friend bool operator==(const std::vector<uint8_t>& b, const shared_bytes& a) noexcept { return a == b; }
+
+ private:
+  std::vector<uint8_t> own_;
+  std::shared_ptr<const void> owner_;
+  const uint8_t* p_ = nullptr;
+  size_t n_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -266,11 +311,7 @@ struct region_access {
 };
 struct region_read_request : region_access {};
 struct region_read_reply : region_access { std::vector<uint8_t> data; };
-struct region_write_request : region_access {
-  std::vector<uint8_t> data;
-  const uint8_t* borrowed = nullptr;  ///< instead of data: count bytes in the decoded frame
-  const uint8_t* bytes() const noexcept { return borrowed ? borrowed : data.data(); }
-};
+struct region_write_request : region_access { shared_bytes data; };
 struct region_write_reply : region_access {};
 
 // 11 DMA_READ / 12 DMA_WRITE (server -> client): address u64@0 count u64@8 (+ data@16).
@@ -395,6 +436,9 @@ result<message> decode(const header& h, byte_view payload, size_t nfds, const qu
 inline result<message> decode(const frame& f, const quirks& q = {}, const decode_limits& lim = {}) {
   return decode(f.hdr(), f.payload(), f.fds.size(), q, lim);
 }
+/// decode() of a frame held in a shared_ptr: a REGION_WRITE's data is then shared with the
+/// frame (shared_bytes), not copied.
+result<message> decode(const std::shared_ptr<const frame>& f, const quirks& q = {}, const decode_limits& lim = {});
 
 /// Encodes the payload of a typed message (no header).
 std::vector<uint8_t> encode_payload(const message& m);

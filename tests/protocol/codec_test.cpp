@@ -463,27 +463,30 @@ TEST(Codec, RegionWritePosted) {
          "0400000000000000 07000000 02000000");
 }
 
-// The server's bulk path decodes REGION_WRITE without copying its data: the message points
-// into the frame, and encodes back to the same bytes. Without the option, data is a copy.
-TEST(Codec, RegionWriteCanBorrowItsDataFromTheFrame) {
+// Decoded from a shared frame, a REGION_WRITE's data is not copied: the message shares the
+// frame's bytes, a copy of the message keeps them alive after the frame's last other
+// holder lets go, and it encodes back to the same bytes. From a plain frame, data is a copy.
+TEST(Codec, RegionWriteSharesItsDataWithTheFrame) {
   region_write_request m;
   m.offset = 0x100;
   m.region = 2;
   m.count = 5;
   m.data = {1, 2, 3, 4, 5};
-  auto f = make_frame(0x21, m);
-  decode_limits lim;
-  lim.borrow_region_write = true;
-  auto d = decode(f, quirks{}, lim);
+  auto f = std::make_shared<frame>(make_frame(0x21, m));
+  auto want = f->bytes;
+  auto d = decode(std::shared_ptr<const frame>(f));
   ASSERT_TRUE(d.ok()) << d.err().message();
-  auto& w = std::get<region_write_request>(*d);
-  EXPECT_TRUE(w.data.empty());
-  ASSERT_EQ(w.borrowed, f.bytes.data() + header_size + region_access_size);
-  EXPECT_EQ(std::vector<uint8_t>(w.bytes(), w.bytes() + w.count), m.data);
-  EXPECT_EQ(make_frame(0x21, *d).bytes, f.bytes);
-  auto copied = decode(f);
+  auto kept = std::get<region_write_request>(*d);  // a copy of the message
+  EXPECT_TRUE(kept.data.shared());
+  ASSERT_EQ(kept.data.data(), f->bytes.data() + header_size + region_access_size);
+  EXPECT_EQ(kept.data, m.data);
+  f.reset();
+  d = error(errc::bad_value, "gone");  // no other holder of the frame is left
+  EXPECT_EQ(kept.data, m.data) << "the bytes went with the frame";
+  EXPECT_EQ(make_frame(0x21, kept).bytes, want);
+  auto copied = decode(make_frame(0x21, m));
   ASSERT_TRUE(copied.ok());
-  EXPECT_EQ(std::get<region_write_request>(*copied).borrowed, nullptr);
+  EXPECT_FALSE(std::get<region_write_request>(*copied).data.shared());
   EXPECT_EQ(std::get<region_write_request>(*copied).data, m.data);
 }
 

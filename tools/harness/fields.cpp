@@ -204,7 +204,7 @@ template <class V> void walk(V& v, region_read_reply& m) {
 }
 template <class V> void walk(V& v, region_write_request& m) {
   walk_access(v, m);
-  v.bytes("data", m.data);
+  v.bytes("data", m.data.own());
 }
 template <class V> void walk(V& v, region_write_reply& m) { walk_access(v, m); }
 template <class V> void walk_dma(V& v, dma_access& a) {
