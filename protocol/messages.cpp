@@ -783,25 +783,23 @@ std::vector<uint8_t> encode_payload(const message& msg) {
 }
 
 uint16_t command_of(const message& m) noexcept {
-  static constexpr command table[] = {
-      command::version, command::version, command::dma_map, command::dma_map,
-      command::dma_unmap, command::dma_unmap, command::device_get_info, command::device_get_info,
-      command::device_get_region_info, command::device_get_region_info,
-      command::device_get_region_io_fds, command::device_get_region_io_fds,
-      command::device_get_irq_info, command::device_get_irq_info, command::device_set_irqs,
-      command::device_set_irqs, command::region_read, command::region_read, command::region_write,
-      command::region_write, command::dma_read, command::dma_read, command::dma_write,
-      command::dma_write, command::device_reset, command::device_reset,
-      command::region_write_multi, command::region_write_multi, command::device_feature,
-      command::device_feature, command::mig_data_read, command::mig_data_read,
-      command::mig_data_write, command::mig_data_write};
-  static_assert(std::size(table) + 1 == std::variant_size_v<message>);
-  if (auto* e = std::get_if<error_reply>(&m)) return e->command;
-  return uint16_t(table[m.index()]);
+  return std::visit(
+      [](const auto& x) -> uint16_t {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, error_reply>) return x.command;
+        else return uint16_t(message_traits<T>::cmd);
+      },
+      m);
 }
 
 bool is_reply(const message& m) noexcept {
-  return std::holds_alternative<error_reply>(m) || (m.index() % 2 == 1);
+  return std::visit(
+      [](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, error_reply>) return true;
+        else return message_traits<T>::reply;
+      },
+      m);
 }
 
 std::string message_name(const message& m) {

@@ -422,6 +422,52 @@ using message = std::variant<
     write_multi_reply, device_feature_request, device_feature_reply, mig_data_read_request,
     mig_data_read_reply, mig_data_write_request, mig_data_write_reply, error_reply>;
 
+/// What each message type is, stated per type rather than derived from its place in
+/// `message`: a type added to the variant without its line here does not compile.
+template <class T>
+struct message_traits;  // (no definition)
+#define VFU_MESSAGE_TRAITS(T, CMD, REPLY)              \
+  template <>                                          \
+  struct message_traits<T> {                           \
+    static constexpr command cmd = command::CMD;       \
+    static constexpr bool reply = REPLY;               \
+  };
+VFU_MESSAGE_TRAITS(version_request, version, false)
+VFU_MESSAGE_TRAITS(version_reply, version, true)
+VFU_MESSAGE_TRAITS(dma_map_request, dma_map, false)
+VFU_MESSAGE_TRAITS(dma_map_reply, dma_map, true)
+VFU_MESSAGE_TRAITS(dma_unmap_request, dma_unmap, false)
+VFU_MESSAGE_TRAITS(dma_unmap_reply, dma_unmap, true)
+VFU_MESSAGE_TRAITS(device_info_request, device_get_info, false)
+VFU_MESSAGE_TRAITS(device_info_reply, device_get_info, true)
+VFU_MESSAGE_TRAITS(region_info_request, device_get_region_info, false)
+VFU_MESSAGE_TRAITS(region_info_reply, device_get_region_info, true)
+VFU_MESSAGE_TRAITS(io_fds_request, device_get_region_io_fds, false)
+VFU_MESSAGE_TRAITS(io_fds_reply, device_get_region_io_fds, true)
+VFU_MESSAGE_TRAITS(irq_info_request, device_get_irq_info, false)
+VFU_MESSAGE_TRAITS(irq_info_reply, device_get_irq_info, true)
+VFU_MESSAGE_TRAITS(set_irqs_request, device_set_irqs, false)
+VFU_MESSAGE_TRAITS(set_irqs_reply, device_set_irqs, true)
+VFU_MESSAGE_TRAITS(region_read_request, region_read, false)
+VFU_MESSAGE_TRAITS(region_read_reply, region_read, true)
+VFU_MESSAGE_TRAITS(region_write_request, region_write, false)
+VFU_MESSAGE_TRAITS(region_write_reply, region_write, true)
+VFU_MESSAGE_TRAITS(dma_read_request, dma_read, false)
+VFU_MESSAGE_TRAITS(dma_read_reply, dma_read, true)
+VFU_MESSAGE_TRAITS(dma_write_request, dma_write, false)
+VFU_MESSAGE_TRAITS(dma_write_reply, dma_write, true)
+VFU_MESSAGE_TRAITS(reset_request, device_reset, false)
+VFU_MESSAGE_TRAITS(reset_reply, device_reset, true)
+VFU_MESSAGE_TRAITS(write_multi_request, region_write_multi, false)
+VFU_MESSAGE_TRAITS(write_multi_reply, region_write_multi, true)
+VFU_MESSAGE_TRAITS(device_feature_request, device_feature, false)
+VFU_MESSAGE_TRAITS(device_feature_reply, device_feature, true)
+VFU_MESSAGE_TRAITS(mig_data_read_request, mig_data_read, false)
+VFU_MESSAGE_TRAITS(mig_data_read_reply, mig_data_read, true)
+VFU_MESSAGE_TRAITS(mig_data_write_request, mig_data_write, false)
+VFU_MESSAGE_TRAITS(mig_data_write_reply, mig_data_write, true)
+#undef VFU_MESSAGE_TRAITS
+
 /// The command number a typed message belongs to.
 uint16_t command_of(const message& m) noexcept;
 /// True for replies (including error_reply).

@@ -741,4 +741,40 @@ TEST(Codec, MessageNamesAndDirections) {
   EXPECT_EQ(std::variant_size_v<message>, 35u);  // 17 commands x 2 + error_reply
 }
 
+// What each message type is does not depend on its place in the variant (message_traits):
+// every type states its command and direction, and make_frame writes them.
+TEST(Codec, EveryMessageTypeStatesItsCommandAndDirection) {
+  struct row { message m; command cmd; bool reply; };
+  const row rows[] = {
+      {version_request{}, command::version, false}, {version_reply{}, command::version, true},
+      {dma_map_request{}, command::dma_map, false}, {dma_map_reply{}, command::dma_map, true},
+      {dma_unmap_request{}, command::dma_unmap, false}, {dma_unmap_reply{}, command::dma_unmap, true},
+      {device_info_request{}, command::device_get_info, false}, {device_info_reply{}, command::device_get_info, true},
+      {region_info_request{}, command::device_get_region_info, false},
+      {region_info_reply{}, command::device_get_region_info, true},
+      {io_fds_request{}, command::device_get_region_io_fds, false},
+      {io_fds_reply{}, command::device_get_region_io_fds, true},
+      {irq_info_request{}, command::device_get_irq_info, false}, {irq_info_reply{}, command::device_get_irq_info, true},
+      {set_irqs_request{}, command::device_set_irqs, false}, {set_irqs_reply{}, command::device_set_irqs, true},
+      {region_read_request{}, command::region_read, false}, {region_read_reply{}, command::region_read, true},
+      {region_write_request{}, command::region_write, false}, {region_write_reply{}, command::region_write, true},
+      {dma_read_request{}, command::dma_read, false}, {dma_read_reply{}, command::dma_read, true},
+      {dma_write_request{}, command::dma_write, false}, {dma_write_reply{}, command::dma_write, true},
+      {reset_request{}, command::device_reset, false}, {reset_reply{}, command::device_reset, true},
+      {write_multi_request{}, command::region_write_multi, false}, {write_multi_reply{}, command::region_write_multi, true},
+      {device_feature_request{}, command::device_feature, false}, {device_feature_reply{}, command::device_feature, true},
+      {mig_data_read_request{}, command::mig_data_read, false}, {mig_data_read_reply{}, command::mig_data_read, true},
+      {mig_data_write_request{}, command::mig_data_write, false}, {mig_data_write_reply{}, command::mig_data_write, true},
+      {error_reply{uint16_t(command::region_read), EIO, {}}, command::region_read, true},
+  };
+  EXPECT_EQ(std::size(rows), std::variant_size_v<message>);
+  for (auto& r : rows) {
+    EXPECT_EQ(command_of(r.m), uint16_t(r.cmd)) << message_name(r.m);
+    EXPECT_EQ(is_reply(r.m), r.reply) << message_name(r.m);
+    auto h = make_frame(1, r.m).hdr();
+    EXPECT_EQ(h.command, uint16_t(r.cmd));
+    EXPECT_EQ(h.is_reply(), r.reply);
+  }
+}
+
 }  // namespace
