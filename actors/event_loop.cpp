@@ -234,6 +234,11 @@ class loop_policy : public caf::policy::unprofiled {
 // and a request makes three runs; that was more than the whole request cost otherwise. Here
 // the tag is set only while something is being logged (the logger's verbosity is above
 // quiet), so log lines keep their actor ids.
+// It copies CAF 0.17.6's worker<Policy>::run() and relies on that version's internals: a
+// different CAF must fail to build here, not change the loop's behaviour unseen. (Compare
+// the new caf/scheduler/worker.hpp with this copy, then change the version below.)
+static_assert(CAF_VERSION == 1706, "event_loop.cpp specialises CAF 0.17.6's worker<Policy>::run(): check it against "
+                                   "this CAF's caf/scheduler/worker.hpp");
 template <>
 void caf::scheduler::worker<vfu::event_loop::loop_policy>::run() {
   CAF_SET_LOGGER_SYS(&system());
