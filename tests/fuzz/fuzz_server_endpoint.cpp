@@ -3,10 +3,13 @@
 // Each input is a byte stream that a client writes to a sample device served by the real
 // broker (socket, correlation, dispatcher, supervisor and device actors) over a socketpair
 // inside this process. Byte 0 picks the device (bit 0: dma-test, else gpio), whether a
-// valid VERSION goes first so that post-negotiation paths are reached (bit 1), and whether
-// pieces carry an eventfd as SCM_RIGHTS (bit 2); byte 1 sets the piece size. Then the
-// client half-closes and reads until the server closes. A crash, a sanitizer report, a hang
-// (libFuzzer -timeout) or a leaked fd (checked every input) is a finding.
+// valid VERSION goes first so that post-negotiation paths are reached (bit 1), whether
+// pieces carry an eventfd as SCM_RIGHTS (bit 2), and whether the client answers the
+// server's DMA_READ/DMA_WRITE between pieces (bit 3; bit 4: in QEMU's layout), so that
+// DMA_MAP and DMA_UNMAP race message DMA in flight; byte 1 sets the piece size. Handlers
+// have 100 ms deadlines, so timed-out requests and unmaps that outlive them are reached.
+// Then the client half-closes and reads until the server closes. A crash, a sanitizer
+// report, a hang (libFuzzer -timeout) or a leaked fd (checked every input) is a finding.
 #include <dirent.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -50,6 +53,41 @@ void send_piece(int fd, const uint8_t* p, size_t n, bool with_fd) {
   ::sendmsg(fd, &mh, MSG_NOSIGNAL);  // the server may have closed already: fine
 }
 
+// The client's side of the server's requests: DMA_READ is answered with zeros, DMA_WRITE
+// with an echo (spec) or a bare header (QEMU). Reads whatever is there without waiting.
+struct dma_answerer {
+  proto::frame_assembler in{64u << 20};
+  bool qemu = false;
+  void pump(int fd) {
+    uint8_t buf[65536];
+    for (;;) {
+      ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+      if (n <= 0) return;
+      std::vector<proto::frame_assembler::event> evs;
+      in.feed(buf, size_t(n), {}, evs);
+      for (auto& ev : evs) {
+        if (ev.kind != proto::frame_assembler::event::frame_ready || !ev.f.hdr().is_command()) continue;
+        auto q = qemu ? proto::quirks::qemu() : proto::quirks::spec();
+        auto m = proto::decode(ev.f, q);
+        if (!m) continue;
+        proto::frame out;
+        if (auto* r = std::get_if<proto::dma_read_request>(&*m)) {
+          if (r->count > (1u << 20)) continue;
+          proto::dma_read_reply rep{*r, std::vector<uint8_t>(r->count, 0)};
+          rep.layout = qemu ? proto::dma_layout::qemu : proto::dma_layout::spec;
+          out = proto::make_frame(ev.f.hdr().msg_id, rep);
+        } else if (auto* w = std::get_if<proto::dma_write_request>(&*m)) {
+          proto::dma_write_reply rep{{w->addr, w->count, qemu ? proto::dma_layout::empty : proto::dma_layout::spec}};
+          out = proto::make_frame(ev.f.hdr().msg_id, rep);
+        } else {
+          continue;
+        }
+        send_piece(fd, out.bytes.data(), out.bytes.size(), false);
+      }
+    }
+  }
+};
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -71,6 +109,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto dev = dev::spawn_device(rt->system(), dev::make_sample(mode & 1 ? "dma-test" : "gpio"));
   endpoint_config cfg;
   cfg.correlation.short_timeout = std::chrono::milliseconds(50);  // DMA nobody answers
+  cfg.handler_timeout = cfg.handler_timeout_long = std::chrono::milliseconds(100);
   const int server_fd = sv[0];
   struct stat sb {};
   const unsigned long server_ino = ::fstat(sv[0], &sb) == 0 ? (unsigned long)sb.st_ino : 0;
@@ -80,8 +119,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto v = proto::make_frame(0, proto::version_request{{0, 2, std::string("{\"capabilities\":{\"max_msg_fds\":8}}")}});
     send_piece(client.get(), v.bytes.data(), v.bytes.size(), false);
   }
-  for (size_t off = 0, i = 0; off < size; off += piece, ++i)
+  dma_answerer dma;
+  dma.qemu = mode & 16;
+  for (size_t off = 0, i = 0; off < size; off += piece, ++i) {
     send_piece(client.get(), data + off, std::min(piece, size - off), (mode & 4) && i % 3 == 0);
+    if (mode & 8) dma.pump(client.get());
+  }
+  for (int i = 0; (mode & 8) && i < 5 && fuzz::wait_readable(client.get(), 10) == 1; ++i) dma.pump(client.get());
   ::shutdown(client.get(), SHUT_WR);
   // Read until the server closes (it must, after our EOF); 30 s means it hung (a loaded
   // 2-core machine running two fuzzers and a build took over 5 s once).
