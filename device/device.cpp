@@ -210,7 +210,7 @@ struct device_state : device_context {
     if (!w || !(w->prot & dma_flags::write)) return cb(EFAULT);
     if (!cfg->bus_master()) return cb(EPERM);
     if (w->map) {
-      std::memcpy(w->map + (addr - w->addr), data.data(), data.size());
+      if (!data.empty()) std::memcpy(w->map + (addr - w->addr), data.data(), data.size());
       return cb(0);
     }
     if (!correlation) return cb(ENOTCONN);
