@@ -3,18 +3,9 @@
 
 #include <cstring>
 
-namespace vfu {
+#include "actors/negotiation.hpp"
 
-conn_limits limits_from(const proto::negotiated& n) {
-  conn_limits l;
-  uint64_t recv = n.recv_max_data();
-  l.max_frame = uint32_t(std::min<uint64_t>(recv + proto::limits::frame_overhead, UINT32_MAX));
-  l.max_frame = std::max(l.max_frame, proto::limits::max_version_frame);
-  l.decode.max_data_xfer = recv;
-  l.send_max_fds = n.send_max_fds();
-  l.send_max_data = n.send_max_data();
-  return l;
-}
+namespace vfu {
 
 namespace {
 
@@ -54,37 +45,22 @@ void error_in_turn(self_t self, const route& r, const proto::header& req, int er
                                             make_frame_ptr(proto::make_error_reply(req, err)), std::move(ticket)});
 }
 
-// Server role: VERSION negotiation.
+// Server role: VERSION negotiation (negotiation.hpp). A refusal closes the connection.
 void serve_version(self_t self, const route& r, const proto::header& h, const proto::version_request& v) {
-  const caf::actor& sock = r.sock;
   auto& st = self->state;
-  auto caps = proto::parse_capabilities(v.caps_json.value_or(""));
-  if (!caps) {
-    CAF_LOG_WARNING("VERSION from client rejected: " << caps.err().message());
-    error_reply(self, r, h, proto::to_wire_errno(caps.err()));
-    self->send(sock, close_atom::value);
+  auto a = server_version(v, st.cfg.offer);
+  if (!a) {
+    CAF_LOG_WARNING("VERSION from the client refused: " << a.err().message());
+    error_reply(self, r, h, proto::to_wire_errno(a.err()));
+    self->send(r.sock, close_atom::value);
     return;
   }
-  auto n = proto::server_negotiate(v.major, v.minor, *caps, st.cfg.offer);
-  if (!n) {
-    CAF_LOG_WARNING("VERSION negotiation failed: " << n.err().message());
-    error_reply(self, r, h, proto::to_wire_errno(n.err()));
-    self->send(sock, close_atom::value);
-    return;
-  }
-  auto lim = limits_from(*n);
-  st.limits = lim.decode;
+  // In force before the client can send anything else, i.e. before it sees the reply.
+  st.limits = put_in_force(a->n, *r.tr).decode;
   st.negotiated = true;
-  // The new frame limit must be in force before the client can send anything else, i.e.
-  // before it sees the reply.
-  r.tr->set_max_frame(lim.max_frame);
-  proto::version_reply rep;
-  rep.major = n->major;
-  rep.minor = n->minor;
-  rep.caps_json = proto::to_json(n->ours, true);
-  send_frame(self, r, make_frame_ptr(proto::make_frame(h.msg_id, rep)));
-  if (st.cfg.supervisor) self->send(st.cfg.supervisor, connup_atom::value, *n, sock);
-  if (st.device) self->send(st.device, connup_atom::value, *n);
+  send_frame(self, r, make_frame_ptr(proto::make_frame(h.msg_id, a->reply)));
+  if (st.cfg.supervisor) self->send(st.cfg.supervisor, connup_atom::value, a->n, r.sock);
+  if (st.device) self->send(st.device, connup_atom::value, a->n);
 }
 
 void dispatch_next(self_t self);

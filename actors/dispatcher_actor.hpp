@@ -117,7 +117,4 @@ struct dispatcher_state {
 caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,
                                caf::actor correlation);
 
-/// Connection limits after a negotiation, for the socket actor and the codec.
-conn_limits limits_from(const proto::negotiated& n);
-
 }  // namespace vfu

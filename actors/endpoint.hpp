@@ -40,7 +40,7 @@
 #include <string>
 
 #include "actors/correlation_actor.hpp"
-#include "actors/direct_calls.hpp"
+#include "actors/pending_table.hpp"
 #include "actors/dispatcher_actor.hpp"
 #include "actors/runtime.hpp"
 #include "actors/types.hpp"
@@ -181,26 +181,25 @@ class endpoint {
  private:
   endpoint(runtime& rt, endpoint_config cfg, role r);
   void start_actors(caf::actor handler);
-  /// Direct-call lane (direct_calls.hpp): registers, tracks and writes one request. With
+  /// A thread's request (calls.cpp, pending_table.hpp): registers and writes it. With
   /// `lead`, the caller tries to become the reader just before the write.
   using clock = std::chrono::steady_clock;
-  std::optional<uint16_t> send_direct(proto::frame f, std::shared_ptr<call_slot> slot,
-                                      std::chrono::milliseconds timeout, proto::error& err,
-                                      transport_leader* lead = nullptr, proto::byte_view tail = {});
-  /// The current connection's transport and direct-call epoch, if it is ready.
+  std::optional<uint16_t> send_request(proto::frame f, std::shared_ptr<call_slot> slot,
+                                       std::chrono::milliseconds timeout, proto::error& err,
+                                       transport_leader* lead = nullptr, proto::byte_view tail = {});
+  /// The current connection's transport and epoch, if it is ready.
   std::shared_ptr<stream_transport> ready_transport(uint64_t& epoch, proto::error& err);
-  /// Back-pressure, id and (for no-wait requests) tracking; sets the frame's msg_id.
-  std::optional<uint16_t> register_direct(proto::frame& f, const std::shared_ptr<call_slot>& slot, uint64_t epoch,
-                                          std::chrono::milliseconds timeout, proto::error& err);
-  /// Waits for a registered call until `deadline`, then releases its back-pressure slot.
-  call_result await_direct(uint16_t id, uint16_t cmd, call_slot& slot, clock::time_point deadline);
-  std::chrono::milliseconds timeout_for(uint16_t cmd, std::chrono::milliseconds t) const;
+  /// Registers a request in the pending table (back-pressure, id) and sets the frame's id.
+  std::optional<uint16_t> register_request(proto::frame& f, const std::shared_ptr<call_slot>& slot, uint64_t epoch,
+                                           std::chrono::milliseconds timeout, proto::error& err);
+  /// Waits for a registered call until `deadline`, then times it out.
+  call_result await_reply(uint16_t id, uint16_t cmd, call_slot& slot, clock::time_point deadline);
 
   runtime& rt_;
   endpoint_config cfg_;
   role role_;
   std::shared_ptr<endpoint_status> status_;
-  std::shared_ptr<direct_calls> direct_;
+  std::shared_ptr<pending_table> table_;
   caf::actor corr_, disp_, sup_;
   std::atomic<bool> closed_{false};
 };

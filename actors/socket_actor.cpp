@@ -4,54 +4,20 @@
 namespace vfu {
 
 namespace {
-
 // How long a connection whose peer closed its end waits for the answers to what the peer
-// sent before (socket_actor's eof_atom).
+// sent before (eof_atom).
 constexpr std::chrono::seconds eof_drain_limit{2};
-
-void enqueue(caf::stateful_actor<socket_state>* self, frame_ptr f) {
-  CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));
-  auto st = self->state.transport->send(f);
-  if (!st) self->quit(to_caf(st.err()));
-}
-
 }  // namespace
 
 caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_ptr<stream_transport> tr,
-                           caf::actor correlation, caf::actor dispatcher) {
+                           caf::actor dispatcher) {
   self->state.transport = tr;
-  self->state.correlation = std::move(correlation);
   self->state.dispatcher = std::move(dispatcher);
   self->attach_functor([tr](const caf::error& why) {
     tr->close(proto::error(proto::errc::peer_gone, "connection lost: " + render(why)));
   });
-  // Requests go from the transport straight to the dispatcher, which answers through it.
   tr->start(caf::actor_cast<caf::actor>(self), self->state.dispatcher);
   return {
-      [=](frames_atom, event_batch& batch) {
-        auto& st = self->state;
-        for (auto& ev : *batch) {
-          switch (ev.kind) {
-            case proto::frame_assembler::event::frame_ready: {  // a reply: requests skip us
-              auto fp = make_frame_ptr(std::move(ev.f));
-              CAF_LOG_DEBUG("recv " << proto::describe(fp->hdr(), fp->fds.size()));
-              self->send(st.correlation, reply_atom::value, std::move(fp));
-              break;
-            }
-            case proto::frame_assembler::event::rejected: {
-              ++st.rejected;
-              CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
-              // (Only replies come here: rejected requests go to the dispatcher.)
-              self->send(st.correlation, reject_atom::value, ev.hdr, ev.err);
-              break;
-            }
-            case proto::frame_assembler::event::fatal:
-              CAF_LOG_WARNING("fatal stream error: " << ev.err.message());
-              self->quit(to_caf(ev.err));
-              return;
-          }
-        }
-      },
       [=](ioerr_atom, proto::error& e) {
         CAF_LOG_INFO("connection ends: " << e.message());
         self->quit(to_caf(e));
@@ -65,29 +31,22 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
         // the connection ends, with a bound on the wait.
         CAF_LOG_INFO("closing (" << e.message() << "): answering what the peer sent first");
         auto& st = self->state;
-        self->send(st.correlation, failall_atom::value, e);
-        st.transport->fail_direct(e);
+        st.transport->fail_pending(e);
         auto done = [=] { self->quit(to_caf(e)); };
         self->request(st.dispatcher, eof_drain_limit, drain_atom::value)
             .then([=] { done(); }, [=](caf::error&) { done(); });
       },
-      [=](send_atom, frame_ptr& f) { enqueue(self, std::move(f)); },
-      [=](retire_atom, std::vector<proto::header>& hs) {
-        for (auto& h : hs) CAF_LOG_DEBUG("recv " << proto::describe(h, 0) << " (direct call)");
-        self->send(self->state.correlation, retire_atom::value, std::move(hs));
-      },
       [=](limits_atom, const conn_limits& l) { self->state.transport->set_max_frame(l.max_frame); },
       [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
       [=](stats_atom) -> std::string {
-        auto& st = self->state;
-        auto& t = *st.transport;
+        auto& t = *self->state.transport;
         return "frames_in=" + std::to_string(t.frames_in.load()) + " frames_out=" + std::to_string(t.frames_out.load()) +
                " bytes_in=" + std::to_string(t.bytes_in.load()) + " bytes_out=" + std::to_string(t.bytes_out.load()) +
-               " rejected=" + std::to_string(st.rejected + t.rejected_requests.load()) + " waits_armed=" + std::to_string(t.waits_armed.load()) +
-               " gathered=" + std::to_string(t.gathered.load()) + " gathered_copied=" + std::to_string(t.gathered_copied.load()) +
-               " sent_now=" + std::to_string(t.sent_now.load()) + " writes=" + std::to_string(t.writes.load()) +
-               " unanswered=" + std::to_string(t.unanswered()) + " awaiting=" + std::to_string(t.awaiting()) +
-               " pauses=" + std::to_string(t.pauses.load()) +
+               " rejected=" + std::to_string(t.rejected_replies.load() + t.rejected_requests.load()) +
+               " waits_armed=" + std::to_string(t.waits_armed.load()) + " gathered=" + std::to_string(t.gathered.load()) +
+               " gathered_copied=" + std::to_string(t.gathered_copied.load()) + " sent_now=" + std::to_string(t.sent_now.load()) +
+               " writes=" + std::to_string(t.writes.load()) + " unanswered=" + std::to_string(t.unanswered()) +
+               " awaiting=" + std::to_string(t.awaiting()) + " pauses=" + std::to_string(t.pauses.load()) +
                " leader_caught=" + std::to_string(t.leader_caught.load()) +
                " leader_slept=" + std::to_string(t.leader_slept.load());
       },

@@ -11,7 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "actors/direct_calls.hpp"
+#include "actors/pending_table.hpp"
 #include "actors/syscalls.hpp"
 #include "actors/types.hpp"
 #include "protocol/limits.hpp"
@@ -43,8 +43,8 @@ constexpr uint32_t awaiting_factor = 4;
 }  // namespace
 
 stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
-                                   std::shared_ptr<direct_calls> direct)
-    : direct_(std::move(direct)), io_(io), sock_(std::move(fd)), epd_(io), fd_(sock_.get()), max_frame_(max_frame),
+                                   std::shared_ptr<pending_table> table)
+    : table_(std::move(table)), io_(io), sock_(std::move(fd)), epd_(io), fd_(sock_.get()), max_frame_(max_frame),
       asm_(max_frame) {
   auto fail = [&](proto::error e) {  // reported to the owner by start()
     setup_error_ = std::move(e);
@@ -188,7 +188,7 @@ void stream_transport::lead_wait(call_slot& slot, std::chrono::steady_clock::tim
   // Only a lone caller polls: with other callers on the connection, waiting or just woken,
   // its CPU is better left to them and to the peer (on 2 cores, 4 callers polling in turn
   // made the p99 4-8 times longer: a woken caller waited for the poller's time slice).
-  bool polled = caller_poll_.ns > 0 && (!direct_ || direct_->callers() <= 1);
+  bool polled = caller_poll_.ns > 0 && (!table_ || table_->callers() <= 1);
   if (polled) {
     auto until = std::min(deadline, start + std::chrono::nanoseconds(caller_poll_.ns));
     while (going(until)) read_pass_locked(false);
@@ -258,8 +258,11 @@ void stream_transport::count_reply_in() {
   }
 }
 
-void stream_transport::fail_direct(const proto::error& why) {
-  if (direct_) direct_->fail_all(why);
+void stream_transport::fail_pending(const proto::error& why) {
+  if (!table_) return;
+  pending_table::completions done;
+  table_->fail_all(why, done);
+  table_->settle(done);
 }
 
 bool stream_transport::read_pass_locked(bool block) {
@@ -366,31 +369,33 @@ bool stream_transport::read_pass_locked(bool block) {
   }
   if (!got && !fail && !asm_.failed()) return false;  // the socket was empty (EAGAIN)
   event_loop::note_active(*this);
-  // A reply to a blocked thread's direct call wakes that thread from here, and the actors
-  // never see it. A no-wait request's reply is retired by the correlation actor (its
-  // header); a reply nobody asked for goes on to it as any other (logged, counted).
-  // One pass over what was read: count the frames, complete direct calls, and batch the
-  // rest for the actors.
-  std::vector<proto::header> retired;
-  event_batch batch, reqs;  // for owner_, and well-formed requests for requests_
+  // One pass over what was read: replies complete their requests here (a blocked thread
+  // wakes from here; an actor's result goes to the correlation actor), requests are batched
+  // for the dispatcher, and what ends the connection goes to the socket actor.
+  event_batch reqs;  // for requests_ (the dispatcher)
+  proto::error fatal_event;  // the assembler's: the stream cannot be trusted any more
   auto to = [](event_batch& b, proto::frame_assembler::event& ev) {
     if (!b) b = std::make_shared<std::vector<proto::frame_assembler::event>>();
     b->push_back(std::move(ev));
   };
   proto::error overflow;  // a frame declared far over the limit: answer, then close
+  pending_table::completions done;
   for (auto& ev : evs) {
     if (ev.kind == proto::frame_assembler::event::fatal && ev.err.code == proto::errc::too_large) {
       overflow = ev.err;
       continue;
     }
     if (ev.kind == proto::frame_assembler::event::rejected) {
-      if (ev.hdr.is_reply()) {
-        count_reply_in();
-      } else {
+      if (!ev.hdr.is_reply()) {
         ++rejected_requests;  // answered by the dispatcher, in its turn
         to(reqs, ev);
         continue;
       }
+      ++rejected_replies;
+      count_reply_in();
+      CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
+      if (table_) table_->reject(ev.hdr, ev.err, done);
+      continue;
     }
     if (ev.kind == proto::frame_assembler::event::frame_ready) {
       ++frames_in;
@@ -400,19 +405,17 @@ bool stream_transport::read_pass_locked(bool block) {
         continue;
       }
       count_reply_in();
-      if (direct_ && h.is_reply() && direct_calls::owns(h.msg_id)) {
-        auto fp = make_frame_ptr(std::move(ev.f));
-        auto o = direct_->complete(fp);
-        if (o == direct_calls::outcome::nowait) retired.push_back(h);
-        if (o == direct_calls::outcome::late) CAF_LOG_DEBUG("dropped late reply " << proto::describe(h, fp->fds.size()));
-        if (o != direct_calls::outcome::unknown) continue;
-        ev.f = std::move(*fp);
-      }
+      auto fp = make_frame_ptr(std::move(ev.f));
+      CAF_LOG_DEBUG("recv " << proto::describe(h, fp->fds.size()));
+      auto o = table_ ? table_->complete(fp, done) : pending_table::outcome::unexpected;
+      if (o == pending_table::outcome::late) CAF_LOG_DEBUG("dropped late reply " << proto::describe(h, fp->fds.size()));
+      if (o == pending_table::outcome::unexpected) CAF_LOG_WARNING("dropped unexpected reply " << proto::describe(h, fp->fds.size()));
+      continue;  // (a dropped reply's fds close with it)
     }
-    to(batch, ev);
+    if (ev.kind == proto::frame_assembler::event::fatal) fatal_event = ev.err;
   }
   evs.clear();  // (what was moved out; closes nothing)
-  if (!retired.empty()) caf::anon_send(owner_, retire_atom::value, std::move(retired));
+  if (table_) table_->settle(done);
   bool fatal = asm_.failed() || fail;
   // Requests first: an EOF's drain (socket_actor) must find them in the dispatcher's queue.
   if (reqs) {  // counted before the dispatcher can answer them
@@ -429,11 +432,11 @@ bool stream_transport::read_pass_locked(bool block) {
     sync_read_events();
   }
   if (reqs) caf::anon_send(requests_, inbound_atom::value, reqs, owner_, shared_from_this());
-  if (batch) caf::anon_send(owner_, frames_atom::value, batch);
   if (fail && clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, fail);  // answer, then close
+  else if (fatal_event) caf::anon_send(owner_, ioerr_atom::value, fatal_event);
   else if (fail) caf::anon_send(owner_, ioerr_atom::value, fail);
   else if (overflow) caf::anon_send(owner_, eof_atom::value, overflow);
-  if (fatal) stopped_ = true;  // the assembler's fatal event (in the batch) or `fail` ends the actor
+  if (fatal) stopped_ = true;  // the assembler's fatal event or `fail` ends the socket actor
   return true;
 }
 
@@ -628,7 +631,7 @@ void stream_transport::on_writable() {
 
 void stream_transport::close(const proto::error& why) {
   closing_ = true;
-  fail_direct(why);
+  fail_pending(why);
   if (leading_) {  // wake a leader blocked in recvmsg (it sees closing_ and stops)
     std::lock_guard<std::mutex> g(wm_);
     if (fd_open_) ::shutdown(fd_, SHUT_RD);

@@ -49,7 +49,7 @@
 
 namespace vfu {
 
-class direct_calls;
+class pending_table;
 
 /// Bytes a peer may leave unread in our send queue before we give up on it.
 inline constexpr size_t max_send_queue = 128u << 20;
@@ -60,7 +60,7 @@ class stream_transport : public deferred_writer,
                          public std::enable_shared_from_this<stream_transport> {
  public:
   stream_transport(boost::asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
-                   std::shared_ptr<direct_calls> direct = nullptr);
+                   std::shared_ptr<pending_table> table = nullptr);
   ~stream_transport() override;
 
   /// Sends a whole frame (any thread). An error means the connection is broken; the owner
@@ -113,8 +113,8 @@ class stream_transport : public deferred_writer,
   /// The longest a leader polls before it sleeps (0: never; endpoint_config::
   /// caller_poll_max_ns). Before start().
   void set_caller_poll_max_ns(int64_t n) noexcept { caller_poll_.max_ns = std::clamp<int64_t>(n, 0, 1000000000); }
-  /// Fails every blocked direct call now (the peer closed its end: no reply can come).
-  void fail_direct(const proto::error& why);
+  /// Fails every pending request of ours now (the peer closed its end: no reply can come).
+  void fail_pending(const proto::error& why);
   /// The dispatcher is done with one of the peer's requests this transport handed it (its
   /// answer written, or the request dropped), of request_bytes(). Any thread. Flow
   /// control: with too many requests unanswered the transport stops reading (the peer's
@@ -130,8 +130,9 @@ class stream_transport : public deferred_writer,
 
   /// Counters for inspection.
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
-  /// Requests too large to accept (drained; the dispatcher answers them with an error).
-  std::atomic<uint64_t> rejected_requests{0};
+  /// Requests too large to accept (drained; the dispatcher answers them with an error), and
+  /// replies too large (their requests fail).
+  std::atomic<uint64_t> rejected_requests{0}, rejected_replies{0};
   /// Times reading stopped because too many of the peer's requests were unanswered.
   std::atomic<uint64_t> pauses{0};
   /// The peer's requests handed to the dispatcher and not yet answered.
@@ -170,7 +171,7 @@ class stream_transport : public deferred_writer,
   void count_request_out(const proto::header& h);
   void count_reply_in();
 
-  std::shared_ptr<direct_calls> direct_;
+  std::shared_ptr<pending_table> table_;  ///< where replies complete their requests
   proto::error setup_error_;
   std::mutex wm_;
   std::deque<frame_ptr> outq_;

@@ -65,17 +65,6 @@ bool call_slot::done() {
   return done_;
 }
 
-call_guard::~call_guard() {
-  if (!completed_ && slot_)
-    slot_->complete(call_result{nullptr, proto::error(proto::errc::not_connected, "request dropped: connection gone")});
-}
-
-void call_guard::complete(call_result r) {
-  if (completed_) return;
-  completed_ = true;
-  slot_->complete(std::move(r));
-}
-
 timeout_class classify(uint16_t command) noexcept {
   switch (proto::command(command)) {
     case proto::command::device_reset:

@@ -72,23 +72,6 @@ struct reply_landing {
   size_t from = 0, to = 0;
 };
 
-/// Travels with a blocking request. If it is destroyed before it completed its slot (the
-/// message was dropped because the actor died, or the pending table was destroyed), it
-/// completes the slot with an error: no blocked thread ever waits for a dead actor.
-class call_guard {
- public:
-  explicit call_guard(std::shared_ptr<call_slot> s) : slot_(std::move(s)) {}
-  call_guard(const call_guard&) = delete;
-  call_guard& operator=(const call_guard&) = delete;
-  ~call_guard();
-  void complete(call_result r);
-
- private:
-  std::shared_ptr<call_slot> slot_;
-  bool completed_ = false;
-};
-using call_guard_ptr = std::shared_ptr<call_guard>;
-
 /// A connection's write side as a device actor may use it to write its reply itself
 /// (stream_transport): a bulk reply straight from device memory, or the reply to a request
 /// that nothing waits behind (inbound::alone).
@@ -194,16 +177,8 @@ enum class timeout_class : uint8_t { short_op = 0, long_op = 1 };
 timeout_class classify(uint16_t command) noexcept;
 
 // Atoms (0.17: at most 10 characters).
-using frames_atom = caf::atom_constant<caf::atom("frames")>;
 using ioerr_atom = caf::atom_constant<caf::atom("ioerr")>;
-using send_atom = caf::atom_constant<caf::atom("send")>;
-using call_atom = caf::atom_constant<caf::atom("call")>;
 using request_atom = caf::atom_constant<caf::atom("request")>;
-using post_atom = caf::atom_constant<caf::atom("post")>;
-using noreply_atom = caf::atom_constant<caf::atom("noreply")>;
-using waitpost_atom = caf::atom_constant<caf::atom("waitpost")>;
-using reply_atom = caf::atom_constant<caf::atom("reply")>;
-using reject_atom = caf::atom_constant<caf::atom("reject")>;
 using inbound_atom = caf::atom_constant<caf::atom("inbound")>;
 using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
 using attach_atom = caf::atom_constant<caf::atom("attach")>;
@@ -215,11 +190,10 @@ using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using accepted_atom = caf::atom_constant<caf::atom("accepted")>;
 using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
 using close_atom = caf::atom_constant<caf::atom("close")>;
-using failall_atom = caf::atom_constant<caf::atom("failall")>;
-using track_atom = caf::atom_constant<caf::atom("track")>;
-using retire_atom = caf::atom_constant<caf::atom("retire")>;
 using eof_atom = caf::atom_constant<caf::atom("eof")>;
 using drain_atom = caf::atom_constant<caf::atom("drain")>;
+using deliver_atom = caf::atom_constant<caf::atom("deliver")>;
+using pump_atom = caf::atom_constant<caf::atom("pump")>;
 using deadline_atom = caf::atom_constant<caf::atom("deadline")>;
 
 /// Renders a CAF error (including our "vfu" category) as text.
@@ -232,7 +206,6 @@ caf::error to_caf(const proto::error& e);
 CAF_ERROR_CODE_ENUM(vfu::proto::errc, "vfu")
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::frame_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::event_batch)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::call_guard_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::call_result)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::inbound_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::outbound_ptr)

@@ -118,6 +118,7 @@ std::string connection::send(const proto::frame_bytes& bytes, const proto::fd_li
           if (::poll(&p, 1, ms_until(dl)) == 0) return "send timed out (the peer is not reading)";
           continue;
         }
+        if (o.may_close && (errno == EPIPE || errno == ECONNRESET)) return "";
         return std::string("send failed: ") + std::strerror(errno);
       }
       done += size_t(w);

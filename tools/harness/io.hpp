@@ -37,6 +37,9 @@ struct send_options {
   std::vector<size_t> pieces;
   std::chrono::microseconds gap{0};
   std::optional<size_t> cut;
+  /// The peer may close its end before it has read everything (it refused the frame by its
+  /// header): what is left is not sent, and that is not a failure.
+  bool may_close = false;
 };
 
 class connection {

@@ -36,7 +36,8 @@ struct step_spec {
 
 const std::vector<opt_spec> send_opts = {
     {"fds", vt::fds},       {"split", vt::pieces},   {"gap", vt::duration},  {"cut", vt::number},
-    {"truncate", vt::number}, {"trailing", vt::bytes}, {"payload", vt::bytes}, {"timeout", vt::duration}};
+    {"truncate", vt::number}, {"trailing", vt::bytes}, {"payload", vt::bytes}, {"timeout", vt::duration},
+    {"may_close", vt::boolean}};
 const std::vector<opt_spec> check_opts = {
     {"errno", vt::errnum}, {"fds", vt::number}, {"timeout", vt::duration}, {"latency", vt::name}};
 

@@ -134,6 +134,9 @@ bool runner::send_options_of(const step& s, io::send_options& so, std::string& e
     if (!resolve(*c, v, err) || !parse_number(v, n, err)) return false;
     so.cut = size_t(n);
   }
+  if (auto* m = s.opt("may_close")) {
+    if (!resolve(*m, v, err) || !parse_bool(v, so.may_close, err)) return false;
+  }
   return true;
 }
 
