@@ -16,7 +16,7 @@
 #include <deque>
 
 #include "actors/pending_table.hpp"
-#include "actors/socket_io.hpp"
+#include "actors/stream_transport.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {

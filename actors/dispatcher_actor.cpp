@@ -13,23 +13,23 @@ using self_t = caf::stateful_actor<dispatcher_state>*;
 
 // A request's connection: its socket actor (told to close) and its transport, which the
 // answer goes straight into.
-struct route {
+struct conn_route {
   const caf::actor& sock;
   const transport_ptr& tr;
 };
 
-void send_frame(self_t, const route& r, frame_ptr f) {
+void send_frame(self_t, const conn_route& r, frame_ptr f) {
   CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));
   // A failed write means the connection is broken; the transport tells its socket actor.
   if (auto st = r.tr->send(f); !st) CAF_LOG_DEBUG("reply not sent: " << st.err().message());
 }
 
-void reply(self_t self, const route& r, const proto::header& req, outbound& out) {
+void reply(self_t self, const conn_route& r, const proto::header& req, outbound& out) {
   if (req.no_reply() || out.sent) return;
   send_frame(self, r, encode_reply(req, out));
 }
 
-void error_reply(self_t self, const route& r, const proto::header& req, int err) {
+void error_reply(self_t self, const conn_route& r, const proto::header& req, int err) {
   if (req.no_reply()) return;
   send_frame(self, r, make_frame_ptr(proto::make_error_reply(req, err)));
 }
@@ -37,7 +37,7 @@ void error_reply(self_t self, const route& r, const proto::header& req, int err)
 // An error answer to a request that never reaches a device (undecodable, oversized, no
 // handler). Commands are answered strictly in arrival order: while requests before it are
 // still queued or being served, it waits its turn in the queue.
-void error_in_turn(self_t self, const route& r, const proto::header& req, int err, request_ticket ticket) {
+void error_in_turn(self_t self, const conn_route& r, const proto::header& req, int err, request_ticket ticket) {
   auto& st = self->state;
   if (req.no_reply()) return;
   if (!st.busy && st.queue.empty()) return error_reply(self, r, req, err);
@@ -46,7 +46,7 @@ void error_in_turn(self_t self, const route& r, const proto::header& req, int er
 }
 
 // Server role: VERSION negotiation (negotiation.hpp). A refusal closes the connection.
-void serve_version(self_t self, const route& r, const proto::header& h, const proto::version_request& v) {
+void serve_version(self_t self, const conn_route& r, const proto::header& h, const proto::version_request& v) {
   auto& st = self->state;
   auto a = server_version(v, st.cfg.offer);
   if (!a) {
@@ -68,7 +68,7 @@ void dispatch_next(self_t self);
 void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
   auto& st = self->state;
   if (!st.busy || seq != st.seq) return;  // answered already (timed out, its device died)
-  route r{st.current_sock, st.current_tr};
+  conn_route r{st.current_sock, st.current_tr};
   st.current_in = nullptr;
   if (out) reply(self, r, st.current, *out);
   else error_reply(self, r, st.current, err ? err : EIO);
@@ -108,7 +108,7 @@ void dispatch_next(self_t self) {
   while (!st.busy && !st.queue.empty() && st.queue.front().ready) {  // (error_in_turn)
     auto it = std::move(st.queue.front());
     st.queue.pop_front();
-    send_frame(self, route{it.sock, it.tr}, std::move(it.ready));
+    send_frame(self, conn_route{it.sock, it.tr}, std::move(it.ready));
   }  // (each item's ticket goes with it: answered)
   if (st.busy || st.queue.empty()) {
     if (!st.busy && !st.drains.empty()) {  // every request so far is answered
@@ -144,7 +144,7 @@ void dispatch_next(self_t self) {
 // goes to.
 void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, proto::frame& f, request_ticket ticket) {
   auto& st = self->state;
-  route r{sock, tr};
+  conn_route r{sock, tr};
   auto h = f.hdr();
   if (tr->closing()) {
     // Read just before its connection ended: like a message to a dead socket actor, it is
@@ -235,7 +235,7 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
             on_request(self, sock, tr, ev.f, std::move(ticket));
           } else if (!tr->closing()) {  // rejected by the transport (too large): drained
             CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
-            error_in_turn(self, route{sock, tr}, ev.hdr, proto::to_wire_errno(ev.err), std::move(ticket));
+            error_in_turn(self, conn_route{sock, tr}, ev.hdr, proto::to_wire_errno(ev.err), std::move(ticket));
           }
         }
         dispatch_next(self);

@@ -29,7 +29,7 @@
 #include <map>
 #include <set>
 
-#include "actors/socket_io.hpp"
+#include "actors/stream_transport.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {

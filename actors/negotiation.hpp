@@ -3,7 +3,7 @@
 // capabilities.hpp's; this is what the broker does with them.
 #pragma once
 
-#include "actors/socket_io.hpp"
+#include "actors/stream_transport.hpp"
 #include "actors/types.hpp"
 #include "protocol/capabilities.hpp"
 

@@ -12,7 +12,7 @@
 
 #include <memory>
 
-#include "actors/socket_io.hpp"
+#include "actors/stream_transport.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {

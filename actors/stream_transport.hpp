@@ -1,4 +1,11 @@
-// socket_io.hpp: the byte level of one vfio-user connection, on an AF_UNIX stream socket.
+// stream_transport.hpp: the byte level of one vfio-user connection, on an AF_UNIX stream
+// socket. Its parts, a file each:
+//  - stream_transport.cpp: set-up, readiness (Asio on a private epoll set), leaders, close;
+//  - frame_reader.cpp: read passes (recvmsg, fds, large bodies read in place, landings);
+//  - frame_router.hpp: what the frames become (replies, requests, fatal events) and the
+//    flow control of the peer's requests; pure;
+//  - read_gate.hpp: the reasons not to read now;
+//  - write_queue.cpp: writes, in order, gathered, with fds.
 //
 // Ownership and threads:
 //  - stream_transport owns the socket. The io thread reads: it waits for readiness with
@@ -43,6 +50,8 @@
 #include <utility>
 
 #include "actors/event_loop.hpp"
+#include "actors/frame_router.hpp"
+#include "actors/read_gate.hpp"
 #include "actors/types.hpp"
 #include "protocol/assembler.hpp"
 #include "protocol/frame.hpp"
@@ -80,12 +89,11 @@ class stream_transport : public deferred_writer,
   /// Frames given to send_now, and sendmsg calls that wrote bytes (frames_out / writes is
   /// how well replies are batched).
   std::atomic<uint64_t> sent_now{0}, writes{0};
-  /// Starts reading. The peer's requests, well-formed or rejected, go to `requests` (the
-  /// dispatcher, which answers through this transport) as (inbound_atom, event_batch, owner,
-  /// transport); all
-  /// else to `owner` as (frames_atom, event_batch), and EOF or an error as (eof_atom or
-  /// ioerr_atom, proto::error). Reading stops after either. Requests skipping the owner
-  /// spares each two actor hops (owner, and the owner's reply back to the transport).
+  /// Starts reading. Replies complete their requests in the pending table; the peer's
+  /// requests, well-formed or rejected by size, go to `requests` (the dispatcher, which
+  /// answers through this transport) as (inbound_atom, event_batch, owner, transport); an
+  /// EOF or a fatal condition goes to `owner` (the socket actor) as (eof_atom or ioerr_atom,
+  /// proto::error), and reading stops.
   void start(caf::actor owner, caf::actor requests);
   /// Largest frame accepted from the next header on (any thread).
   void set_max_frame(uint32_t n) noexcept { max_frame_.store(n, std::memory_order_relaxed); }
@@ -123,7 +131,7 @@ class stream_transport : public deferred_writer,
   /// Our own requests written and not yet answered (a reply read), as flow control counts
   /// them: while there are any, reading stops only at four times the bounds. A request
   /// that never gets its reply keeps the higher bounds.
-  uint32_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
+  uint32_t awaiting() const noexcept { return flow_.awaiting(); }
   /// close() was called: the connection is over (its socket actor has ended).
   bool closing() const noexcept { return closing_.load(); }
 
@@ -136,7 +144,7 @@ class stream_transport : public deferred_writer,
   /// Times reading stopped because too many of the peer's requests were unanswered.
   std::atomic<uint64_t> pauses{0};
   /// The peer's requests handed to the dispatcher and not yet answered.
-  uint32_t unanswered() const noexcept { return unanswered_.load(std::memory_order_relaxed); }
+  uint32_t unanswered() const noexcept { return flow_.unanswered(); }
   /// Readiness waits armed (each costs Asio an epoll_ctl).
   std::atomic<uint64_t> waits_armed{0};
   /// Leaders' waits for a reply that ended while polling (no sleep, no wake-up), and that
@@ -148,14 +156,28 @@ class stream_transport : public deferred_writer,
   void on_event();
   /// One read pass and the delivery of what it read, if nobody else is reading. True if it
   /// received anything (bytes, EOF or an error); false after a read that found the socket
-  /// empty. _locked: rm_ held; `block`: the first recvmsg waits (a leader).
+  /// empty. _locked: rm_ held; `block`: the first recvmsg waits (a leader). (frame_reader.cpp)
   bool read_pass();
   bool read_pass_locked(bool block);
+  struct read_outcome;
+  /// One recvmsg into the assembler (or straight into a frame's body, or a landing).
+  bool read_once(bool wait, std::vector<proto::frame_assembler::event>& evs, read_outcome& out);
+  /// Hands what a pass read on: replies to the pending table, requests to the dispatcher,
+  /// the end of the connection to the owner; flow control may stop reading.
+  void deliver(std::vector<proto::frame_assembler::event>& evs, read_outcome& out);
   /// The private epoll set's events for the socket (em_ taken here). False on an error.
   bool set_events(uint32_t add, uint32_t remove);
   bool set_events_locked(uint32_t add, uint32_t remove);
-  /// EPOLLIN in the private set unless a leader reads or reading is paused.
+  /// EPOLLIN in the private set while the read gate is open.
   bool sync_read_events();
+  /// Flow control stopped reading: the gate's `flow` reason goes and EPOLLIN comes back.
+  void resume_reading();
+  /// A request of ours is written: its reply may sit behind the peer's requests.
+  void count_request_out(const proto::header& h);
+  /// Stops reading for good (on an error or the end of the stream).
+  void stop() { gate_.set(read_gate::stopped); }
+  bool stopped() const noexcept { return gate_.has(read_gate::stopped); }
+  // write_queue.cpp
   void arm_writable();
   void on_writable();
   /// Writes queued frames; wm_ held. False on a socket error.
@@ -164,12 +186,6 @@ class stream_transport : public deferred_writer,
   /// peer has left more than max_send_queue unread.
   proto::status enqueue_locked(frame_ptr f);
   void write_failed(int err);
-  /// Flow control: whether reading must stop with `more` requests of `more_bytes` bytes
-  /// more unanswered; resume_reading() puts EPOLLIN back from any thread.
-  bool stop_reading(uint64_t more, uint64_t more_bytes) const noexcept;
-  void resume_reading();
-  void count_request_out(const proto::header& h);
-  void count_reply_in();
 
   std::shared_ptr<pending_table> table_;  ///< where replies complete their requests
   proto::error setup_error_;
@@ -196,13 +212,9 @@ class stream_transport : public deferred_writer,
   reply_landing* landing_ = nullptr;            ///< rm_: the leader's, while it waits
   event_loop::adaptive_poll caller_poll_;        ///< rm_: how long a leader polls
   std::atomic<bool> started_{false};            ///< owner_ is set
-  std::atomic<bool> stopped_{false};            ///< reading has ended
   std::atomic<bool> closing_{false};            ///< close() was called
-  std::atomic<bool> leading_{false};            ///< a calling thread holds rm_ to read
-  std::atomic<bool> paused_{false};             ///< too many requests unanswered: not reading
-  std::atomic<uint32_t> unanswered_{0};         ///< requests at the dispatcher (request_done)
-  std::atomic<uint64_t> unanswered_bytes_{0};   ///< ... and their frames' bytes
-  std::atomic<uint32_t> awaiting_{0};           ///< our requests written, no reply read yet
+  read_gate gate_;                               ///< why the connection does not read now
+  flow_control flow_;                            ///< the peer's requests unanswered, ours awaited
   bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
 };
 
@@ -229,12 +241,6 @@ class transport_leader {
  private:
   std::shared_ptr<stream_transport> tr_;
 };
-
-/// What a request the transport hands to the dispatcher counts for its flow control: its
-/// frame's bytes (0 for a rejected one, whose body was drained).
-inline uint64_t request_bytes(const proto::frame_assembler::event& ev) {
-  return ev.kind == proto::frame_assembler::event::frame_ready ? ev.f.bytes.size() : 0;
-}
 
 /// One sendmsg of `iov` (with `fds`, if any, as SCM_RIGHTS), retried on EINTR. Returns the
 /// bytes written (0 when the socket is full), or -errno.
