@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "actors/answer.hpp"
 #include "actors/negotiation.hpp"
 
 namespace vfu {
@@ -24,9 +25,9 @@ void send_frame(self_t, const conn_route& r, frame_ptr f) {
   if (auto st = r.tr->send(f); !st) CAF_LOG_DEBUG("reply not sent: " << st.err().message());
 }
 
-void reply(self_t self, const conn_route& r, const proto::header& req, outbound& out) {
+void reply(self_t, const conn_route& r, const proto::header& req, outbound& out) {
   if (req.no_reply() || out.sent) return;
-  send_frame(self, r, encode_reply(req, out));
+  write_answer(*r.tr, req, out);
 }
 
 void error_reply(self_t self, const conn_route& r, const proto::header& req, int err) {

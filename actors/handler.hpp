@@ -6,6 +6,7 @@
 
 #include <functional>
 
+#include "actors/answer.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {
@@ -15,8 +16,7 @@ using handler_fn = std::function<outbound_ptr(inbound&)>;
 inline caf::behavior function_handler(caf::event_based_actor*, handler_fn fn) {
   return {
       [fn](inbound_atom, inbound_ptr& in) -> outbound_ptr {
-        auto out = fn(*in);
-        return answer_now(*in, out ? out : outbound::error(EIO));
+        return answer(*in, fn(*in));
       },
       [](connup_atom, const proto::negotiated&) {},
       [](connlost_atom) {},

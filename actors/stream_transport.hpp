@@ -74,7 +74,7 @@ class stream_transport : public deferred_writer,
 
   /// Sends a whole frame (any thread). An error means the connection is broken; the owner
   /// is told with (ioerr_atom) as well.
-  proto::status send(const frame_ptr& f);
+  proto::status send(const frame_ptr& f) override;
   /// Sends `n` frames in order, gathered into as few sendmsg calls as the fd rule allows.
   proto::status send_many(const frame_ptr* fs, size_t n);
   /// Sends one frame without fds gathered from `head` and `data` (reply_writer), now: after

@@ -3,26 +3,6 @@
 
 namespace vfu {
 
-frame_ptr encode_reply(const proto::header& req, outbound& out) {
-  if (!out.err && out.frame) {
-    out.frame->set_msg_id(req.msg_id);
-    return std::move(out.frame);
-  }
-  return make_frame_ptr(out.err     ? proto::make_error_reply(req, out.err)
-                        : out.reply ? proto::make_frame(req.msg_id, *out.reply, 0, std::move(out.fds))
-                                    : proto::make_error_reply(req, EIO));
-}
-
-std::shared_ptr<outbound> answer_now(inbound& in, std::shared_ptr<outbound> out) {
-  if (!in.alone || !in.writer || in.hdr.no_reply() || out->sent || out->close_after) return out;
-  if (!in.claim()) return outbound::already_sent();  // answered ETIMEDOUT already
-  auto f = encode_reply(in.hdr, *out);
-  CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));
-  // An error means the connection is going; its socket actor hears of it.
-  if (auto sent = in.writer->send_now(std::move(f)); !sent) CAF_LOG_DEBUG("reply not sent: " << sent.err().message());
-  return outbound::already_sent();
-}
-
 proto::error call_result::failure() const {
   if (err) return err;
   if (!reply) return proto::error(proto::errc::peer_gone, "no reply");

@@ -72,12 +72,13 @@ struct reply_landing {
   size_t from = 0, to = 0;
 };
 
-/// A connection's write side as a device actor may use it to write its reply itself
-/// (stream_transport): a bulk reply straight from device memory, or the reply to a request
-/// that nothing waits behind (inbound::alone).
+/// A connection's write side as answer() uses it (stream_transport).
 class reply_writer {
  public:
   virtual ~reply_writer() = default;
+  /// Writes `f` after what is queued; on the event loop's thread at its deferred flush, with
+  /// the other replies of the same read batch. An error means the connection is broken.
+  virtual proto::status send(const frame_ptr& f) = 0;
   /// Writes `f` after what is queued, now rather than at the event loop's deferred flush.
   /// An error means the connection is broken.
   virtual proto::status send_now(frame_ptr f) = 0;
@@ -88,19 +89,16 @@ class reply_writer {
   virtual proto::status send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) = 0;
 };
 
-/// An inbound request after decoding, handed to a device actor.
+/// An inbound request after decoding, handed to a device actor. A handler answers it by
+/// returning answer(in, outbound) (answer.hpp), or an outbound for the dispatcher to write.
 struct inbound {
   proto::header hdr;
   proto::message msg;
   proto::fd_list fds;
   caf::actor correlation;  ///< for requests back to the peer (server DMA_READ/WRITE)
-  /// The connection it came from, for a device that writes a bulk reply itself (a large
-  /// REGION_READ reply, straight from device memory); null when it did not come from a
-  /// transport.
+  // The broker's, for answer(): the connection the request came from (null when it did not
+  // come from one), and whether requests of the same connection wait behind it.
   std::shared_ptr<reply_writer> writer;
-  /// No other request of the connection waited behind this one when the dispatcher handed
-  /// it over: its reply may leave at once (reply_writer::send_now) instead of travelling
-  /// back through the dispatcher, which batches replies only when more requests are queued.
   bool alone = false;
   /// The right to answer, taken once: by a device that writes its reply itself, or by the
   /// dispatcher when the handler's deadline passes (ETIMEDOUT). The loser stays silent, so
@@ -113,20 +111,23 @@ struct inbound {
 
 using inbound_ptr = std::shared_ptr<inbound>;
 
-/// A device actor's answer: an errno, or a reply message with optional fds.
+/// A handler's answer: an errno, a reply message with optional fds, a reply frame built in
+/// place (its msg_id is set when it leaves), or a reply gathered from memory: a head frame
+/// whose msg_size counts `gather_len` more bytes at `gather`, which answer() writes before
+/// the handler can change them.
 struct outbound {
   int err = 0;
   std::optional<proto::message> reply;
-  /// Or the reply already encoded (bulk data: a REGION_READ reply filled in place); its
-  /// msg_id is set by the dispatcher.
   frame_ptr frame;
+  const uint8_t* gather = nullptr;
+  size_t gather_len = 0;
   proto::fd_list fds;
   /// Set by the VERSION handler: the connection's negotiated parameters take effect.
   std::optional<proto::negotiated> negotiated;
   /// Set when the handler wants the connection closed after this reply (e.g. VERSION
   /// negotiation failed).
   bool close_after = false;
-  /// The handler has written the reply itself (inbound::writer): nothing more to send.
+  /// answer() has written it: nothing more to send.
   bool sent = false;
 
   static std::shared_ptr<outbound> error(int e) {
@@ -144,6 +145,12 @@ struct outbound {
     o->frame = make_frame_ptr(std::move(f));
     return o;
   }
+  static std::shared_ptr<outbound> gathered(proto::frame head, const uint8_t* data, size_t len) {
+    auto o = of_frame(std::move(head));
+    o->gather = data;
+    o->gather_len = len;
+    return o;
+  }
   static std::shared_ptr<outbound> of(proto::message m, proto::fd_list fds = {}) {
     auto o = std::make_shared<outbound>();
     o->reply = std::move(m);
@@ -152,16 +159,6 @@ struct outbound {
   }
 };
 
-/// The reply frame to `req` that `out` stands for (an error reply for an errno, or for an
-/// answer with neither message nor frame). Takes out's frame or fds. Not for `sent` answers.
-frame_ptr encode_reply(const proto::header& req, outbound& out);
-/// A handler's answer to `in`. The reply to a request that nothing waits behind
-/// (inbound::alone) is written now, through in.writer, and outbound::already_sent()
-/// returned: otherwise the dispatcher would write it at the loop's next flush, one actor
-/// run later, and at 1 request in flight that run is on every round trip. With requests
-/// queued (or without a writer, or for an answer that closes the connection) `out` is
-/// returned for the dispatcher, which gathers the replies into one sendmsg.
-std::shared_ptr<outbound> answer_now(inbound& in, std::shared_ptr<outbound> out);
 using outbound_ptr = std::shared_ptr<outbound>;
 
 /// Connection parameters that change after VERSION.

@@ -1,4 +1,5 @@
 #define CAF_LOG_COMPONENT "vfu"
+#include "protocol/bulk_frames.hpp"
 #include "device/device.hpp"
 
 #include <sys/mman.h>
@@ -6,6 +7,7 @@
 
 #include <cstring>
 
+#include "actors/answer.hpp"
 #include "protocol/limits.hpp"
 
 namespace vfu::dev {
@@ -321,15 +323,13 @@ int region_access(device_state& st, uint32_t region, uint64_t off, uint8_t* buf,
 // has it (smaller ones are copied into a reply, which then leaves batched with others).
 constexpr uint32_t gather_min = 64 * 1024;
 
-// Where a read's bytes already are, if the region is plain memory: framework-owned shared
-// memory, or what the model offers (region_read_memory). Not config space or the MSI-X BAR,
-// which are computed.
+// Where a read's bytes already are, if the region is plain memory (framework-owned shared
+// memory). Not config space or the MSI-X BAR, which are computed.
 const uint8_t* read_memory(device_state& st, const proto::region_access& a) {
   if (check_access(st, a.region, a.offset, a.count, false) || a.region == region_index::config) return nullptr;
   auto& mx = st.spec().msix;
   if (mx.vectors && a.region == mx.bar) return nullptr;
-  if (uint8_t* mem = st.shm[a.region].mem) return mem + a.offset;
-  return st.model->region_read_memory(a.region, a.offset, a.count);
+  return st.shm[a.region].mem ? st.shm[a.region].mem + a.offset : nullptr;
 }
 
 // ---- command handlers -------------------------------------------------------------------
@@ -529,29 +529,21 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
           if (auto* r = std::get_if<dma_map_request>(&m)) return on_dma_map(st, *r, in->fds);
           if (auto* r = std::get_if<dma_unmap_request>(&m)) return on_dma_unmap(self, *r);
           if (auto* r = std::get_if<region_read_request>(&m)) {
-            // A large read of plain memory goes from there into the socket, now (the
-            // transport copies only what the socket has no room for).
-            if (r->count >= gather_min && in->writer && !in->hdr.no_reply()) {
-              if (const uint8_t* src = read_memory(st, *r)) {
-                if (!in->claim()) return outbound::already_sent();  // answered ETIMEDOUT
-                auto head = make_region_head(in->hdr.msg_id, command::region_read, true, *r);
-                // An error means the connection is going; its socket actor hears of it.
-                if (auto sent = in->writer->send_gathered(head.bytes.data(), head.bytes.size(), src, r->count); !sent)
-                  CAF_LOG_DEBUG("REGION_READ reply not sent: " << sent.err().message());
-                return outbound::already_sent();
-              }
-            }
-            // Otherwise the reply frame is built first and the device reads straight into it.
+            // A large read of plain memory leaves from there, with no copy; otherwise the
+            // reply frame is built first and the device reads straight into it.
+            if (r->count >= gather_min)
+              if (const uint8_t* src = read_memory(st, *r))
+                return answer(*in, outbound::gathered(make_region_head(0, command::region_read, true, *r), src, r->count));
             auto f = make_region_frame(0, command::region_read, true, *r);
             if (int e = region_access(st, r->region, r->offset, region_frame_data(f), r->count, false))
-              return answer_now(*in, outbound::error(e));
-            return answer_now(*in, outbound::of_frame(std::move(f)));
+              return answer(*in, outbound::error(e));
+            return answer(*in, outbound::of_frame(std::move(f)));
           }
           if (auto* w = std::get_if<region_write_request>(&m)) {
             // (A write only reads from the buffer, which may be the request frame's.)
             auto* src = const_cast<uint8_t*>(w->data.data());
-            if (int e = region_access(st, w->region, w->offset, src, w->count, true)) return answer_now(*in, outbound::error(e));
-            return answer_now(*in, outbound::of(region_write_reply{{w->offset, w->region, w->count}}));
+            if (int e = region_access(st, w->region, w->offset, src, w->count, true)) return answer(*in, outbound::error(e));
+            return answer(*in, outbound::of(region_write_reply{{w->offset, w->region, w->count}}));
           }
           if (auto* w = std::get_if<write_multi_request>(&m)) {
             for (auto& e : w->writes) {

@@ -24,7 +24,8 @@ struct region_spec {
   uint64_t size = 0;
   bool readable = true;
   bool writable = true;
-  /// Backed by shared memory (memfd) that the framework owns; offered as mmap-able.
+  /// Backed by shared memory (memfd) that the framework owns; offered as mmap-able, and
+  /// served from there (large REGION_READs straight from it, with no copy).
   bool shared_memory = false;
   /// Sparse-mmap areas; empty = the whole region (when shared_memory).
   std::vector<proto::sparse_area> sparse;
@@ -62,15 +63,6 @@ class device_model {
   virtual int region_write(uint32_t region, uint64_t offset, const uint8_t* buf, uint32_t count) {
     (void)region; (void)offset; (void)buf; (void)count;
     return EINVAL;
-  }
-  /// Optional, for bulk reads: where the device keeps the `count` bytes of `region` from
-  /// `offset` on, if it keeps them in memory and reading them has no side effects (the
-  /// framework has checked the bounds). A large REGION_READ reply is then sent straight
-  /// from there, with no copy, before the device handles anything else. nullptr (the
-  /// default): region_read fills the reply.
-  virtual const uint8_t* region_read_memory(uint32_t region, uint64_t offset, uint32_t count) {
-    (void)region; (void)offset; (void)count;
-    return nullptr;
   }
   /// DEVICE_RESET (and nothing else: a disconnect keeps device state).
   virtual void reset() {}

@@ -1,3 +1,4 @@
+#include "protocol/bulk_frames.hpp"
 #include "device/remote_device.hpp"
 
 #include <fcntl.h>

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <thread>
 
+#include "protocol/bulk_frames.hpp"
 #include "actors/endpoint.hpp"
 #include "actors/event_loop.hpp"
 #include "actors/handler.hpp"

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <thread>
 
+#include "protocol/bulk_frames.hpp"
 #include "actors/syscalls.hpp"
 #include "device/remote_device.hpp"
 #include "device/samples.hpp"

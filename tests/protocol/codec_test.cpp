@@ -8,6 +8,7 @@
 
 #include <tuple>
 
+#include "protocol/bulk_frames.hpp"
 #include "protocol/messages.hpp"
 #include "tests/protocol/test_util.hpp"
 

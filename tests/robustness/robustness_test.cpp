@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "actors/endpoint.hpp"
+#include "actors/answer.hpp"
 #include "actors/handler.hpp"
 #include "device/remote_device.hpp"
 #include "device/samples.hpp"
@@ -70,7 +71,7 @@ TEST_F(RobustnessTest, ASecondVersionIsRefusedAndTheConnectionStays) {
 }
 
 // A device that never answers a REGION_READ of offset 0x666 in time: it answers `late_ms`
-// late, through answer_now (as a device whose request nothing waits behind does) and as
+// late, through answer() (written at once when nothing waits behind it) and as
 // its reply to the dispatcher. Every other read is answered at once.
 using late_atom = caf::atom_constant<caf::atom("late")>;
 struct slow_state {
@@ -82,7 +83,7 @@ caf::behavior slow_device(caf::stateful_actor<slow_state>* self, int late_ms) {
         auto* r = std::get_if<region_read_request>(&in->msg);
         if (!r) return outbound::error(ENOTSUP);
         region_read_reply rep{*r, std::vector<uint8_t>(r->count, 0x11)};
-        if (r->offset != 0x666) return answer_now(*in, outbound::of(rep));
+        if (r->offset != 0x666) return answer(*in, outbound::of(rep));
         self->state.held.emplace_back(self->make_response_promise(), in);
         self->delayed_send(self, std::chrono::milliseconds(late_ms), late_atom::value);
         return caf::delegated<outbound_ptr>{};
@@ -90,7 +91,7 @@ caf::behavior slow_device(caf::stateful_actor<slow_state>* self, int late_ms) {
       [=](late_atom) {
         for (auto& [rp, in] : self->state.held) {
           auto* r = std::get_if<region_read_request>(&in->msg);
-          rp.deliver(answer_now(*in, outbound::of(region_read_reply{*r, std::vector<uint8_t>(r->count, 0x22)})));
+          rp.deliver(answer(*in, outbound::of(region_read_reply{*r, std::vector<uint8_t>(r->count, 0x22)})));
         }
         self->state.held.clear();
       },
@@ -119,7 +120,7 @@ TEST_F(RobustnessTest, AHandlerPastItsDeadlineIsAnsweredEtimedoutAndItsLateAnswe
   // (A reply written by the device itself leaves before the dispatcher counts it answered.)
   for (int i = 0; i < 100 && test::stat_value(server_->stats(), "unanswered") != 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(test::stat_value(server_->stats(), "unanswered"), 0) << "the timed-out request is still counted";
-  ASSERT_TRUE(peer.send(held, 4));  // nothing waits behind this one: answer_now's way
+  ASSERT_TRUE(peer.send(held, 4));  // nothing waits behind this one: written by answer() itself
   EXPECT_EQ(answer(peer, 4), ETIMEDOUT);
   std::this_thread::sleep_for(500ms);
   ASSERT_TRUE(peer.send(quick, 5));

@@ -1,0 +1,54 @@
+#include "protocol/bulk_frames.hpp"
+
+#include "protocol/wire.hpp"
+
+namespace vfu::proto {
+
+namespace {
+using wire::reader;
+using wire::writer;
+void write_access(writer& w, const region_access& a) { w.put(a.offset); w.put(a.region); w.put(a.count); }
+void read_access(reader& r, region_access& a) { r.get(a.offset); r.get(a.region); r.get(a.count); }
+}  // namespace
+
+frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_access& a, const uint8_t* data,
+                        uint32_t extra_flags) {
+  frame f;
+  f.bytes.reserve(header_size + region_access_size + a.count);
+  f.bytes.resize(header_size);
+  writer w(f.bytes);
+  write_access(w, a);
+  if (data) w.bytes(data, a.count);
+  else if (reply) w.grow(a.count);  // uninitialised: the caller fills every byte in place
+  header h;
+  h.msg_id = msg_id;
+  h.command = uint16_t(cmd);
+  h.msg_size = uint32_t(f.bytes.size());
+  h.flags = (reply ? hflags::type_reply : hflags::type_command) | extra_flags;
+  f.set_hdr(h);
+  return f;
+}
+
+uint8_t* region_frame_data(frame& f) noexcept { return f.bytes.data() + header_size + region_access_size; }
+
+frame make_region_head(uint16_t msg_id, command cmd, bool reply, const region_access& a) {
+  frame f = make_region_frame(msg_id, cmd, false, a);  // header and access fields only
+  header h = f.hdr();
+  h.msg_size = uint32_t(f.bytes.size() + a.count);
+  h.flags = reply ? hflags::type_reply : hflags::type_command;
+  f.set_hdr(h);
+  return f;
+}
+
+const uint8_t* region_read_reply_data(const frame& f, const region_access& want) noexcept {
+  auto h = f.hdr();
+  if (!h.is_reply() || h.is_error() || h.command != uint16_t(command::region_read)) return nullptr;
+  if (f.bytes.size() != header_size + region_access_size + size_t(want.count)) return nullptr;
+  reader r(f.payload());
+  region_access got;
+  read_access(r, got);
+  if (got.offset != want.offset || got.region != want.region || got.count != want.count) return nullptr;
+  return r.here();
+}
+
+}  // namespace vfu::proto
