@@ -20,7 +20,7 @@ bool send_one(self_t self, correlation_state::queued& q) {
     return true;
   }
   auto cmd = q.f->hdr().command;
-  auto deadline = clock::now() + q.timeout;
+  auto deadline = st.cfg.now() + q.timeout;
   auto id = st.table->add(pending_table::requester{nullptr, q.rp, true}, cmd, deadline, st.epoch,
                           std::chrono::milliseconds(0));
   if (!id) {
@@ -35,7 +35,7 @@ bool send_one(self_t self, correlation_state::queued& q) {
     fail(q.rp, sent.err().code, sent.err().message());
     return true;
   }
-  arm_sweep(self, *st.table, deadline);
+  arm_sweep(self, *st.table, deadline, st.cfg.now());
   return true;
 }
 
@@ -52,10 +52,10 @@ void pump(self_t self) {
 
 }  // namespace
 
-void arm_sweep(const caf::actor& corr, pending_table& table, clock::time_point deadline) {
+void arm_sweep(const caf::actor& corr, pending_table& table, clock::time_point deadline, clock::time_point now) {
   auto at = table.timer_due_before(deadline);
   if (at == clock::time_point::max()) return;
-  auto delay = std::chrono::duration_cast<std::chrono::milliseconds>(at - clock::now()) + std::chrono::milliseconds(1);
+  auto delay = std::chrono::duration_cast<std::chrono::milliseconds>(at - now) + std::chrono::milliseconds(1);
   caf::delayed_anon_send(corr, std::max(delay, std::chrono::milliseconds(1)), sweep_atom::value);
 }
 
@@ -86,11 +86,11 @@ caf::behavior correlation_actor(caf::stateful_actor<correlation_state>* self, co
       [=](sweep_atom) {
         auto& st = self->state;
         pending_table::completions done;
-        auto next = st.table->sweep(clock::now(), done);
+        auto next = st.table->sweep(st.cfg.now(), done);
         st.table->settle(done);
-        if (next != clock::time_point::max()) arm_sweep(self, *st.table, next);
+        if (next != clock::time_point::max()) arm_sweep(self, *st.table, next, st.cfg.now());
       },
-      [=](attach_atom, transport_ptr& tr, uint64_t epoch) {
+      [=](attach_atom, connection_ptr& tr, uint64_t epoch) {
         auto& st = self->state;
         st.transport = std::move(tr);
         st.epoch = epoch;

@@ -1,12 +1,12 @@
-// correlation_actor.hpp: the actors' way to the pending table (pending_table.hpp). An actor
-// sends (request_atom, frame, timeout_ms) and gets a call_result: the reply, the peer's
-// error reply, a timeout, or the connection's loss, exactly once. The actor also runs the
-// table's timer for the requests nobody blocks on (actors' and no-wait ones): one timer,
-// armed for the earliest such deadline.
+// correlation_actor.hpp: the actors' way to the pending table (pending_table.hpp has the
+// lifecycle of every kind of request). An actor sends (request_atom, frame, timeout_ms) and
+// gets a call_result: the reply, the peer's error reply, a timeout, or the connection's
+// loss, exactly once. The actor also runs the table's timer for the requests nobody blocks
+// on (actors' and no-wait ones): one timer, armed for the earliest such deadline.
 //
 // Messages: (request_atom, frame_ptr, uint32_t timeout_ms) -> call_result; (deliver_atom,
 // promise, call_result) from the reader that completed an actor's request; (pump_atom) when
-// there is room again for queued requests; (sweep_atom) the timer; (attach_atom, transport,
+// there is room again for queued requests; (sweep_atom) the timer; (attach_atom, connection,
 // epoch) the connection to write to; (connlost_atom) it is gone.
 #pragma once
 
@@ -16,7 +16,6 @@
 #include <deque>
 
 #include "actors/pending_table.hpp"
-#include "actors/stream_transport.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {
@@ -26,6 +25,7 @@ struct correlation_config {
   std::chrono::milliseconds long_timeout{60000};   ///< reset, migration, DMA map/unmap
   uint32_t max_outstanding = proto::limits::default_max_outstanding;
   uint32_t max_queued = 65536;  ///< actor requests waiting for room; past it: busy
+  clock_fn now = &steady_now;   ///< requests' deadlines
 
   std::chrono::milliseconds timeout_for(uint16_t cmd, std::chrono::milliseconds t) const {
     if (t.count()) return t;
@@ -41,7 +41,7 @@ struct correlation_state {
   };
   correlation_config cfg;
   std::shared_ptr<pending_table> table;
-  transport_ptr transport;  ///< the current connection, while there is one
+  connection_ptr transport;  ///< the current connection, while there is one
   uint64_t epoch = 0;
   std::deque<queued> waiting;  ///< actor requests waiting for room
   static inline const char* name = "vfu.correlation";
@@ -51,6 +51,7 @@ caf::behavior correlation_actor(caf::stateful_actor<correlation_state>* self, co
                                 std::shared_ptr<pending_table> table);
 
 /// Arms the correlation actor's timer if `deadline` is before the one it has (any thread).
-void arm_sweep(const caf::actor& corr, pending_table& table, pending_table::clock::time_point deadline);
+void arm_sweep(const caf::actor& corr, pending_table& table, pending_table::clock::time_point deadline,
+               pending_table::clock::time_point now = pending_table::clock::now());
 
 }  // namespace vfu

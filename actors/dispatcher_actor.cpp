@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "actors/answer.hpp"
+#include "actors/frame_router.hpp"
 #include "actors/negotiation.hpp"
 
 namespace vfu {
@@ -16,7 +17,7 @@ using self_t = caf::stateful_actor<dispatcher_state>*;
 // answer goes straight into.
 struct conn_route {
   const caf::actor& sock;
-  const transport_ptr& tr;
+  const connection_ptr& tr;
 };
 
 void send_frame(self_t, const conn_route& r, frame_ptr f) {
@@ -87,7 +88,7 @@ void arm_deadline(self_t self) {
   auto& st = self->state;
   if (!st.busy || st.deadline >= st.timer_at) return;
   st.timer_at = st.deadline;
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(st.deadline - std::chrono::steady_clock::now());
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(st.deadline - st.cfg.now());
   self->delayed_send(self, std::max(left, std::chrono::milliseconds(1)), deadline_atom::value,
                      int64_t(st.deadline.time_since_epoch().count()));
 }
@@ -96,7 +97,7 @@ void on_deadline(self_t self, int64_t at) {
   auto& st = self->state;
   if (at == st.timer_at.time_since_epoch().count()) st.timer_at = std::chrono::steady_clock::time_point::max();
   if (!st.busy) return;
-  if (std::chrono::steady_clock::now() < st.deadline) return arm_deadline(self);
+  if (st.cfg.now() < st.deadline) return arm_deadline(self);
   // A device that wrote its answer itself has claimed it: that answer stands.
   if (st.current_in && !st.current_in->claim()) return;
   CAF_LOG_WARNING("no answer to " << proto::describe(st.current, 0) << " by its deadline: ETIMEDOUT");
@@ -128,7 +129,7 @@ void dispatch_next(self_t self) {
   st.current_target = it.target;
   st.current_ticket = std::move(it.ticket);
   st.current_in = it.in;
-  st.deadline = std::chrono::steady_clock::now() +
+  st.deadline = st.cfg.now() +
                 (classify(it.hdr.command) == timeout_class::long_op ? st.cfg.handler_timeout_long : st.cfg.handler_timeout);
   arm_deadline(self);
   it.in->alone = st.queue.empty();
@@ -143,7 +144,7 @@ void dispatch_next(self_t self) {
 // One request from the peer: decoded, answered here (errors, VERSION) or queued for its
 // device (dispatch_next hands it over). `tr`: the transport it came from, which the answer
 // goes to.
-void on_request(self_t self, const caf::actor& sock, const transport_ptr& tr, proto::frame& f, request_ticket ticket) {
+void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, proto::frame& f, request_ticket ticket) {
   auto& st = self->state;
   conn_route r{sock, tr};
   auto h = f.hdr();
@@ -227,7 +228,7 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         self->state.negotiated = false;
         self->state.limits = proto::decode_limits{};
       },
-      [=](inbound_atom, event_batch& reqs, caf::actor& sock, transport_ptr& tr) {
+      [=](inbound_atom, event_batch& reqs, caf::actor& sock, connection_ptr& tr) {
         // The whole batch is queued before the first request goes out, so that each
         // knows whether others wait behind it (inbound::alone).
         for (auto& ev : *reqs) {

@@ -29,7 +29,6 @@
 #include <map>
 #include <set>
 
-#include "actors/stream_transport.hpp"
 #include "actors/types.hpp"
 
 namespace vfu {
@@ -46,6 +45,7 @@ struct dispatcher_config {
   std::chrono::milliseconds handler_timeout{60000};
   std::chrono::milliseconds handler_timeout_long{600000};
   caf::actor supervisor;                ///< told (connup_atom, negotiated) after VERSION
+  clock_fn now = &steady_now;           ///< handlers' deadlines
 };
 
 /// One of the peer's requests as its transport's flow control counts it
@@ -57,7 +57,7 @@ struct dispatcher_config {
 class request_ticket {
  public:
   request_ticket() = default;
-  request_ticket(transport_ptr tr, uint64_t bytes) : tr_(std::move(tr)), bytes_(bytes) {}
+  request_ticket(connection_ptr tr, uint64_t bytes) : tr_(std::move(tr)), bytes_(bytes) {}
   request_ticket(request_ticket&& o) noexcept : tr_(std::move(o.tr_)), bytes_(o.bytes_) {}
   request_ticket& operator=(request_ticket&& o) noexcept {
     if (this != &o) {
@@ -74,14 +74,14 @@ class request_ticket {
   }
 
  private:
-  transport_ptr tr_;
+  connection_ptr tr_;
   uint64_t bytes_ = 0;
 };
 
 struct dispatcher_state {
   struct item {
     caf::actor sock;
-    transport_ptr tr;  ///< the connection: replies go straight into it
+    connection_ptr tr;  ///< the connection: replies go straight into it
     proto::header hdr;
     inbound_ptr in;
     caf::actor target;
@@ -94,7 +94,7 @@ struct dispatcher_state {
   uint64_t seq = 0;             ///< identifies the request in flight
   proto::header current{};
   caf::actor current_sock, current_target;
-  transport_ptr current_tr;
+  connection_ptr current_tr;
   request_ticket current_ticket;
   inbound_ptr current_in;                        ///< its claim() decides who answers
   std::chrono::steady_clock::time_point deadline;  ///< when the current request times out
@@ -111,7 +111,7 @@ struct dispatcher_state {
 };
 
 /// Messages: (handler_atom, uint16_t cmd, actor) registers a handler (cmd 0 = whole
-/// device); (inbound_atom, event_batch, socket actor, transport) from a transport, answered
+/// device); (inbound_atom, event_batch, socket actor, connection) from a transport, answered
 /// through that transport; (limits_atom, conn_limits) after a client-side negotiation; (connlost_atom) resets negotiation state; (drain_atom) is
 /// answered once every request received so far has been answered.
 caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,

@@ -1,5 +1,7 @@
 // endpoint.hpp: the embedding API. One endpoint = one vfio-user connection slot in either
-// role, with its supervisor, correlation, dispatcher and (per connection) socket actor.
+// role, with its supervisor, correlation, dispatcher and (per connection) socket actor
+// (docs/architecture.md). What happens to each kind of request it makes (call, call_many,
+// post, post_noreply, an actor's request): pending_table.hpp's lifecycle table.
 //
 //   vfu::runtime rt;                                   // actor system + io thread
 //   auto ep = vfu::endpoint::connect(rt, "/tmp/dev.sock", cfg);   // client: connect+VERSION
@@ -64,8 +66,8 @@ struct endpoint_config {
   bool caller_reads = true;
   /// Such a caller first polls the socket for its reply (recvmsg without waiting) for up to
   /// this long, and only then sleeps in recvmsg: a reply that comes within the window costs
-  /// no sleep and no wake-up, which on a VM costs 5-20 us of a 20-30 us round trip (KVM
-  /// polls a halted vCPU for the same reason). The window adapts per connection as the
+  /// no sleep and no wake-up, most of a round trip's cost (docs/performance.md; KVM polls
+  /// a halted vCPU for the same reason). The window adapts per connection as the
   /// event loop's does (event_loop::adaptive_poll): it grows while replies come within
   /// max, and falls to 0 after a longer wait, so slow replies cost no polling. The CPU it
   /// spends is the waiting caller's own thread's, only while a call is outstanding.

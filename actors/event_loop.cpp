@@ -230,8 +230,8 @@ class loop_policy : public caf::policy::unprofiled {
 // CAF pays for every job it runs: it tags the thread with the job's actor id for the
 // logger (CAF_PUSH_AID_FROM_PTR), which takes a dynamic_cast across CAF's actor hierarchy
 // (type names compared with strcmp, the types live in another shared object) and two
-// lookups in the logger's thread table. callgrind: about 1,900 instructions per actor run,
-// and a request makes three runs; that was more than the whole request cost otherwise. Here
+// lookups in the logger's thread table: more than the rest of a request's work
+// (docs/performance.md, point 16). Here
 // the tag is set only while something is being logged (the logger's verbosity is above
 // quiet), so log lines keep their actor ids.
 // It copies CAF 0.17.6's worker<Policy>::run() and relies on that version's internals: a

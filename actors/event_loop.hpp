@@ -1,7 +1,7 @@
 // event_loop.hpp: one thread runs both the Asio io_context and every scheduled actor.
 //
-// Why (docs/performance.md): on these machines a cross-thread wake-up costs 5-20 us, while
-// an actor hop on the same thread costs about 1 us. With a separate io thread, every
+// Why (docs/performance.md): a cross-thread wake-up costs many times an actor hop on the
+// same thread. With a separate io thread, every
 // request a server receives crosses threads twice (io thread -> CAF worker, and the worker
 // back to sleep), so the broker could never get near a raw socket's round trip. Here the
 // CAF scheduler's only worker *is* the io thread:

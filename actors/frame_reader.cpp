@@ -190,7 +190,7 @@ void stream_transport::deliver(std::vector<proto::frame_assembler::event>& evs, 
     sync_read_events();
   }
   // Requests before the end: an EOF's drain (socket_actor) must find them in the queue.
-  if (r.requests) caf::anon_send(requests_, inbound_atom::value, r.requests, owner_, shared_from_this());
+  if (r.requests) caf::anon_send(requests_, inbound_atom::value, r.requests, owner_, connection_ptr(shared_from_this()));
   if (out.fail && out.clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, out.fail);  // answer, then close
   else if (r.fatal) caf::anon_send(owner_, ioerr_atom::value, r.fatal);
   else if (out.fail) caf::anon_send(owner_, ioerr_atom::value, out.fail);

@@ -45,9 +45,9 @@ conn_limits limits_from(const proto::negotiated& n) {
   return l;
 }
 
-conn_limits put_in_force(const proto::negotiated& n, stream_transport& tr) {
+conn_limits put_in_force(const proto::negotiated& n, connection& c) {
   auto l = limits_from(n);
-  tr.set_max_frame(l.max_frame);
+  c.set_max_frame(l.max_frame);
   return l;
 }
 

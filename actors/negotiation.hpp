@@ -3,7 +3,6 @@
 // capabilities.hpp's; this is what the broker does with them.
 #pragma once
 
-#include "actors/stream_transport.hpp"
 #include "actors/types.hpp"
 #include "protocol/capabilities.hpp"
 
@@ -26,6 +25,6 @@ proto::result<server_answer> server_version(const proto::version_request& req, c
 conn_limits limits_from(const proto::negotiated& n);
 /// Puts a negotiation's frame limit in force on the connection's transport (the one place
 /// it is set: before the peer can send anything that needs it) and returns the limits.
-conn_limits put_in_force(const proto::negotiated& n, stream_transport& tr);
+conn_limits put_in_force(const proto::negotiated& n, connection& c);
 
 }  // namespace vfu

@@ -28,7 +28,7 @@ struct runtime_options {
   size_t workers = 1;
   /// single_loop only: how long (at most) the idle loop polls its sockets before it blocks,
   /// adapted as QEMU adapts an iothread's poll-max-ns (event_loop.cpp). A request that
-  /// arrives while the loop polls costs no wake-up (5-20 us of latency on a VM), at the
+  /// arrives while the loop polls costs no wake-up, at the
   /// price of up to this much CPU after every burst of work. 0 never polls. -1 (the
   /// default) takes the environment's VFU_POLL_MAX_NS, or 0 without it; vfu-serve uses
   /// default_poll_max_ns unless told otherwise.
@@ -39,10 +39,9 @@ struct runtime_options {
   /// The environment variable `var` as a poll_max_ns, or `fallback` when it is unset or
   /// empty, or not a valid value (then with a warning on stderr).
   static int64_t poll_ns_from_env(const char* var, int64_t fallback);
-  /// vfu-serve's default: twice QEMU's iothread default (32768), because on the VMs we
-  /// measure a wake-up costs 10-20 us and a broker-to-broker round trip 25-50 us, so the
-  /// server's idle gap in a ping-pong often exceeds 32 us; the window then resets and the
-  /// next request costs a wake-up again (docs/performance.md).
+  /// vfu-serve's default: twice QEMU's iothread default (32768), because a broker-to-broker
+  /// round trip often leaves the server idle for longer than 32 us, and the window would
+  /// then reset at every request (docs/performance.md, fourth session, point 9).
   static constexpr int64_t default_poll_max_ns = 65536;
 };
 

@@ -10,9 +10,11 @@
 // Ownership and threads:
 //  - stream_transport owns the socket. The io thread reads: it waits for readiness with
 //    Asio, drains the socket with recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC), wraps every
-//    received fd in a unique_fd at once, assembles frames and sends each batch to the owning
-//    socket actor. MSG_CTRUNC is fatal (fds were lost). While the loop polls it also reads
-//    without a readiness event (poll_read; the wait stays armed).
+//    received fd in a unique_fd at once and assembles frames; replies complete their
+//    requests in the pending table, requests go to the dispatcher in one batch per read
+//    pass, and the connection's end to its socket actor. MSG_CTRUNC is fatal (fds were
+//    lost). While the loop polls it also reads without a readiness event (poll_read; the
+//    wait stays armed).
 //  - A thread blocked in a call may read instead (lead_begin/lead_wait/lead_end): it blocks
 //    in recvmsg itself and handles whatever arrives exactly as the io thread would, so its
 //    reply costs it one wake-up, as for a raw socket client, instead of two (io thread, then
@@ -22,8 +24,8 @@
 //    when anything that arrived meanwhile wakes the io thread at once. The socket's file is
 //    blocking for the leader's sake (with SO_RCVTIMEO slices); every other read and every
 //    write passes MSG_DONTWAIT.
-//  - Writes go through send(), from any thread (the socket actor, or a caller thread on the
-//    direct-call lane): whole frames, in the order send() was called, under one mutex. What
+//  - Writes go through send(), from any thread (the dispatcher, the correlation actor, a
+//    device answering itself, or a calling thread): whole frames, in the order send() was called, under one mutex. What
 //    the socket does not take at once is queued and written by the io thread when the
 //    socket is writable again; no caller ever blocks on a full socket. close() takes the
 //    read mutex and this one before it closes the fd, so no read or write can use the fd
@@ -65,7 +67,7 @@ inline constexpr size_t max_send_queue = 128u << 20;
 
 class stream_transport : public deferred_writer,
                          public pollable,
-                         public reply_writer,
+                         public connection,
                          public std::enable_shared_from_this<stream_transport> {
  public:
   stream_transport(boost::asio::io_context& io, proto::unique_fd fd, uint32_t max_frame,
@@ -77,12 +79,12 @@ class stream_transport : public deferred_writer,
   proto::status send(const frame_ptr& f) override;
   /// Sends `n` frames in order, gathered into as few sendmsg calls as the fd rule allows.
   proto::status send_many(const frame_ptr* fs, size_t n);
-  /// Sends one frame without fds gathered from `head` and `data` (reply_writer), now: after
+  /// Sends one frame without fds gathered from `head` and `data` (connection), now: after
   /// what is queued, in one sendmsg where the socket has room; what it has no room for is
   /// copied into the queue. No copy of `data` at all in the usual case.
   proto::status send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) override;
   /// Sends `f` after what is queued, gathered with it into as few sendmsg calls as the fd
-  /// rule allows, now: not at the loop's deferred flush (reply_writer).
+  /// rule allows, now: not at the loop's deferred flush (connection).
   proto::status send_now(frame_ptr f) override;
   /// Counters of send_gathered: frames sent, and how many of them had to be copied (in part).
   std::atomic<uint64_t> gathered{0}, gathered_copied{0};
@@ -91,13 +93,13 @@ class stream_transport : public deferred_writer,
   std::atomic<uint64_t> sent_now{0}, writes{0};
   /// Starts reading. Replies complete their requests in the pending table; the peer's
   /// requests, well-formed or rejected by size, go to `requests` (the dispatcher, which
-  /// answers through this transport) as (inbound_atom, event_batch, owner, transport); an
+  /// answers through this transport) as (inbound_atom, event_batch, owner, connection_ptr); an
   /// EOF or a fatal condition goes to `owner` (the socket actor) as (eof_atom or ioerr_atom,
   /// proto::error), and reading stops.
   void start(caf::actor owner, caf::actor requests);
   /// Largest frame accepted from the next header on (any thread).
-  void set_max_frame(uint32_t n) noexcept { max_frame_.store(n, std::memory_order_relaxed); }
-  /// Stops reading and closes the socket (on the io thread). Blocked direct calls fail at
+  void set_max_frame(uint32_t n) noexcept override { max_frame_.store(n, std::memory_order_relaxed); }
+  /// Stops reading and closes the socket (on the io thread). Every pending request fails at
   /// once with `why`.
   void close(const proto::error& why = proto::error(proto::errc::peer_gone, "connection closed"));
   /// Writes what send() queued on the event loop (called by the loop when it goes idle).
@@ -127,13 +129,13 @@ class stream_transport : public deferred_writer,
   /// answer written, or the request dropped), of request_bytes(). Any thread. Flow
   /// control: with too many requests unanswered the transport stops reading (the peer's
   /// writes block) and reads again once half of them are answered.
-  void request_done(uint64_t bytes);
+  void request_done(uint64_t bytes) override;
   /// Our own requests written and not yet answered (a reply read), as flow control counts
   /// them: while there are any, reading stops only at four times the bounds. A request
   /// that never gets its reply keeps the higher bounds.
   uint32_t awaiting() const noexcept { return flow_.awaiting(); }
   /// close() was called: the connection is over (its socket actor has ended).
-  bool closing() const noexcept { return closing_.load(); }
+  bool closing() const noexcept override { return closing_.load(); }
 
 
   /// Counters for inspection.

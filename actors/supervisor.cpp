@@ -123,7 +123,7 @@ void negotiate_client(sup_t self, transport_ptr tr) {
 
 void start_connection(sup_t self, proto::unique_fd fd) {
   auto& st = self->state;
-  auto tr = std::make_shared<stream_transport>(st.c.rt->io(), std::move(fd), proto::limits::max_version_frame, st.c.table);
+  auto tr = std::make_shared<stream_transport>(*st.c.io, std::move(fd), proto::limits::max_version_frame, st.c.table);
   tr->set_caller_poll_max_ns(st.c.cfg.caller_poll_max_ns);  // (resolved by the endpoint's constructor)
   st.socket = self->spawn<caf::monitored>(socket_actor, tr, st.c.disp);
   uint64_t epoch = st.c.table->epoch();  // (the last connection's close moved it on)
@@ -134,7 +134,7 @@ void start_connection(sup_t self, proto::unique_fd fd) {
     st.c.status->epoch = epoch;
     ++st.c.status->generation;
   }
-  self->send(st.c.corr, attach_atom::value, tr, epoch);
+  self->send(st.c.corr, attach_atom::value, connection_ptr(tr), epoch);
   st.c.status->set(conn_state::negotiating);
   if (st.c.r == role::client) negotiate_client(self, tr);
 }
@@ -142,7 +142,7 @@ void start_connection(sup_t self, proto::unique_fd fd) {
 void try_reconnect(sup_t self) {
   auto& st = self->state;
   if (st.closing) return;
-  auto fd = dial(st.path);
+  auto fd = st.c.dial ? st.c.dial(st.path) : dial(st.path);
   if (!fd) {
     if (!st.ever_ready) {  // the first attempt failed: report instead of retrying forever
       st.c.status->set(conn_state::closed, fd.err());

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "actors/endpoint.hpp"
+#include "actors/stream_transport.hpp"
 
 namespace vfu {
 
@@ -41,12 +42,15 @@ class listener;
 
 /// The actors a supervisor works with, and where its connections come from.
 struct supervisor_config {
-  runtime* rt = nullptr;
+  boost::asio::io_context* io = nullptr;  ///< where connections wait for readiness
   role r = role::client;
   endpoint_config cfg;
   std::shared_ptr<endpoint_status> status;
   std::shared_ptr<pending_table> table;
   caf::actor corr, disp, handler;
+  /// Client role: how a path becomes a connected socket (empty: connect(2) to the UNIX
+  /// socket at the path). The actors' unit tests count and fail dials with it.
+  std::function<proto::result<proto::unique_fd>(const std::string& path)> dial;
 };
 
 /// Messages: (attach_atom, shared_ptr<unique_fd>) serve or use a connected fd; (attach_atom,

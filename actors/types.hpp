@@ -1,17 +1,18 @@
 // types.hpp: every message type and atom that crosses an actor boundary in vfu-broker, in
 // one place (style lesson 6).
 //
-// Lifecycle of a frame (architecture.md): the io thread reads bytes and fds, the assembler
-// makes frames, and a batch travels to the connection's socket actor; replies go on to the
-// correlation actor, requests to the dispatcher. Frames and fds are move-only, and CAF 0.17
-// messages must be copyable, so they travel inside shared_ptrs: the buffer is never copied,
-// and the fds close when the last holder drops the message (also when CAF drops a message
-// sent to a dead actor).
+// A frame's way (docs/architecture.md): the reader (stream_transport) reads bytes and fds
+// and assembles frames; a reply completes its request in the pending table (whose header
+// has each request kind's lifecycle), a batch of requests goes to the dispatcher. Frames and
+// fds are move-only, and CAF 0.17 messages must be copyable, so they travel inside
+// shared_ptrs: the buffer is never copied, and the fds close when the last holder drops the
+// message (also when CAF drops a message sent to a dead actor).
 #pragma once
 
 #include <caf/all.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -40,7 +41,7 @@ struct call_result {
   proto::error failure() const;
 };
 
-/// A blocked thread's completion slot. The correlation actor completes it exactly once.
+/// A blocked thread's completion slot, completed exactly once (pending_table.hpp).
 class call_slot {
  public:
   void complete(call_result r);
@@ -88,6 +89,24 @@ class reply_writer {
   /// after. An error means the connection is broken.
   virtual proto::status send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) = 0;
 };
+
+/// One connection as the actors use it: its write side, and what the dispatcher tells its
+/// reader. stream_transport is the connection; the actors' unit tests record instead.
+class connection : public reply_writer {
+ public:
+  /// The connection is over (it was closed): what was read from it is dropped.
+  virtual bool closing() const noexcept = 0;
+  /// The dispatcher is done with one of the peer's requests (answered or dropped), of
+  /// request_bytes(): flow control (frame_router.hpp).
+  virtual void request_done(uint64_t bytes) = 0;
+  /// Largest frame accepted from the next header on (any thread).
+  virtual void set_max_frame(uint32_t n) noexcept = 0;
+};
+using connection_ptr = std::shared_ptr<connection>;
+
+/// Where the actors' deadlines read the time (steady_clock; the actors' unit tests step it).
+using clock_fn = std::chrono::steady_clock::time_point (*)();
+inline std::chrono::steady_clock::time_point steady_now() { return std::chrono::steady_clock::now(); }
 
 /// An inbound request after decoding, handed to a device actor. A handler answers it by
 /// returning answer(in, outbound) (answer.hpp), or an outbound for the dispatcher to write.
@@ -206,6 +225,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::event_batch)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::call_result)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::inbound_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::outbound_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::connection_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::conn_limits)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::proto::header)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<vfu::proto::header>)
