@@ -480,121 +480,137 @@ caf::result<outbound_ptr> on_dma_unmap(self_t self, const dma_unmap_request& req
   return rp;
 }
 
+void set_up(device_state& st, self_t self, const std::shared_ptr<device_model>& model,
+            const proto::quirks& quirks) {
+  st.self = self;
+  st.model = model;
+  st.quirks = quirks;
+  model->ctx = &st;
+  const auto& sp = model->spec();
+  st.cfg = std::make_unique<pci_config>(sp.ids, sp.bars, sp.msi_vectors, sp.msix, sp.io_bit_on_unused_bars, sp.pm_capability);
+  st.irqs[irq_index::intx].resize(sp.intx_vectors);
+  st.irqs[irq_index::msi].resize(sp.msi_vectors);
+  st.irqs[irq_index::msix].resize(sp.msix.vectors);
+  st.irqs[irq_index::err].resize(1);
+  st.irqs[irq_index::req].resize(1);
+  st.msix_table.assign(size_t(sp.msix.vectors) * 16, 0);
+  for (uint32_t v = 0; v < sp.msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;  // masked at reset
+  st.shm.resize(st.num_regions());
+  for (uint32_t r = 0; r < st.num_regions(); ++r) {
+    if (r == region_index::config || !st.rspec(r).shared_memory) continue;
+    uint64_t size = st.region_size(r);
+    unique_fd fd(::memfd_create("vfu-region", MFD_CLOEXEC));
+    if (!fd || ::ftruncate(fd.get(), off_t(size)) != 0) continue;
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    if (p == MAP_FAILED) continue;
+    st.shm[r] = shared_region{std::move(fd), static_cast<uint8_t*>(p), size};
+  }
+}
+
+outbound_ptr on_region_read(device_state& st, inbound& in, const region_read_request& r) {
+  // A large read of plain memory leaves from there, with no copy; otherwise the reply frame
+  // is built first and the device reads straight into it.
+  if (r.count >= gather_min)
+    if (const uint8_t* src = read_memory(st, r))
+      return answer(in, outbound::gathered(make_region_head(0, command::region_read, true, r), src, r.count));
+  auto f = make_region_frame(0, command::region_read, true, r);
+  if (int e = region_access(st, r.region, r.offset, region_frame_data(f), r.count, false))
+    return answer(in, outbound::error(e));
+  return answer(in, outbound::of_frame(std::move(f)));
+}
+
+outbound_ptr on_region_write(device_state& st, inbound& in, const region_write_request& w) {
+  // (A write only reads from the buffer, which may be the request frame's.)
+  auto* src = const_cast<uint8_t*>(w.data.data());
+  if (int e = region_access(st, w.region, w.offset, src, w.count, true)) return answer(in, outbound::error(e));
+  return answer(in, outbound::of(region_write_reply{{w.offset, w.region, w.count}}));
+}
+
+outbound_ptr on_write_multi(device_state& st, const write_multi_request& w) {
+  for (auto& e : w.writes) {
+    auto d = e.data;
+    if (int err = region_access(st, e.region, e.offset, d.data(), e.count, true)) return outbound::error(err);
+  }
+  return outbound::of(write_multi_reply{w.writes.size()});
+}
+
+outbound_ptr on_reset(device_state& st) {
+  st.cfg->reset();
+  for (auto& idx : st.irqs)
+    for (auto& v : idx) {
+      v.masked = false;
+      v.pending = false;
+    }
+  for (uint32_t v = 0; v < st.spec().msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;
+  st.model->reset();
+  return outbound::of(reset_reply{});
+}
+
+// One request of the client's, by its message type.
+caf::result<outbound_ptr> serve(self_t self, inbound& in) {
+  auto& st = self->state;
+  st.correlation = in.correlation;
+  auto& m = in.msg;
+  if (auto* r = std::get_if<region_read_request>(&m)) return on_region_read(st, in, *r);
+  if (auto* w = std::get_if<region_write_request>(&m)) return on_region_write(st, in, *w);
+  if (auto* w = std::get_if<write_multi_request>(&m)) return on_write_multi(st, *w);
+  if (std::holds_alternative<device_info_request>(m)) {
+    device_info_reply rep;
+    rep.flags = device_info_flags::reset | device_info_flags::pci;
+    rep.num_regions = st.num_regions();
+    rep.num_irqs = irq_index::count;
+    return outbound::of(rep);
+  }
+  if (auto* r = std::get_if<region_info_request>(&m)) return on_region_info(st, *r);
+  if (auto* r = std::get_if<irq_info_request>(&m)) return on_irq_info(st, *r);
+  if (auto* r = std::get_if<set_irqs_request>(&m)) return on_set_irqs(st, *r, in.fds);
+  if (auto* r = std::get_if<dma_map_request>(&m)) return on_dma_map(st, *r, in.fds);
+  if (auto* r = std::get_if<dma_unmap_request>(&m)) return on_dma_unmap(self, *r);
+  if (auto* io = std::get_if<io_fds_request>(&m)) {
+    if (io->index >= st.num_regions()) return outbound::error(EINVAL);
+    io_fds_reply rep;
+    rep.index = io->index;
+    return outbound::of(rep);  // no ioeventfds: count 0
+  }
+  if (std::holds_alternative<reset_request>(m)) return on_reset(st);
+  // Migration is not offered by these devices: DEVICE_FEATURE and MIG_DATA_* get ENOTSUP,
+  // which is what a client probes for.
+  return outbound::error(ENOTSUP);
+}
+
 }  // namespace
 
 // A named function with arguments, not a capturing lambda: CAF 0.17's init_fun_factory
 // dereferences a null shared_ptr<tuple<>> for argument-less spawns (UBSan flags it).
 caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_ptr<device_model> model,
                            proto::quirks quirks) {
-  {
-    auto& st = self->state;
-    st.self = self;
-    st.model = model;
-    st.quirks = quirks;
-    model->ctx = &st;
-    const auto& sp = model->spec();
-    st.cfg = std::make_unique<pci_config>(sp.ids, sp.bars, sp.msi_vectors, sp.msix, sp.io_bit_on_unused_bars, sp.pm_capability);
-    st.irqs[irq_index::intx].resize(sp.intx_vectors);
-    st.irqs[irq_index::msi].resize(sp.msi_vectors);
-    st.irqs[irq_index::msix].resize(sp.msix.vectors);
-    st.irqs[irq_index::err].resize(1);
-    st.irqs[irq_index::req].resize(1);
-    st.msix_table.assign(size_t(sp.msix.vectors) * 16, 0);
-    for (uint32_t v = 0; v < sp.msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;  // masked at reset
-    st.shm.resize(st.num_regions());
-    for (uint32_t r = 0; r < st.num_regions(); ++r) {
-      if (r == region_index::config || !st.rspec(r).shared_memory) continue;
-      uint64_t size = st.region_size(r);
-      unique_fd fd(::memfd_create("vfu-region", MFD_CLOEXEC));
-      if (!fd || ::ftruncate(fd.get(), off_t(size)) != 0) continue;
-      void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
-      if (p == MAP_FAILED) continue;
-      st.shm[r] = shared_region{std::move(fd), static_cast<uint8_t*>(p), size};
-    }
-    return {
-        [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> {
-          auto& st = self->state;
-          st.correlation = in->correlation;
-          auto& m = in->msg;
-          if (std::holds_alternative<device_info_request>(m)) {
-            device_info_reply rep;
-            rep.flags = device_info_flags::reset | device_info_flags::pci;
-            rep.num_regions = st.num_regions();
-            rep.num_irqs = irq_index::count;
-            return outbound::of(rep);
-          }
-          if (auto* r = std::get_if<region_info_request>(&m)) return on_region_info(st, *r);
-          if (auto* r = std::get_if<irq_info_request>(&m)) return on_irq_info(st, *r);
-          if (auto* r = std::get_if<set_irqs_request>(&m)) return on_set_irqs(st, *r, in->fds);
-          if (auto* r = std::get_if<dma_map_request>(&m)) return on_dma_map(st, *r, in->fds);
-          if (auto* r = std::get_if<dma_unmap_request>(&m)) return on_dma_unmap(self, *r);
-          if (auto* r = std::get_if<region_read_request>(&m)) {
-            // A large read of plain memory leaves from there, with no copy; otherwise the
-            // reply frame is built first and the device reads straight into it.
-            if (r->count >= gather_min)
-              if (const uint8_t* src = read_memory(st, *r))
-                return answer(*in, outbound::gathered(make_region_head(0, command::region_read, true, *r), src, r->count));
-            auto f = make_region_frame(0, command::region_read, true, *r);
-            if (int e = region_access(st, r->region, r->offset, region_frame_data(f), r->count, false))
-              return answer(*in, outbound::error(e));
-            return answer(*in, outbound::of_frame(std::move(f)));
-          }
-          if (auto* w = std::get_if<region_write_request>(&m)) {
-            // (A write only reads from the buffer, which may be the request frame's.)
-            auto* src = const_cast<uint8_t*>(w->data.data());
-            if (int e = region_access(st, w->region, w->offset, src, w->count, true)) return answer(*in, outbound::error(e));
-            return answer(*in, outbound::of(region_write_reply{{w->offset, w->region, w->count}}));
-          }
-          if (auto* w = std::get_if<write_multi_request>(&m)) {
-            for (auto& e : w->writes) {
-              auto d = e.data;
-              if (int err = region_access(st, e.region, e.offset, d.data(), e.count, true)) return outbound::error(err);
-            }
-            return outbound::of(write_multi_reply{w->writes.size()});
-          }
-          if (auto* io = std::get_if<io_fds_request>(&m)) {
-            if (io->index >= st.num_regions()) return outbound::error(EINVAL);
-            io_fds_reply rep;
-            rep.index = io->index;
-            return outbound::of(rep);  // no ioeventfds: count 0
-          }
-          if (std::holds_alternative<reset_request>(m)) {
-            st.cfg->reset();
-            for (auto& idx : st.irqs)
-              for (auto& v : idx) { v.masked = false; v.pending = false; }
-            for (uint32_t v = 0; v < st.spec().msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;
-            st.model->reset();
-            return outbound::of(reset_reply{});
-          }
-          // Migration is not offered by these devices: DEVICE_FEATURE and MIG_DATA_* get
-          // ENOTSUP, which is what a client probes for.
-          return outbound::error(ENOTSUP);
-        },
-        [=](connup_atom, const proto::negotiated& n) {
-          // The spec bounds a DMA message by the client's max_data_xfer_size; QEMU checks
-          // it against the server's own (E2BIG), so the smaller of the two serves both.
-          self->state.send_max_data = std::min(n.send_max_data(), n.recv_max_data());
-          self->state.max_dma_maps = n.ours.max_dma_maps;
-          self->state.reset_wire();
-          if (self->state.wire_known()) CAF_LOG_INFO("DMA messages use " << self->state.wire_name() << " (forced by the quirks)");
-          self->state.model->attached();
-        },
-        [=](connlost_atom) {
-          // The client is gone: its windows and eventfds go, the device state stays.
-          auto& st = self->state;
-          st.drop_connection_state();
-          st.correlation = nullptr;
-          for (auto& [rp, out] : st.unmap_waiters) rp.deliver(out);
-          st.unmap_waiters.clear();
-          // DMA held for the layout probe fails now (its window is gone), not never.
-          st.reset_wire();
-          auto held = std::move(st.wire_waiters);
-          st.wire_waiters.clear();
-          for (auto& w : held) w();
-          st.model->detached();
-        },
-    };
-  }
+  set_up(self->state, self, model, quirks);
+  return {
+      [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> { return serve(self, *in); },
+      [=](connup_atom, const proto::negotiated& n) {
+        // The spec bounds a DMA message by the client's max_data_xfer_size; QEMU checks
+        // it against the server's own (E2BIG), so the smaller of the two serves both.
+        self->state.send_max_data = std::min(n.send_max_data(), n.recv_max_data());
+        self->state.max_dma_maps = n.ours.max_dma_maps;
+        self->state.reset_wire();
+        if (self->state.wire_known()) CAF_LOG_INFO("DMA messages use " << self->state.wire_name() << " (forced by the quirks)");
+        self->state.model->attached();
+      },
+      [=](connlost_atom) {
+        // The client is gone: its windows and eventfds go, the device state stays.
+        auto& st = self->state;
+        st.drop_connection_state();
+        st.correlation = nullptr;
+        for (auto& [rp, out] : st.unmap_waiters) rp.deliver(out);
+        st.unmap_waiters.clear();
+        // DMA held for the layout probe fails now (its window is gone), not never.
+        st.reset_wire();
+        auto held = std::move(st.wire_waiters);
+        st.wire_waiters.clear();
+        for (auto& w : held) w();
+        st.model->detached();
+      },
+  };
 }
 
 caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> model, proto::quirks quirks) {
