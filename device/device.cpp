@@ -1,6 +1,7 @@
 #define CAF_LOG_COMPONENT "vfu"
 #include "protocol/bulk_frames.hpp"
 #include "device/device.hpp"
+#include "device/device_state.hpp"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -15,250 +16,8 @@ namespace vfu::dev {
 namespace {
 
 using namespace proto;
+using namespace impl;
 
-struct window {
-  uint64_t addr = 0, size = 0;
-  uint32_t prot = 0;        ///< dma_flags: what the device may do
-  uint8_t* map = nullptr;   ///< nullptr: message-based DMA
-  int inflight = 0;         ///< message-based transfers in progress
-  /// DMA_UNMAP came while transfers were in flight: no new transfer may use it, its range
-  /// may not be mapped again, and it goes when the last transfer ends.
-  bool unmapping = false;
-};
-
-struct irq_vec {
-  unique_fd efd;
-  bool masked = false;
-  bool pending = false;
-};
-
-struct shared_region {
-  unique_fd fd;
-  uint8_t* mem = nullptr;
-  uint64_t size = 0;
-};
-
-struct device_state;
-using self_t = caf::stateful_actor<device_state>*;
-
-struct device_state : device_context {
-  self_t self = nullptr;
-  std::shared_ptr<device_model> model;
-  std::unique_ptr<pci_config> cfg;
-  proto::quirks quirks;
-  std::array<std::vector<irq_vec>, irq_index::count> irqs;
-  std::vector<shared_region> shm;
-  std::vector<uint8_t> msix_table;  ///< 16 bytes per vector
-  std::map<uint64_t, window> windows;
-  std::vector<std::pair<caf::response_promise, outbound_ptr>> unmap_waiters;
-  caf::actor correlation;
-  uint64_t send_max_data = limits::default_max_data_xfer;
-  uint64_t max_dma_maps = limits::default_max_dma_maps;
-  /// How this connection's client lays DMA messages out (docs/interop.md): known once
-  /// forced by the quirks or answered by the probe (await_wire).
-  enum class dma_wire : uint8_t { unknown, probing, spec, qemu };
-  dma_wire wire = dma_wire::unknown;
-  std::vector<std::function<void()>> wire_waiters;  ///< message DMA held until it is known
-  uint64_t conn_gen = 0;                            ///< which connection a probe belongs to
-  static inline const char* name = "vfu.device";
-
-  ~device_state() override { drop_connection_state(); for (auto& s : shm) if (s.mem) ::munmap(s.mem, s.size); }
-
-  const device_spec& spec() const { return model->spec(); }
-  uint32_t num_regions() const { return region_index::num_pci + uint32_t(spec().extra_regions.size()); }
-  const region_spec& rspec(uint32_t r) const {
-    return r < region_index::num_pci ? spec().regions[r] : spec().extra_regions[r - region_index::num_pci];
-  }
-  uint64_t region_size(uint32_t r) const {
-    if (r == region_index::config) return pci_config::size;
-    if (r <= region_index::bar5) return spec().bars[r].size;
-    if (r < num_regions()) return rspec(r).size;
-    return 0;
-  }
-
-  // ---- IRQs ---------------------------------------------------------------------------
-  bool msix_vector_masked(uint32_t v) const {
-    if (v * 16 + 16 > msix_table.size()) return true;
-    return msix_table[v * 16 + 12] & 1;
-  }
-  void fire(uint32_t index, uint32_t v) {
-    auto& iv = irqs[index][v];
-    bool masked = iv.masked;
-    if (index == irq_index::msix) masked = masked || cfg->msix_function_masked() || msix_vector_masked(v);
-    if (masked || !iv.efd) {
-      iv.pending = true;
-      return;
-    }
-    iv.pending = false;
-    uint64_t one = 1;
-    if (::write(iv.efd.get(), &one, sizeof one) != sizeof one) CAF_LOG_WARNING("eventfd write failed");
-  }
-  void trigger(uint32_t index, uint32_t vector) override {
-    if (index >= irq_index::count || vector >= irqs[index].size()) return;
-    fire(index, vector);
-  }
-  void retry_pending(uint32_t index) {
-    for (uint32_t v = 0; v < irqs[index].size(); ++v)
-      if (irqs[index][v].pending) fire(index, v);
-  }
-
-  // ---- DMA ----------------------------------------------------------------------------
-  window* find_window(uint64_t addr, uint64_t len) {
-    uint64_t end;
-    if (__builtin_add_overflow(addr, len, &end)) return nullptr;
-    auto it = windows.upper_bound(addr);
-    if (it == windows.begin()) return nullptr;
-    --it;
-    auto& w = it->second;
-    if (w.unmapping || addr < w.addr || end > w.addr + w.size) return nullptr;
-    return &w;
-  }
-  void release(uint64_t window_addr) {
-    auto it = windows.find(window_addr);
-    if (it != windows.end()) --it->second.inflight;
-    // Windows unmapped while busy go when their last transfer ends; deferred unmap
-    // replies go when no such window is left.
-    bool busy = false;
-    for (auto i = windows.begin(); i != windows.end();) {
-      if (i->second.unmapping && i->second.inflight == 0) {
-        i = windows.erase(i);
-        continue;
-      }
-      busy = busy || i->second.unmapping;
-      ++i;
-    }
-    if (busy) return;
-    for (auto& [rp, out] : unmap_waiters) rp.deliver(out);
-    unmap_waiters.clear();
-  }
-  // ---- DMA message layout ----------------------------------------------------------------
-  bool wire_known() const { return wire == dma_wire::spec || wire == dma_wire::qemu; }
-  proto::quirks wire_quirks() const {
-    auto q = quirks;
-    q.qemu_dma_layout = wire == dma_wire::qemu;
-    return q;
-  }
-  void reset_wire() {
-    ++conn_gen;
-    wire = !quirks.dma_layout_forced ? dma_wire::unknown : quirks.qemu_dma_layout ? dma_wire::qemu : dma_wire::spec;
-  }
-  const char* wire_name() const {
-    return wire == dma_wire::qemu ? "QEMU's layout {offset u64, count u32, data@12}" : "the spec's layout {address u64, count u64, data@16}";
-  }
-  // Runs `go` once the layout is known. The first message DMA of a connection asks first,
-  // with a DMA_WRITE of zero bytes to `addr`: QEMU answers it with a bare header, a client
-  // that follows the spec echoes address and count. No byte of guest memory moves.
-  void await_wire(uint64_t addr, std::function<void()> go) {
-    wire_waiters.push_back(std::move(go));
-    if (wire == dma_wire::probing) return;
-    wire = dma_wire::probing;
-    dma_write_request probe;
-    probe.addr = addr;
-    uint64_t gen = conn_gen;
-    self->request(correlation, caf::infinite, request_atom::value, make_frame_ptr(make_frame(0, probe)), uint32_t(0))
-        .then([=](call_result& r) {
-          if (gen != conn_gen) return;  // that connection is gone (its waiters ran then)
-          if (auto f = r.failure()) {
-            wire = dma_wire::spec;
-            CAF_LOG_WARNING("the client refused a DMA_WRITE of zero bytes (" << f.message() << "): DMA messages use "
-                                                                            << wire_name());
-          } else {
-            wire = r.reply->hdr().msg_size == header_size ? dma_wire::qemu : dma_wire::spec;
-            CAF_LOG_INFO("DMA messages use " << wire_name() << " (detected)");
-          }
-          auto waiters = std::move(wire_waiters);
-          wire_waiters.clear();
-          for (auto& w : waiters) w();
-        });
-  }
-
-  void dma_read(uint64_t addr, uint64_t len, std::function<void(int, std::vector<uint8_t>)> cb) override {
-    auto* w = find_window(addr, len);
-    if (!w || !(w->prot & dma_flags::read)) return cb(EFAULT, {});
-    if (!cfg->bus_master()) return cb(EPERM, {});
-    if (w->map) {
-      std::vector<uint8_t> out(w->map + (addr - w->addr), w->map + (addr - w->addr) + len);
-      return cb(0, std::move(out));
-    }
-    if (!correlation) return cb(ENOTCONN, {});
-    if (!wire_known()) return await_wire(addr, [=] { dma_read(addr, len, cb); });
-    auto acc = std::make_shared<std::vector<uint8_t>>();
-    acc->reserve(len);
-    w->inflight++;
-    chunked_read(w->addr, addr, len, acc, std::move(cb));
-  }
-  void chunked_read(uint64_t waddr, uint64_t addr, uint64_t left, std::shared_ptr<std::vector<uint8_t>> acc,
-                    std::function<void(int, std::vector<uint8_t>)> cb) {
-    uint64_t n = std::min(left, wire == dma_wire::qemu ? std::min(send_max_data, limits::qemu_dma_read_chunk) : send_max_data);
-    dma_read_request req;
-    req.addr = addr;
-    req.count = n;
-    auto q = wire_quirks();
-    self->request(correlation, caf::infinite, request_atom::value, make_frame_ptr(make_frame(0, req)), uint32_t(0))
-        .then([=](call_result& r) {
-          auto fail = [&](int e) { release(waddr); cb(e, {}); };
-          if (auto f = r.failure()) return fail(f.errnum ? f.errnum : EIO);
-          auto m = decode(*r.reply, q);
-          auto* rep = m ? std::get_if<dma_read_reply>(&*m) : nullptr;
-          if (!rep || rep->count != n || rep->data.size() != n) return fail(EIO);
-          acc->insert(acc->end(), rep->data.begin(), rep->data.end());
-          if (left > n) return chunked_read(waddr, addr + n, left - n, acc, cb);
-          release(waddr);
-          cb(0, std::move(*acc));
-        });
-  }
-  void dma_write(uint64_t addr, std::vector<uint8_t> data, std::function<void(int)> cb) override {
-    auto* w = find_window(addr, data.size());
-    if (!w || !(w->prot & dma_flags::write)) return cb(EFAULT);
-    if (!cfg->bus_master()) return cb(EPERM);
-    if (w->map) {
-      if (!data.empty()) std::memcpy(w->map + (addr - w->addr), data.data(), data.size());
-      return cb(0);
-    }
-    if (!correlation) return cb(ENOTCONN);
-    if (!wire_known()) {
-      auto held = std::make_shared<std::vector<uint8_t>>(std::move(data));
-      return await_wire(addr, [=] { dma_write(addr, std::move(*held), cb); });
-    }
-    w->inflight++;
-    chunked_write(w->addr, addr, std::make_shared<std::vector<uint8_t>>(std::move(data)), 0, std::move(cb));
-  }
-  void chunked_write(uint64_t waddr, uint64_t addr, std::shared_ptr<std::vector<uint8_t>> data, uint64_t done,
-                     std::function<void(int)> cb) {
-    uint64_t n = std::min<uint64_t>(data->size() - done, send_max_data);
-    dma_write_request req;
-    req.addr = addr + done;
-    req.count = n;
-    req.layout = wire == dma_wire::qemu ? dma_layout::qemu : dma_layout::spec;
-    req.data.assign(data->begin() + long(done), data->begin() + long(done + n));
-    auto q = wire_quirks();
-    self->request(correlation, caf::infinite, request_atom::value, make_frame_ptr(make_frame(0, req)), uint32_t(0))
-        .then([=](call_result& r) {
-          if (auto f = r.failure()) {
-            release(waddr);
-            return cb(f.errnum ? f.errnum : EIO);
-          }
-          auto m = decode(*r.reply, q);
-          if (!m || !std::holds_alternative<dma_write_reply>(*m)) {
-            release(waddr);
-            return cb(EIO);
-          }
-          if (done + n < data->size()) return chunked_write(waddr, addr, data, done + n, cb);
-          release(waddr);
-          cb(0);
-        });
-  }
-  pci_config& config() override { return *cfg; }
-  uint8_t* region_memory(uint32_t r) override { return r < shm.size() ? shm[r].mem : nullptr; }
-
-  void drop_connection_state() {
-    for (auto& [a, w] : windows)
-      if (w.map) ::munmap(w.map, w.size);
-    windows.clear();
-    for (auto& idx : irqs)
-      for (auto& v : idx) v.efd.reset();
-  }
-};
 
 // ---- region access ------------------------------------------------------------------------
 int check_access(device_state& st, uint32_t region, uint64_t off, uint32_t count, bool write) {
@@ -542,6 +301,7 @@ outbound_ptr on_reset(device_state& st) {
       v.pending = false;
     }
   for (uint32_t v = 0; v < st.spec().msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;
+  migration_reset(st);
   st.model->reset();
   return outbound::of(reset_reply{});
 }
@@ -551,6 +311,7 @@ caf::result<outbound_ptr> serve(self_t self, inbound& in) {
   auto& st = self->state;
   st.correlation = in.correlation;
   auto& m = in.msg;
+  if (int e = migration_gate(st, m)) return outbound::error(e);
   if (auto* r = std::get_if<region_read_request>(&m)) return on_region_read(st, in, *r);
   if (auto* w = std::get_if<region_write_request>(&m)) return on_region_write(st, in, *w);
   if (auto* w = std::get_if<write_multi_request>(&m)) return on_write_multi(st, *w);
@@ -573,8 +334,9 @@ caf::result<outbound_ptr> serve(self_t self, inbound& in) {
     return outbound::of(rep);  // no ioeventfds: count 0
   }
   if (std::holds_alternative<reset_request>(m)) return on_reset(st);
-  // Migration is not offered by these devices: DEVICE_FEATURE and MIG_DATA_* get ENOTSUP,
-  // which is what a client probes for.
+  if (auto* f = std::get_if<device_feature_request>(&m)) return on_device_feature(self, *f);
+  if (auto* r = std::get_if<mig_data_read_request>(&m)) return on_mig_data_read(st, in, *r);
+  if (auto* w = std::get_if<mig_data_write_request>(&m)) return on_mig_data_write(st, *w);
   return outbound::error(ENOTSUP);
 }
 
@@ -591,6 +353,7 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
         // The spec bounds a DMA message by the client's max_data_xfer_size; QEMU checks
         // it against the server's own (E2BIG), so the smaller of the two serves both.
         self->state.send_max_data = std::min(n.send_max_data(), n.recv_max_data());
+        self->state.client_max_data = n.send_max_data();
         self->state.max_dma_maps = n.ours.max_dma_maps;
         self->state.reset_wire();
         if (self->state.wire_known()) CAF_LOG_INFO("DMA messages use " << self->state.wire_name() << " (forced by the quirks)");
@@ -600,6 +363,7 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
         // The client is gone: its windows and eventfds go, the device state stays.
         auto& st = self->state;
         st.drop_connection_state();
+        st.dirty.stop();  // its windows are gone; a new client starts its own log
         st.correlation = nullptr;
         for (auto& [rp, out] : st.unmap_waiters) rp.deliver(out);
         st.unmap_waiters.clear();

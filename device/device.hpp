@@ -69,6 +69,24 @@ class device_model {
   virtual void attached() {}
   virtual void detached() {}
 
+  // ---- Migration (docs/migration.md). The framework runs the state machine, serves and
+  // takes the data stream, and saves config space, IRQ state, the MSI-X table and shared
+  // memory regions itself; a model adds only what lives in its own members.
+  /// proto::mig_flags the device supports: 0 = not migratable (the migration features
+  /// answer ENOTSUP); otherwise STOP_COPY and optionally PRE_COPY and P2P.
+  virtual uint64_t migration_flags() const { return 0; }
+  /// One direct arc; longer changes are walked arc by arc. An errno puts the device in
+  /// ERROR, which only DEVICE_RESET leaves.
+  virtual int migration_transition(proto::mig_state from, proto::mig_state to) {
+    (void)from; (void)to;
+    return 0;
+  }
+  /// The model's own state, taken when STOP_COPY begins and given back (on the
+  /// destination) when RESUMING ends; the stream carries it in pieces of any size.
+  virtual std::vector<uint8_t> save_state() { return {}; }
+  /// 0, or an errno (EINVAL for state this model cannot take).
+  virtual int load_state(const std::vector<uint8_t>& data) { return data.empty() ? 0 : EINVAL; }
+
   device_context* ctx = nullptr;  ///< set by the framework before any hook runs
 };
 
@@ -86,6 +104,9 @@ class device_context {
   virtual pci_config& config() = 0;
   /// The shared memory behind a shared_memory region (nullptr otherwise).
   virtual uint8_t* region_memory(uint32_t region) = 0;
+  /// The migration state (RUNNING unless a client is migrating the device). Outside the
+  /// running states, trigger() only sets pending bits and DMA fails with EBUSY.
+  virtual proto::mig_state migration_state() const = 0;
 };
 
 /// Spawns the device actor that serves `model` (hand it to endpoint::listen/serve_fd).

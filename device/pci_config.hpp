@@ -57,6 +57,9 @@ class pci_config {
   uint32_t msix_cap() const { return msix_cap_; }
   /// Restores the power-on values (DEVICE_RESET).
   void reset();
+  /// Every byte, for migration: a destination of the same device takes them as they are.
+  const std::array<uint8_t, size>& raw() const { return cfg_; }
+  void load(const std::array<uint8_t, size>& raw) { cfg_ = raw; }
 
  private:
   void write_byte(uint32_t off, uint8_t v);

@@ -13,6 +13,10 @@ namespace vfu::dev {
 namespace {
 // Reads at least this large ask for their data to land straight in the caller's buffer.
 constexpr size_t bulk_landing_min = 64 * 1024;
+// States in which a device takes enumeration, DMA_MAP and SET_IRQS.
+bool takes_restore(proto::mig_state s) {
+  return s != proto::mig_state::stop && s != proto::mig_state::stop_copy && s != proto::mig_state::error;
+}
 }  // namespace
 
 using namespace proto;
@@ -173,7 +177,24 @@ void remote_device::replay_loop() {
 }
 
 status remote_device::replay() {
+  // A server that kept the device mid-migration refuses what a restore sends (the state
+  // machine's gating): leave the migration alone until the device leaves those states.
+  device_feature_request q;
+  q.argsz = 16;
+  q.flags = feature_flags::get | feature::mig_device_state;
+  auto m = feature(q);  // (an error: the device has no migration; restore as usual)
+  auto* rep = m ? std::get_if<device_feature_reply>(&*m) : nullptr;
+  auto* st = rep ? std::get_if<feature_device_state>(&rep->data) : nullptr;
+  if (st && !takes_restore(mig_state(st->device_state))) {
+    restore_deferred_ = true;
+    return {};
+  }
   std::unique_lock<std::shared_mutex> w(probe_m_);
+  return restore_locked();
+}
+
+status remote_device::restore_locked() {
+  restore_deferred_ = false;
   // The server restarted: its regions' fds and sizes may have changed.
   if (auto s = probe_locked(); !s) return s;
   std::lock_guard<std::mutex> g(records_m_);

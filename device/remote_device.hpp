@@ -121,6 +121,34 @@ class remote_device {
   proto::status irq_disable(uint32_t index);
 
   proto::status reset();
+
+  // ---- Migration v2 and dirty logging (docs/migration.md) ------------------------------
+  // Never replayed: a call in progress when the connection is lost fails with that loss.
+  // After a reconnect the replay asks the device's state first; a server that kept the
+  // device STOP, STOP_COPY or ERROR refuses enumeration, DMA_MAP and SET_IRQS, so restoring
+  // those waits until set_migration_state() takes the device to a state that takes them.
+  /// The server's proto::mig_flags (errc::remote_error with ENOTSUP or EINVAL: none).
+  proto::result<uint64_t> migration_flags();
+  proto::result<proto::mig_state> migration_state();
+  /// The server walks multi-step changes; a failed step leaves the device where the
+  /// server says (ask migration_state()).
+  proto::status set_migration_state(proto::mig_state s);
+  /// Reads the device's data until a read returns nothing (libvfio-user's end, which a
+  /// server following the spec also gives after its short read), in reads of `chunk`
+  /// bytes (0: the server's max_data_xfer_size); each piece goes to `sink`, whose error
+  /// stops the read. Returns the bytes read. In PRE_COPY it reads one round.
+  proto::result<uint64_t> read_migration_data(const std::function<proto::status(const uint8_t*, size_t)>& sink,
+                                              uint32_t chunk = 0);
+  /// Writes data to a RESUMING device, split at the server's max_data_xfer_size.
+  proto::status write_migration_data(const uint8_t* data, size_t len);
+  /// DMA_LOGGING_START at `page_size` over `ranges` (empty: everything mapped).
+  proto::status start_dirty_logging(uint64_t page_size, const std::vector<proto::dma_range>& ranges = {});
+  proto::status stop_dirty_logging();
+  /// DMA_LOGGING_REPORT: bit i (LSB first, in u64 words) = page i of [iova, iova+length)
+  /// was written since it was last reported. Asked in as many reports as the server's
+  /// max_data_xfer_size needs (one when it fits, which libvfio-user requires).
+  proto::result<std::vector<uint8_t>> dirty_bitmap(uint64_t iova, uint64_t length, uint64_t page_size);
+
   /// DEVICE_GET_REGION_IO_FDS for one region (argsz retry); the fds come in `fds`.
   proto::result<proto::io_fds_reply> io_fds(uint32_t region, proto::fd_list& fds);
   endpoint& ep() { return *ep_; }
@@ -139,6 +167,8 @@ class remote_device {
   proto::status probe_locked();
   proto::status gate();
   proto::status replay();
+  proto::status restore_locked();
+  proto::result<proto::message> feature(const proto::device_feature_request& q);
   void replay_loop();
   void unmap_regions();
 
@@ -169,6 +199,7 @@ class remote_device {
   bool stop_ = false;
   uint64_t seen_generation_ = 1;
   uint64_t replays_ = 0;
+  std::atomic<bool> restore_deferred_{false};  ///< a replay met the device mid-migration
   proto::error replay_error_;
   std::thread replayer_;
   // Posted writes sent by message, and how many of them the server is known to have

@@ -8,6 +8,29 @@ namespace vfu::dev {
 
 namespace {
 
+// A model's own state for migration: its members, copied as bytes in a fixed order.
+struct state_writer {
+  std::vector<uint8_t> out;
+  template <class T>
+  state_writer& operator()(const T& v) {
+    auto* p = reinterpret_cast<const uint8_t*>(&v);
+    out.insert(out.end(), p, p + sizeof v);
+    return *this;
+  }
+};
+struct state_reader {
+  const std::vector<uint8_t>& in;
+  size_t at = 0;
+  bool ok = true;
+  template <class T>
+  state_reader& operator()(T& v) {
+    if (in.size() - at < sizeof v) ok = false;
+    if (ok) std::memcpy(&v, in.data() + at, sizeof v), at += sizeof v;
+    return *this;
+  }
+  int done() const { return ok && at == in.size() ? 0 : EINVAL; }
+};
+
 // ---- gpio: libvfio-user samples/gpio-pci-idio-16.c semantics ------------------------------
 class gpio_device : public device_model {
  public:
@@ -43,6 +66,9 @@ class gpio_device : public device_model {
         if (buf[0] & (1u << i)) ++pin_[(off == 4 ? 8 : 0) + i];
     return 0;
   }
+  uint64_t migration_flags() const override { return proto::mig_flags::stop_copy; }
+  std::vector<uint8_t> save_state() override { return state_writer{}(pin_).out; }
+  int load_state(const std::vector<uint8_t>& d) override { return state_reader{d}(pin_).done(); }
 
  private:
   device_spec spec_;
@@ -101,6 +127,15 @@ class dma_test_device : public device_model {
     return 0;
   }
   void reset() override { src_ = dst_ = 0; len_ = status_ = err_ = copies_ = 0; }
+  // BAR2 (shared memory) and the MSI-X table are the framework's; the registers and the
+  // scratch area are the model's.
+  uint64_t migration_flags() const override { return proto::mig_flags::stop_copy | proto::mig_flags::pre_copy; }
+  std::vector<uint8_t> save_state() override {
+    return state_writer{}(src_)(dst_)(len_)(status_)(err_)(copies_)(scratch_).out;
+  }
+  int load_state(const std::vector<uint8_t>& d) override {
+    return state_reader{d}(src_)(dst_)(len_)(status_)(err_)(copies_)(scratch_).done();
+  }
 
  private:
   template <class T>
@@ -139,24 +174,27 @@ class dma_test_device : public device_model {
   uint8_t scratch_[dmatest::scratch_size] = {};
 };
 
-// ---- ram: 1 MiB of memory behind BAR0; its first half mmap-able, its second half not -------
+// ---- ram: memory behind BAR0; its first half mmap-able, its second half not -------------
 class ram_device : public device_model {
  public:
-  ram_device() {
+  explicit ram_device(uint64_t size) : size_(size) {
     spec_.ids = pci_ids{dmatest::vendor, ram::device, dmatest::vendor, 0x0200, 0x050000 /* memory controller, RAM */, 1, 1};
-    spec_.bars[0] = bar_spec{ram::size, false, false, false};
-    spec_.regions[0].size = ram::size;
+    spec_.bars[0] = bar_spec{size, false, size > 0xffffffffull / 2, false};
+    spec_.regions[0].size = size;
     spec_.regions[0].shared_memory = true;
-    spec_.regions[0].sparse = {{0, ram::mmap_size}};
+    spec_.regions[0].sparse = {{0, size / 2}};
     spec_.pm_capability = false;
   }
   const device_spec& spec() const override { return spec_; }
-  // The framework serves every access from the shared memory; only reset is the model's.
+  // The framework serves every access from the shared memory and migrates it; only reset
+  // is the model's.
   void reset() override {
-    if (uint8_t* mem = ctx->region_memory(0)) std::memset(mem, 0, ram::size);
+    if (uint8_t* mem = ctx->region_memory(0)) std::memset(mem, 0, size_);
   }
+  uint64_t migration_flags() const override { return proto::mig_flags::stop_copy | proto::mig_flags::pre_copy; }
 
  private:
+  uint64_t size_;
   device_spec spec_;
 };
 
@@ -164,10 +202,14 @@ class ram_device : public device_model {
 
 std::shared_ptr<device_model> make_gpio() { return std::make_shared<gpio_device>(); }
 std::shared_ptr<device_model> make_dma_test() { return std::make_shared<dma_test_device>(); }
+std::shared_ptr<device_model> make_ram(uint64_t size) {
+  if (size < 4096 || (size & (size - 1)) || size > ram::max_size) return nullptr;
+  return std::make_shared<ram_device>(size);
+}
 std::shared_ptr<device_model> make_sample(const std::string& name) {
   if (name == "gpio") return make_gpio();
   if (name == "dma-test") return make_dma_test();
-  if (name == "ram") return std::make_shared<ram_device>();
+  if (name == "ram") return make_ram(ram::size);
   return nullptr;
 }
 

@@ -6,10 +6,15 @@
 //  dma-test: a copy engine. BAR0 holds registers; ringing the doorbell copies LEN bytes of
 //            guest memory from SRC to DST (through mmapped windows or DMA messages) and
 //            raises MSI-X vector 0. BAR2 is 64 KiB of shared memory (mmap-able).
-//  ram:      1 MiB of memory behind BAR0 (framework shared memory). A client may mmap its
+//  ram:      1 MiB (or --ram-size) of memory behind BAR0 (framework shared memory). A client may mmap its
 //            first half (a sparse area); the second half is reached only by REGION_READ and
 //            REGION_WRITE messages (so are accesses that span both halves, such as
 //            vfu-bench's 1 MiB bandwidth rows). DEVICE_RESET zeroes it.
+//
+// All three are migratable (docs/migration.md): gpio saves its pin counters (STOP_COPY
+// only); dma-test its registers and scratch area, ram nothing of its own (the framework
+// moves their shared memory, config space, MSI-X table and IRQ state), and both offer
+// PRE_COPY.
 #pragma once
 
 #include <memory>
@@ -41,12 +46,15 @@ inline constexpr uint32_t scratch_type = 0x80007675, scratch_subtype = 1;  // ve
 /// ram sample.
 namespace ram {
 inline constexpr uint16_t device = 0x0002;
-inline constexpr uint32_t size = 1u << 20;
+inline constexpr uint32_t size = 1u << 20;       ///< unless vfu-serve --ram-size says otherwise
 inline constexpr uint32_t mmap_size = size / 2;  ///< the sparse-mmap area [0, mmap_size)
+inline constexpr uint64_t max_size = 64ull << 30;
 }  // namespace ram
 
 std::shared_ptr<device_model> make_gpio();
 std::shared_ptr<device_model> make_dma_test();
+/// A ram device of `size` bytes (a power of two, 4 KiB to 64 GiB); nullptr otherwise.
+std::shared_ptr<device_model> make_ram(uint64_t size);
 /// "gpio", "dma-test" or "ram"; nullptr for anything else.
 std::shared_ptr<device_model> make_sample(const std::string& name);
 

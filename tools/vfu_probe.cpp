@@ -179,6 +179,17 @@ int main(int argc, char** argv) {
     reads.push_back({{"region", d.region}, {"offset", d.offset}, {"length", d.length}, {"hex", plain}});
   }
   if (!dumps.empty()) j["reads"] = reads;
+  // Migration v2: a server without it answers the feature with an error (ENOTSUP, EINVAL).
+  std::string no_migration;
+  if (auto mf = dv.migration_flags()) {
+    json jm = {{"flags", *mf}, {"stop_copy", bool(*mf & mig_flags::stop_copy)},
+               {"pre_copy", bool(*mf & mig_flags::pre_copy)}, {"p2p", bool(*mf & mig_flags::p2p)}};
+    if (auto st = dv.migration_state()) jm["state"] = to_string(*st);
+    j["migration"] = jm;
+  } else {
+    j["migration"] = nullptr;
+    no_migration = mf.err().message();
+  }
   if (as_json) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
@@ -218,6 +229,14 @@ int main(int argc, char** argv) {
   for (auto& q : j["irqs"])
     std::printf("  IRQ %-5s count %u%s%s\n", q["name"].get<std::string>().c_str(), q["count"].get<unsigned>(),
                 q["eventfd"].get<bool>() ? " eventfd" : "", q["maskable"].get<bool>() ? " maskable" : "");
+  if (j["migration"].is_null()) {
+    std::printf("  Migration: not offered (%s)\n", no_migration.c_str());
+  } else {
+    auto& m = j["migration"];
+    std::printf("  Migration: v2, flags 0x%" PRIx64 ":%s%s%s, state %s\n", m["flags"].get<uint64_t>(),
+                m["stop_copy"].get<bool>() ? " STOP_COPY" : "", m["pre_copy"].get<bool>() ? " PRE_COPY" : "",
+                m["p2p"].get<bool>() ? " P2P" : "", m.contains("state") ? m["state"].get<std::string>().c_str() : "?");
+  }
   for (auto& l : dump_lines) std::printf("%s\n", l.c_str());
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -27,8 +28,11 @@ int usage(const char* msg) {
   }
   std::fprintf(stdout,
                "usage: vfu-serve --device=gpio|dma-test|ram (--socket-path=PATH | --fd=N) [...]\n"
-               "                 [--quirks=spec|qemu|libvfio-user] [--poll-max-ns=N] [--logger.* CAF options]\n"
+               "                 [--quirks=spec|qemu|libvfio-user] [--poll-max-ns=N] [--ram-size=BYTES]\n"
+               "                 [--logger.* CAF options]\n"
                "  Repeat --device/--socket-path pairs to serve several devices from one process.\n"
+               "  --ram-size: the ram device's memory, a power of two from 4096 to 64G (suffixes K, M, G;\n"
+               "  default 1M).\n"
                "  --poll-max-ns: how long the idle loop may poll before it sleeps, adapted as QEMU's\n"
                "  iothreads do (default 65536; 0 never polls).\n");
   return 0;
@@ -49,6 +53,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> devices, paths;
   std::vector<int> fds;
   proto::quirks quirks;
+  uint64_t ram_size = dev::ram::size;
+  auto make = [&](const std::string& name) { return name == "ram" ? dev::make_ram(ram_size) : dev::make_sample(name); };
   runtime_options ropts;
   ropts.poll_max_ns = runtime_options::default_poll_max_ns;
   for (auto& a : rest) {
@@ -69,6 +75,15 @@ int main(int argc, char** argv) {
       auto n = runtime_options::parse_poll_max_ns(v);
       if (!n) return usage(("--poll-max-ns needs a number of nanoseconds from 0 to 1000000000, got '" + v + "'").c_str());
       ropts.poll_max_ns = *n;
+    } else if (parse_value(a, "--ram-size", v)) {
+      char* end = nullptr;
+      unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+      std::string unit = end ? end : "";
+      int shift = unit.empty() ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : -1;
+      if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0])) || shift < 0 || n > (dev::ram::max_size >> shift) ||
+          !dev::make_ram(n << shift))
+        return usage(("--ram-size needs a power of two from 4096 to 64G, got '" + v + "'").c_str());
+      ram_size = n << shift;
     } else if (parse_value(a, "--quirks", v)) {
       if (v == "qemu") quirks = proto::quirks::qemu();
       else if (v == "libvfio-user") quirks = proto::quirks::libvfio_user();
@@ -95,7 +110,7 @@ int main(int argc, char** argv) {
   cfg.quirks = quirks;
   size_t pi = 0, fi = 0;
   for (size_t i = 0; i < devices.size(); ++i) {
-    auto dev_actor = dev::spawn_device(rt.system(), dev::make_sample(devices[i]), quirks);
+    auto dev_actor = dev::spawn_device(rt.system(), make(devices[i]), quirks);
     proto::result<std::unique_ptr<endpoint>> ep = proto::error(proto::errc::bad_value, "");
     std::string where;
     if (pi < paths.size()) {
