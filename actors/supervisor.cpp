@@ -226,6 +226,9 @@ caf::behavior supervisor_actor(sup_t self, supervisor_config c) {
         st.closing = true;
         if (st.lst) st.lst->close();
         if (st.socket) self->send_exit(st.socket, caf::exit_reason::user_shutdown);
+        // This actor will not see the socket actor go: the handler (a device, which may be
+        // served again by another endpoint) hears of the loss now.
+        if (st.socket && st.c.handler) self->send(st.c.handler, connlost_atom::value);
         self->send_exit(st.c.corr, caf::exit_reason::user_shutdown);
         self->send_exit(st.c.disp, caf::exit_reason::user_shutdown);
         st.c.status->set(conn_state::closed);
