@@ -12,12 +12,11 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
-#include "device/remote_device.hpp"
+#include "device/migrate.hpp"
 
 using namespace vfu;
 using namespace vfu::proto;
 using json = nlohmann::json;
-using clk = std::chrono::steady_clock;
 
 namespace {
 
@@ -25,112 +24,6 @@ const char* usage =
     "usage: vfu-migrate [--precopy=ROUNDS] [--json] [--quirks=spec|qemu|libvfio-user] SRC_SOCKET DST_SOCKET\n"
     "  --precopy: pre-copy rounds while the source still runs (0-100, default 0; used only when\n"
     "  the source offers PRE_COPY). Each round sends what changed since the one before.";
-
-// The reason with what was being done: "stop-copy: remote_error (EIO): ...".
-error because(const error& e, const std::string& doing) { return error(e.code, e.errnum, doing + ": " + e.context); }
-
-double ms_since(clk::time_point t) { return std::chrono::duration<double, std::milli>(clk::now() - t).count(); }
-
-std::string state_of(dev::remote_device& d) {
-  auto s = d.migration_state();
-  return s ? to_string(*s) : "unknown (" + s.err().message() + ")";
-}
-
-struct migration {
-  dev::remote_device& src;
-  dev::remote_device& dst;
-  int precopy_rounds = 0;
-  bool dest_running = false;  ///< the device runs at the destination: the source stays stopped
-  json out;
-
-  // The source's data, written to the destination as it comes.
-  result<uint64_t> forward() {
-    return src.read_migration_data([&](const uint8_t* p, size_t n) { return dst.write_migration_data(p, n); });
-  }
-
-  status check_pair() {
-    auto sf = src.migration_flags();
-    if (!sf) return because(sf.err(), "the source does not offer migration");
-    auto df = dst.migration_flags();
-    if (!df) return because(df.err(), "the destination does not offer migration");
-    if (!(*sf & mig_flags::stop_copy)) return error(errc::unsupported, "the source does not offer STOP_COPY");
-    out["source_flags"] = *sf;
-    out["destination_flags"] = *df;
-    if (!(*sf & mig_flags::pre_copy)) precopy_rounds = 0;
-    // The same device on both sides: the same regions (the stream's own header says more).
-    // A side the migration state machine keeps from enumerating (STOP, say: a device that
-    // was migrated away) is checked by the stream alone.
-    auto enumerable = [](dev::remote_device& d) {
-      auto st = d.migration_state();
-      return st && (*st == mig_state::running || *st == mig_state::resuming || *st == mig_state::pre_copy);
-    };
-    if (!enumerable(src) || !enumerable(dst)) return {};
-    if (auto s = src.probe(); !s) return because(s.err(), "probing the source");
-    if (auto s = dst.probe(); !s) return because(s.err(), "probing the destination");
-    if (src.regions().size() != dst.regions().size())
-      return error(errc::bad_value, "the destination has " + std::to_string(dst.regions().size()) + " regions, the source " +
-                                        std::to_string(src.regions().size()));
-    for (size_t i = 0; i < src.regions().size(); ++i)
-      if (src.regions()[i].info.size != dst.regions()[i].info.size)
-        return error(errc::bad_value, "region " + std::to_string(i) + " is " + std::to_string(dst.regions()[i].info.size) +
-                                          " bytes on the destination, " + std::to_string(src.regions()[i].info.size) +
-                                          " on the source");
-    return {};
-  }
-
-  status run() {
-    if (auto s = check_pair(); !s) return s;
-    auto t_start = clk::now();
-    if (auto s = dst.set_migration_state(mig_state::resuming); !s)
-      return because(s.err(), "destination to RESUMING");
-    json rounds = json::array();
-    if (precopy_rounds > 0) {
-      if (auto s = src.set_migration_state(mig_state::pre_copy); !s)
-        return because(s.err(), "source to PRE_COPY");
-      for (int i = 0; i < precopy_rounds; ++i) {
-        auto t = clk::now();
-        auto n = forward();
-        if (!n) return because(n.err(), "pre-copy round " + std::to_string(i + 1));
-        rounds.push_back({{"bytes", *n}, {"ms", ms_since(t)}});
-        if (*n == 0) break;  // nothing changed since the last round
-      }
-    }
-    out["precopy_rounds"] = rounds;
-    auto t_stop = clk::now();
-    if (auto s = src.set_migration_state(mig_state::stop_copy); !s)
-      return because(s.err(), "source to STOP_COPY");
-    auto t_copy = clk::now();
-    auto n = forward();
-    if (!n) return because(n.err(), "stop-copy");
-    double copy_ms = ms_since(t_copy);
-    if (auto s = dst.set_migration_state(mig_state::running); !s)
-      return because(s.err(), "destination to RUNNING");
-    double downtime = ms_since(t_stop);
-    dest_running = true;
-    if (auto s = src.set_migration_state(mig_state::stop); !s)
-      return because(s.err(), "the destination runs, but the source did not go to STOP");
-    uint64_t pre = 0;
-    for (auto& r : rounds) pre += r["bytes"].get<uint64_t>();
-    out["stopcopy_bytes"] = *n;
-    out["bytes"] = pre + *n;
-    out["stopcopy_ms"] = copy_ms;
-    out["throughput_mb_s"] = copy_ms > 0 ? double(*n) / 1e6 / (copy_ms / 1e3) : 0.0;
-    out["downtime_ms"] = downtime;
-    out["total_ms"] = ms_since(t_start);
-    return {};
-  }
-
-  // After a failure: the source runs again if it can; both sides' states are named.
-  std::string recover() {
-    std::string src_state;
-    if (dest_running) src_state = state_of(src);  // never two running copies
-    else if (auto s = src.set_migration_state(mig_state::running); s) src_state = "RUNNING";
-    else src_state = state_of(src) + " (back to RUNNING failed: " + s.err().message() + ")";
-    out["source_state"] = src_state;
-    out["destination_state"] = state_of(dst);
-    return "source " + src_state + ", destination " + out["destination_state"].get<std::string>();
-  }
-};
 
 int fail_usage(const std::string& why) {
   std::fprintf(stderr, "vfu-migrate: %s\n%s\n", why.c_str(), usage);
@@ -175,31 +68,37 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "vfu-migrate: cannot connect to the destination %s: %s\n", paths[1].c_str(), dst.err().message().c_str());
     return 1;
   }
-  migration m{**src, **dst, rounds, false, json::object()};
-  m.out["source"] = paths[0];
-  m.out["destination"] = paths[1];
-  auto s = m.run();
+  dev::migrate_options opts;
+  opts.precopy_rounds = rounds;
+  dev::migrate_report rep;
+  auto s = dev::migrate(**src, **dst, opts, rep);
+  json out = {{"source", paths[0]}, {"destination", paths[1]}, {"source_flags", rep.source_flags},
+              {"destination_flags", rep.destination_flags}};
   if (!s) {
-    std::string where = m.recover();
-    m.out["result"] = "failed";
-    m.out["reason"] = s.err().message();
-    if (as_json) std::printf("%s\n", m.out.dump(2).c_str());
-    std::fprintf(stderr, "vfu-migrate: %s; %s\n", s.err().message().c_str(), where.c_str());
+    out["result"] = "failed";
+    out["reason"] = s.err().message();
+    out["source_state"] = rep.source_state;
+    out["destination_state"] = rep.destination_state;
+    if (as_json) std::printf("%s\n", out.dump(2).c_str());
+    std::fprintf(stderr, "vfu-migrate: %s; source %s, destination %s\n", s.err().message().c_str(),
+                 rep.source_state.c_str(), rep.destination_state.c_str());
     return 1;
   }
-  m.out["result"] = "ok";
+  json rounds_j = json::array();
+  for (auto& r : rep.precopy) rounds_j.push_back({{"bytes", r.bytes}, {"ms", r.ms}});
+  double mb_s = rep.stopcopy_ms > 0 ? double(rep.stopcopy_bytes) / 1e6 / (rep.stopcopy_ms / 1e3) : 0.0;
+  out.update({{"result", "ok"}, {"precopy_rounds", rounds_j}, {"stopcopy_bytes", rep.stopcopy_bytes},
+              {"stopcopy_ms", rep.stopcopy_ms}, {"throughput_mb_s", mb_s}, {"bytes", rep.bytes()},
+              {"downtime_ms", rep.downtime_ms}, {"total_ms", rep.total_ms}});
   if (as_json) {
-    std::printf("%s\n", m.out.dump(2).c_str());
+    std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
   std::printf("migrated %s -> %s\n", paths[0].c_str(), paths[1].c_str());
-  for (size_t i = 0; i < m.out["precopy_rounds"].size(); ++i) {
-    auto& r = m.out["precopy_rounds"][i];
-    std::printf("  pre-copy round %zu: %" PRIu64 " bytes in %.1f ms\n", i + 1, r["bytes"].get<uint64_t>(), r["ms"].get<double>());
-  }
-  std::printf("  stop-copy: %" PRIu64 " bytes in %.1f ms (%.0f MB/s)\n", m.out["stopcopy_bytes"].get<uint64_t>(),
-              m.out["stopcopy_ms"].get<double>(), m.out["throughput_mb_s"].get<double>());
+  for (size_t i = 0; i < rep.precopy.size(); ++i)
+    std::printf("  pre-copy round %zu: %" PRIu64 " bytes in %.1f ms\n", i + 1, rep.precopy[i].bytes, rep.precopy[i].ms);
+  std::printf("  stop-copy: %" PRIu64 " bytes in %.1f ms (%.0f MB/s)\n", rep.stopcopy_bytes, rep.stopcopy_ms, mb_s);
   std::printf("  moved %" PRIu64 " bytes; downtime %.1f ms (source stopped until the destination ran); total %.1f ms\n",
-              m.out["bytes"].get<uint64_t>(), m.out["downtime_ms"].get<double>(), m.out["total_ms"].get<double>());
+              rep.bytes(), rep.downtime_ms, rep.total_ms);
   return 0;
 }

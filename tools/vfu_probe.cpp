@@ -96,7 +96,15 @@ int main(int argc, char** argv) {
   auto d = dev::remote_device::open(rt, path, nullptr, cfg);
   if (!d) return die("cannot connect to " + path + ": " + d.err().message());
   auto& dv = **d;
-  if (auto s = dv.probe(); !s) return die("enumeration failed: " + s.err().message());
+  if (auto s = dv.probe(); !s) {
+    // A device in the middle of a migration (STOP, STOP_COPY) refuses enumeration with an
+    // errno: say so. (Any other failure ends the connection or is the server's fault.)
+    auto st = s.err().code == errc::remote_error ? dv.migration_state() : result<mig_state>(s.err());
+    if (st && *st != mig_state::running)
+      return die(std::string("the device is in migration state ") + to_string(*st) + ", which refuses enumeration (" +
+                 s.err().message() + ")");
+    return die("enumeration failed: " + s.err().message());
+  }
   auto n = dv.ep().negotiated();
   json j;
   j["version"] = {{"major", n.major}, {"minor", n.minor}};

@@ -11,6 +11,7 @@
 #include <random>
 #include <thread>
 
+#include "device/migrate.hpp"
 #include "device/migration.hpp"
 #include "device/remote_device.hpp"
 #include "device/samples.hpp"
@@ -177,29 +178,14 @@ class MigrationTest : public test::socket_dir_test {
     dst_ = open(serve(dev::make_sample(model), "dst.sock"));
     ASSERT_TRUE(src_ && dst_);
   }
-  // What vfu-migrate does: the destination RESUMING, pre-copy rounds, STOP_COPY, the
-  // destination RUNNING, the source STOP. `before_stop` runs just before the source stops.
+  // What vfu-migrate does (dev::migrate); `before_stop` runs just before the source stops.
   void migrate(int rounds, const std::function<void()>& before_stop = {}) {
-    ASSERT_TRUE(dst_->set_migration_state(S::resuming).ok());
-    auto forward = [&] {
-      return src_->read_migration_data([&](const uint8_t* p, size_t n) { return dst_->write_migration_data(p, n); });
-    };
-    if (rounds) {
-      ASSERT_TRUE(src_->set_migration_state(S::pre_copy).ok());
-    }
-    for (int i = 0; i < rounds; ++i) {
-      auto n = forward();
-      ASSERT_TRUE(n.ok()) << n.err().message();
-      precopied_.push_back(*n);
-    }
-    if (before_stop) before_stop();
-    auto s = src_->set_migration_state(S::stop_copy);
-    ASSERT_TRUE(s.ok()) << s.err().message();
-    auto n = forward();
-    ASSERT_TRUE(n.ok()) << n.err().message();
-    stopcopied_ = *n;
-    ASSERT_TRUE(dst_->set_migration_state(S::running).ok());
-    ASSERT_TRUE(src_->set_migration_state(S::stop).ok());
+    dev::migrate_options o;
+    o.precopy_rounds = rounds;
+    o.before_stop = before_stop;
+    auto s = dev::migrate(*src_, *dst_, o, report_);
+    ASSERT_TRUE(s.ok()) << s.err().message() << "; source " << report_.source_state << ", destination "
+                        << report_.destination_state;
   }
   std::vector<uint8_t> read(dev::remote_device& d, uint32_t region, uint64_t off, size_t n) {
     std::vector<uint8_t> b(n);
@@ -212,8 +198,7 @@ class MigrationTest : public test::socket_dir_test {
   std::vector<caf::actor> actors_;
   std::vector<std::string> extra_paths_;
   std::unique_ptr<dev::remote_device> src_, dst_;
-  std::vector<uint64_t> precopied_;
-  uint64_t stopcopied_ = 0;
+  dev::migrate_report report_;
 };
 
 TEST_F(MigrationTest, GpioMovesItsPinsAndConfigSpaceWrittenUpToTheStop) {
@@ -300,10 +285,10 @@ TEST_F(MigrationTest, DmaTestMovesRegistersScratchMemoryMsixTableAndAPendingInte
   ASSERT_TRUE(src_->write(dt::scratch_region, 0, scratch.data(), scratch.size()).ok());
   ASSERT_TRUE(src_->write(2, 0, shm.data(), shm.size()).ok());
   migrate(1, [&] { shm[0x8000] = 0xee; ASSERT_TRUE(src_->write(2, 0x8000, &shm[0x8000], 1).ok()); });
-  EXPECT_GT(precopied_.at(0), 0x10000u);  // all of BAR2 in the first round
+  EXPECT_GT(report_.precopy.at(0).bytes, 0x10000u);  // all of BAR2 in the first round
   // STOP_COPY: the one page written after the round (not BAR2's 64 KiB again), the
   // registers with the 4 KiB scratch area, config space and the MSI-X state.
-  EXPECT_LT(stopcopied_, 0x4000u);
+  EXPECT_LT(report_.stopcopy_bytes, 0x4000u);
   EXPECT_EQ(read(*dst_, 0, 0, 0x24), read(*src_, 0, 0, 0x24));  // every register
   EXPECT_EQ(read(*dst_, 0, dt::copies, 4), (std::vector<uint8_t>{1, 0, 0, 0}));
   EXPECT_EQ(read(*dst_, dt::scratch_region, 0, scratch.size()), scratch);
@@ -338,7 +323,7 @@ TEST_F(MigrationTest, RamMovesEveryByteWrittenThroughTheMappingAndByMessageDurin
   while (writes < 100) std::this_thread::sleep_for(1ms);
   migrate(2, [&] { guest_paused = true; });
   traffic.join();
-  EXPECT_GE(precopied_.at(0), dev::ram::size) << "the first round sends everything";
+  EXPECT_GE(report_.precopy.at(0).bytes, dev::ram::size) << "the first round sends everything";
   EXPECT_EQ(read(*dst_, 0, 0, dev::ram::size), read(*src_, 0, 0, dev::ram::size));
 }
 

@@ -62,6 +62,24 @@ case "$scenario" in
     start "$samples/server" -v "$sock"
     "$build/tests/lvu-server-dma" "$sock" || { tail -20 "$work/server.log"; die "failed"; }
     ;;
+  migrate-server)  # its server sample moved between two instances, and vfu-migrate's report of why a fresh one cannot
+    start "$samples/server" -v "$sock"
+    sock2="$work/dev2.sock"
+    "$samples/server" -v "$sock2" >"$work/server2.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 50); do [ -S "$sock2" ] && break; sleep 0.1; done
+    "$build/tests/lvu-server-dma" --migrate "$sock" "$sock2" || { tail -20 "$work/server.log" "$work/server2.log"; die "failed"; }
+    # Two fresh instances: the sample refuses RUNNING with no time in BAR0, so vfu-migrate
+    # must fail, name both states, and exit 1.
+    sock="$work/dev3.sock" sock2="$work/dev4.sock"
+    "$samples/server" -v "$sock" >"$work/server3.log" 2>&1 & pids+=($!)
+    "$samples/server" -v "$sock2" >"$work/server4.log" 2>&1 & pids+=($!)
+    for _ in $(seq 50); do [ -S "$sock" ] && [ -S "$sock2" ] && break; sleep 0.1; done
+    "$tools/vfu-migrate" "$sock" "$sock2" 2>"$work/err"; rc=$?
+    cat "$work/err"
+    [ $rc = 1 ] || die "vfu-migrate exited $rc"
+    expect "$work/err" "destination to RUNNING: .*; source STOP .*, destination STOP" "vfu-migrate did not name both states"
+    ;;
   client-gpio | client-dma-test | client-ram)  # its client against our servers
     dev=${scenario#client-}
     start "$tools/vfu-serve" --device="$dev" --socket-path="$sock"
