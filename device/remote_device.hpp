@@ -148,6 +148,8 @@ class remote_device {
   /// was written since it was last reported. Asked in as many reports as the server's
   /// max_data_xfer_size needs (one when it fits, which libvfio-user requires).
   proto::result<std::vector<uint8_t>> dirty_bitmap(uint64_t iova, uint64_t length, uint64_t page_size);
+  /// The same into `out` (resized): a host reporting every round keeps its buffer.
+  proto::status dirty_bitmap(uint64_t iova, uint64_t length, uint64_t page_size, std::vector<uint8_t>& out);
 
   /// DEVICE_GET_REGION_IO_FDS for one region (argsz retry); the fds come in `fds`.
   proto::result<proto::io_fds_reply> io_fds(uint32_t region, proto::fd_list& fds);

@@ -134,28 +134,38 @@ status remote_device::stop_dirty_logging() {
 }
 
 result<std::vector<uint8_t>> remote_device::dirty_bitmap(uint64_t iova, uint64_t length, uint64_t page_size) {
-  if (auto s = gate(); !s) return s.err();
+  std::vector<uint8_t> out;
+  if (auto s = dirty_bitmap(iova, length, page_size, out); !s) return s.err();
+  return out;
+}
+
+status remote_device::dirty_bitmap(uint64_t iova, uint64_t length, uint64_t page_size, std::vector<uint8_t>& out) {
+  if (auto s = gate(); !s) return s;
   if (!page_size || (page_size & (page_size - 1)) || !length || length % page_size)
     return error(errc::bad_value, "a report needs a power-of-two page size and a length that is a multiple of it");
-  uint64_t pages = length / page_size, total = (pages + 63) / 64 * 8;
+  uint64_t pages = length / page_size;
   // Each report's bitmap must fit a message: split at whole u64 words of it.
   uint64_t per = std::min<uint64_t>(data_limit(*ep_), limits::max_dirty_bitmap) / 8 * 64;  // pages per report
-  std::vector<uint8_t> out;
-  out.reserve(total);
+  out.resize((pages + 63) / 64 * 8);
   for (uint64_t first = 0; first < pages; first += per) {
     uint64_t n = std::min(per, pages - first), bm = (n + 63) / 64 * 8;
     device_feature_request q;
     q.flags = feature_flags::get | feature::dma_logging_report;
     q.argsz = uint32_t(32 + bm);
-    q.data = feature_logging_report{iova + first * page_size, n * page_size, page_size, {}};
-    auto m = feature(q);
-    if (!m) return m.err();
-    auto* rep = std::get_if<device_feature_reply>(&*m);
-    auto* f = rep ? std::get_if<feature_logging_report>(&rep->data) : nullptr;
-    if (!f || f->bitmap.size() != bm) return error(errc::protocol_violation, "DMA_LOGGING_REPORT answered without its bitmap");
-    out.insert(out.end(), f->bitmap.begin(), f->bitmap.end());
+    feature_logging_report ask{iova + first * page_size, n * page_size, page_size, {}};
+    q.data = ask;
+    auto r = ep_->call(q);
+    if (auto e = r.failure()) return e;
+    // Read in place: {argsz, flags, iova, length, page_size, bitmap}, the request echoed.
+    auto p = r.reply->payload();
+    uint64_t echo[3] = {};
+    if (p.size == 32 + bm) std::memcpy(echo, p.data + 8, sizeof echo);
+    if (p.size != 32 + bm || echo[0] != ask.iova || echo[1] != ask.length || echo[2] != ask.page_size)
+      return error(errc::protocol_violation, "DMA_LOGGING_REPORT reply of " + std::to_string(p.size) +
+                                                 " bytes is not the report asked for (" + std::to_string(32 + bm) + ")");
+    std::memcpy(out.data() + first / 8, p.data + 32, bm);
   }
-  return out;
+  return {};
 }
 
 }  // namespace vfu::dev

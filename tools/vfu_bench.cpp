@@ -12,7 +12,7 @@
 // per op is the serving process's on-CPU time (all threads, /proc/PID/task/*/schedstat)
 // divided by the operations of the row.
 //
-// Groups (--only): sync, pipelined, posted, bandwidth, client, dma, devices.
+// Groups (--only): sync, pipelined, posted, bandwidth, client, dma, migration, devices.
 // A benchmark, not a test: nothing here asserts a time. docs/performance.md has the method.
 #include <dirent.h>
 #include <fcntl.h>
@@ -537,6 +537,105 @@ row many_devices(const servers& s) {
   return drive_each(std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each", s.pid, fds, {req.bytes.data(), req.bytes.size()}, 36);
 }
 
+// ---- migration --------------------------------------------------------------------------------
+
+row as_mb_s(row r, double mb_per_op) {
+  r.rate *= mb_per_op;
+  r.unit = "MB/s";
+  return r;
+}
+
+// MIG_DATA_READ of a 1 GiB ram device's STOP_COPY data in 1 MiB reads (vfu-migrate's size)
+// against the floor moving the same bytes; the whole stream read once; and the time to
+// REPORT the dirty bitmap of a 64 GiB window at 4 KiB pages (2 MiB of bitmap, in the two
+// reports a 1 MiB max_data_xfer_size needs).
+void migration_rows(runtime& rt, const std::string& bindir, const servers& s, std::vector<row>& rows,
+                    std::vector<std::string>& notes) {
+  constexpr uint32_t mib = 1u << 20;
+  constexpr uint64_t gib = 1ull << 30;
+  std::string big = s.dir + "/big.sock";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 2);
+    std::string a0 = bindir + "/vfu-serve", a1 = "--device=ram", a2 = "--ram-size=1G", a3 = "--socket-path=" + big;
+    char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), nullptr};
+    ::execv(argv[0], argv);
+    _exit(127);
+  }
+  for (int i = 0; i < 250 && ::access(big.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  auto fail = [&](const char* what) {
+    std::fprintf(stderr, "vfu-bench: migration: %s\n", what);
+    ::kill(pid, SIGTERM);
+    ::waitpid(pid, nullptr, 0);
+    std::exit(1);
+  };
+  {
+    auto d = open_device(rt, big);
+    // Every page written first, so no read below meets a page that was never touched.
+    std::vector<uint8_t> buf(mib);
+    if (!d->probe()) fail("probe");
+    for (uint64_t off = 0; off < gib; off += mib) {
+      std::memset(buf.data(), int(off / mib), mib);
+      if (!d->write(0, off, buf.data(), mib)) fail("filling the ram device");
+    }
+    using S = proto::mig_state;
+    if (!d->set_migration_state(S::stop_copy)) fail("STOP_COPY");
+    // The whole stream, as vfu-migrate reads it, into a sink that only counts: first while
+    // the server's own mapping has not touched the half the client wrote through its
+    // mapping (every page faults in on the way out), then again.
+    char line[256];
+    for (const char* pass : {"first", "second"}) {
+      auto t0 = clk::now();
+      auto n = d->read_migration_data([](const uint8_t*, size_t) { return proto::status{}; });
+      double ms = std::chrono::duration<double, std::milli>(clk::now() - t0).count();
+      if (!n) fail("reading the stream");
+      std::snprintf(line, sizeof line, "STOP_COPY stream of the 1 GiB ram device, %s read: %llu bytes in %.0f ms, %.0f MB/s",
+                    pass, static_cast<unsigned long long>(*n), ms, double(*n) / 1e3 / ms);
+      notes.push_back(line);
+      if (!d->set_migration_state(S::stop) || !d->set_migration_state(S::stop_copy)) fail("STOP_COPY again");
+    }
+    auto fr = floor_meter("floor: 24 B / 1 MiB + 24 B (MIG_DATA_READ's sizes)", 24, mib + 24, 1);
+    proto::mig_data_read_request q{8 + mib, mib};
+    auto r = fn_meter("vfu-broker: MIG_DATA_READ 1 MiB of 1 GiB ram STOP_COPY data", pid, 1, [&] {
+      auto c = d->ep().call(q);
+      if (!c.ok()) return false;
+      if (c.reply->hdr().msg_size < 24 + mib)  // the stream ended: begin another
+        return d->set_migration_state(S::stop) && d->set_migration_state(S::stop_copy);
+      return true;
+    });
+    interleave({&fr, &r});
+    rows.push_back(as_mb_s(fr.result(), 1.048576));
+    rows.push_back(as_mb_s(against(r, fr), 1.048576));
+    std::snprintf(line, sizeof line, "MIG_DATA_READ 1 MiB: %.2fx the floor moving the same bytes (goal >= 0.8x)",
+                  median_ratio(r, fr));
+    notes.push_back(line);
+  }
+  ::kill(pid, SIGTERM);
+  ::waitpid(pid, nullptr, 0);
+  ::unlink(big.c_str());
+
+  auto d = open_device(rt, s.ram);
+  constexpr uint64_t window = 64ull << 30, at = 1ull << 40;
+  if (!d->probe() || !d->dma_map(at, window, proto::dma_flags::read | proto::dma_flags::write) ||
+      !d->start_dirty_logging(4096))
+    fail("logging a 64 GiB window");
+  auto fr = floor_meter("floor: 48 B / 1 MiB + 48 B (a REPORT's sizes)", 48, mib + 48, 1);
+  std::vector<uint8_t> bitmap;
+  auto r = fn_meter("vfu-broker: DMA_LOGGING_REPORT 64 GiB at 4 KiB (2 reports)", s.pid, 2, [&] {
+    return d->dirty_bitmap(at, window, 4096, bitmap).ok();
+  });
+  interleave({&fr, &r});
+  rows.push_back(fr.result());
+  auto rr = against(r, fr);
+  rows.push_back(rr);
+  char line[160];
+  std::snprintf(line, sizeof line, "REPORT of a 64 GiB window's dirty bitmap: p50 %.2f ms, p99 %.2f ms (goal <= 10 ms)",
+                rr.p50 / 1000, rr.p99 / 1000);
+  notes.push_back(line);
+  if (!d->stop_dirty_logging() || !d->dma_unmap_all()) fail("stopping the log");
+}
+
 // ---- idle devices and soak -------------------------------------------------------------------
 
 // N gpio devices in one vfu-serve, each with a connected client that negotiated and did one
@@ -715,7 +814,7 @@ int main(int argc, char** argv) {
     else if (a == "--json") json = true;
     else {
       std::fprintf(stderr,
-                   "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,devices]\n"
+                   "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,migration,devices]\n"
                    "                 [--devices=N] [--poll-max-ns=N (vfu-serve's)] [--client-poll-max-ns=N]\n"
                    "                 [--caller-poll-max-ns=N (our client's callers; default: the library's)]\n"
                    "                 [--loop-reads (our client's loop reads every reply: caller_reads off)]\n"
@@ -870,6 +969,7 @@ int main(int argc, char** argv) {
     rows.push_back(f.result());
     rows.push_back(against(m, f));
   }
+  if (want("migration")) migration_rows(rt, bindir, s, rows, notes);
   if (want("devices") && devices > 0) {
     auto fm = floor_multi("floor: " + std::to_string(devices) + " socketpairs, one poll() server", devices);
     auto r = many_devices(s);
