@@ -6,7 +6,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
 
 #include "actors/answer.hpp"
 #include "protocol/limits.hpp"
@@ -18,6 +22,53 @@ namespace {
 using namespace proto;
 using namespace impl;
 
+
+// ---- workers for models' blocking work -------------------------------------------------------
+// Two threads for the process, made when a model first offloads (a device that never does
+// costs nothing); jobs run in the order given.
+class worker_pool {
+ public:
+  static worker_pool& get() {
+    static worker_pool p;
+    return p;
+  }
+  void run(std::function<void()> job) {
+    {
+      std::lock_guard<std::mutex> g(m_);
+      if (threads_.empty())
+        for (int i = 0; i < 2; ++i) threads_.emplace_back([this] { loop(); });
+      q_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+  }
+  ~worker_pool() {
+    {
+      std::lock_guard<std::mutex> g(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> g(m_);
+    for (;;) {
+      cv_.wait(g, [&] { return stop_ || !q_.empty(); });
+      if (q_.empty()) return;
+      auto job = std::move(q_.front());
+      q_.pop_front();
+      g.unlock();
+      job();
+      g.lock();
+    }
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> q_;
+  std::vector<std::thread> threads_;
+  bool stop_ = false;
+};
 
 // ---- region access ------------------------------------------------------------------------
 int check_access(device_state& st, uint32_t region, uint64_t off, uint32_t count, bool write) {
@@ -246,7 +297,8 @@ void set_up(device_state& st, self_t self, const std::shared_ptr<device_model>& 
   st.quirks = quirks;
   model->ctx = &st;
   const auto& sp = model->spec();
-  st.cfg = std::make_unique<pci_config>(sp.ids, sp.bars, sp.msi_vectors, sp.msix, sp.io_bit_on_unused_bars, sp.pm_capability);
+  st.cfg = std::make_unique<pci_config>(sp.ids, sp.bars, sp.msi_vectors, sp.msix, sp.io_bit_on_unused_bars, sp.pm_capability,
+                                        sp.pcie_capability);
   st.irqs[irq_index::intx].resize(sp.intx_vectors);
   st.irqs[irq_index::msi].resize(sp.msi_vectors);
   st.irqs[irq_index::msix].resize(sp.msix.vectors);
@@ -342,6 +394,18 @@ caf::result<outbound_ptr> serve(self_t self, inbound& in) {
 
 }  // namespace
 
+void impl::device_state::offload(std::function<int()> work, std::function<void(int)> done) {
+  uint64_t id = ++next_job;
+  jobs.emplace(id, std::move(done));
+  // The job holds the model (its work may use it) and a handle to the actor, whose state
+  // keeps `done`: an actor gone meanwhile drops the result.
+  caf::actor me = caf::actor_cast<caf::actor>(self);
+  worker_pool::get().run([work = std::move(work), keep = model, me, id] {
+    int r = work();
+    caf::anon_send(me, offload_atom::value, id, r);
+  });
+}
+
 // A named function with arguments, not a capturing lambda: CAF 0.17's init_fun_factory
 // dereferences a null shared_ptr<tuple<>> for argument-less spawns (UBSan flags it).
 caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_ptr<device_model> model,
@@ -349,6 +413,14 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
   set_up(self->state, self, model, quirks);
   return {
       [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> { return serve(self, *in); },
+      [=](offload_atom, uint64_t id, int result) {
+        auto& jobs = self->state.jobs;
+        auto it = jobs.find(id);
+        if (it == jobs.end()) return;
+        auto done = std::move(it->second);
+        jobs.erase(it);
+        done(result);
+      },
       [=](connup_atom, const proto::negotiated& n) {
         // The spec bounds a DMA message by the client's max_data_xfer_size; QEMU checks
         // it against the server's own (E2BIG), so the smaller of the two serves both.

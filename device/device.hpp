@@ -47,6 +47,8 @@ struct device_spec {
   bool io_bit_on_unused_bars = false;
   /// A PCI power-management capability (libvfio-user's gpio sample has no capabilities).
   bool pm_capability = true;
+  /// A PCI Express capability (endpoint, version 2), as drivers of PCIe devices expect.
+  bool pcie_capability = false;
 };
 
 class device_context;
@@ -104,6 +106,10 @@ class device_context {
   virtual pci_config& config() = 0;
   /// The shared memory behind a shared_memory region (nullptr otherwise).
   virtual uint8_t* region_memory(uint32_t region) = 0;
+  /// Runs `work` on one of the framework's worker threads (blocking work: file I/O), then
+  /// `done` with its result on the device actor (docs/nvme.md). `work` must touch nothing
+  /// the model's other hooks touch; the model is kept alive until `done` has run.
+  virtual void offload(std::function<int()> work, std::function<void(int)> done) = 0;
   /// The migration state (RUNNING unless a client is migrating the device). Outside the
   /// running states, trigger() only sets pending bits and DMA fails with EBUSY.
   virtual proto::mig_state migration_state() const = 0;

@@ -82,6 +82,11 @@ struct device_state : device_context {
   int msg_dma = 0;
   std::vector<std::function<void()>> quiesce_waiters;
   mig_state migration_state() const override { return mstate; }
+
+  // ---- offload: blocking work on the framework's workers (docs/nvme.md) ----
+  uint64_t next_job = 0;
+  std::map<uint64_t, std::function<void(int)>> jobs;  ///< what runs when a worker is done
+  void offload(std::function<int()> work, std::function<void(int)> done) override;
   void dma_done() {
     if (--msg_dma > 0) return;
     auto w = std::move(quiesce_waiters);
@@ -308,6 +313,8 @@ struct device_state : device_context {
       for (auto& v : idx) v.efd.reset();
   }
 };
+
+using offload_atom = caf::atom_constant<caf::atom("offload")>;
 
 // device_migration.cpp
 /// EINVAL when the device's migration state does not take `m` now, else 0.

@@ -10,7 +10,7 @@ void put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
 }  // namespace
 
 pci_config::pci_config(const pci_ids& ids, const std::array<bar_spec, 6>& bars, uint16_t msi_vectors,
-                       const msix_spec& msix, bool io_bit_on_unused_bars, bool pm_capability)
+                       const msix_spec& msix, bool io_bit_on_unused_bars, bool pm_capability, bool pcie_capability)
     : bars_(bars) {
   auto* c = cfg_.data();
   put16(c + 0x00, ids.vendor);
@@ -72,6 +72,15 @@ pci_config::pci_config(const pci_ids& ids, const std::array<bar_spec, 6>& bars, 
     wmask_[0x63] = 0xc0;  // enable, function mask
     put32(c + 0x64, msix.table_offset | msix.bar);
     put32(c + 0x68, msix.pba_offset | msix.bar);
+  }
+  if (pcie_capability) {  // endpoint, version 2: 60 bytes at 0x80
+    add_cap(0x80, pci_reg::cap_pcie);
+    put16(c + 0x82, 0x0002);        // version 2, device/port type 0: PCI Express endpoint
+    put32(c + 0x84, 0x00008000);    // device capabilities: role-based error reporting, 128-byte payload
+    wmask_[0x88] = 0xff;            // device control: error reporting, payload and read request sizes
+    wmask_[0x89] = 0x7f;
+    put32(c + 0x8c, 0x00000011);    // link capabilities: 2.5 GT/s, x1
+    put16(c + 0x92, 0x0011);        // link status: 2.5 GT/s, x1
   }
   initial_ = cfg_;
 }

@@ -36,7 +36,7 @@ namespace pci_reg {
 inline constexpr uint32_t command = 0x04, status = 0x06, bar0 = 0x10, cap_ptr = 0x34, interrupt_line = 0x3c;
 inline constexpr uint16_t cmd_io = 1, cmd_mem = 2, cmd_master = 4, cmd_intx_disable = 0x400;
 inline constexpr uint16_t status_caps = 0x10;
-inline constexpr uint8_t cap_pm = 0x01, cap_msi = 0x05, cap_msix = 0x11;
+inline constexpr uint8_t cap_pm = 0x01, cap_msi = 0x05, cap_msix = 0x11, cap_pcie = 0x10;
 }  // namespace pci_reg
 
 class pci_config {
@@ -44,7 +44,7 @@ class pci_config {
   static constexpr uint32_t size = 256;
 
   pci_config(const pci_ids& ids, const std::array<bar_spec, 6>& bars, uint16_t msi_vectors, const msix_spec& msix,
-             bool io_bit_on_unused_bars = false, bool pm_capability = true);
+             bool io_bit_on_unused_bars = false, bool pm_capability = true, bool pcie_capability = false);
 
   /// Region-7 access: any offset/size inside the 256 bytes (checked by the caller).
   void read(uint32_t off, uint8_t* buf, uint32_t n) const;

@@ -10,10 +10,12 @@
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "actors/endpoint.hpp"
+#include "device/nvme/nvme.hpp"
 #include "device/samples.hpp"
 
 using namespace vfu;
@@ -27,12 +29,15 @@ int usage(const char* msg) {
     return 2;
   }
   std::fprintf(stdout,
-               "usage: vfu-serve --device=gpio|dma-test|ram (--socket-path=PATH | --fd=N) [...]\n"
+               "usage: vfu-serve --device=gpio|dma-test|ram|nvme (--socket-path=PATH | --fd=N) [...]\n"
                "                 [--quirks=spec|qemu|libvfio-user] [--poll-max-ns=N] [--ram-size=BYTES]\n"
+               "                 [--backing=FILE] [--size=BYTES]\n"
                "                 [--logger.* CAF options]\n"
                "  Repeat --device/--socket-path pairs to serve several devices from one process.\n"
                "  --ram-size: the ram device's memory, a power of two from 4096 to 64G (suffixes K, M, G;\n"
                "  default 1M).\n"
+               "  --backing, --size: the nvme device's namespace, a file (created if missing; it keeps its\n"
+               "  own size unless --size says otherwise) or memory of --size (default 64M) (docs/nvme.md).\n"
                "  --poll-max-ns: how long the idle loop may poll before it sleeps, adapted as QEMU's\n"
                "  iothreads do (default 65536; 0 never polls).\n");
   return 0;
@@ -54,14 +59,28 @@ int main(int argc, char** argv) {
   std::vector<int> fds;
   proto::quirks quirks;
   uint64_t ram_size = dev::ram::size;
-  auto make = [&](const std::string& name) { return name == "ram" ? dev::make_ram(ram_size) : dev::make_sample(name); };
+  dev::nvme::options nvme;
+  auto make = [&](const std::string& name, std::string& err) -> std::shared_ptr<dev::device_model> {
+    if (name == "nvme") return dev::nvme::make(nvme, err);
+    return name == "ram" ? dev::make_ram(ram_size) : dev::make_sample(name);
+  };
+  // "16M", "1G", "4096": bytes, or nothing when it is not a number with a K, M or G.
+  auto bytes = [](const std::string& v) -> std::optional<uint64_t> {
+    char* end = nullptr;
+    if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0]))) return std::nullopt;
+    unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+    std::string unit = end ? end : "";
+    int shift = unit.empty() ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : unit == "T" ? 40 : -1;
+    if (shift < 0 || n > (~0ull >> shift)) return std::nullopt;
+    return uint64_t(n) << shift;
+  };
   runtime_options ropts;
   ropts.poll_max_ns = runtime_options::default_poll_max_ns;
   for (auto& a : rest) {
     std::string v;
     if (a == "--help" || a == "-h") return usage(nullptr);
     if (parse_value(a, "--device", v)) {
-      if (!dev::make_sample(v)) return usage(("unknown device '" + v + "' (gpio, dma-test or ram)").c_str());
+      if (v != "nvme" && !dev::make_sample(v)) return usage(("unknown device '" + v + "' (gpio, dma-test, ram or nvme)").c_str());
       devices.push_back(v);
     } else if (parse_value(a, "--socket-path", v)) {
       if (v.empty()) return usage("--socket-path needs a path");
@@ -76,14 +95,19 @@ int main(int argc, char** argv) {
       if (!n) return usage(("--poll-max-ns needs a number of nanoseconds from 0 to 1000000000, got '" + v + "'").c_str());
       ropts.poll_max_ns = *n;
     } else if (parse_value(a, "--ram-size", v)) {
-      char* end = nullptr;
-      unsigned long long n = std::strtoull(v.c_str(), &end, 10);
-      std::string unit = end ? end : "";
-      int shift = unit.empty() ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : -1;
-      if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0])) || shift < 0 || n > (dev::ram::max_size >> shift) ||
-          !dev::make_ram(n << shift))
+      auto n = bytes(v);
+      if (!n || *n > dev::ram::max_size || !dev::make_ram(*n))
         return usage(("--ram-size needs a power of two from 4096 to 64G, got '" + v + "'").c_str());
-      ram_size = n << shift;
+      ram_size = *n;
+    } else if (parse_value(a, "--size", v)) {
+      auto n = bytes(v);
+      if (!n || *n < (1u << 20) || *n > (16ull << 40))
+        return usage(("--size needs bytes from 1M to 16T, got '" + v + "'").c_str());
+      nvme.size = *n;
+      nvme.size_given = true;
+    } else if (parse_value(a, "--backing", v)) {
+      if (v.empty()) return usage("--backing needs a file");
+      nvme.backing = v;
     } else if (parse_value(a, "--quirks", v)) {
       if (v == "qemu") quirks = proto::quirks::qemu();
       else if (v == "libvfio-user") quirks = proto::quirks::libvfio_user();
@@ -110,7 +134,13 @@ int main(int argc, char** argv) {
   cfg.quirks = quirks;
   size_t pi = 0, fi = 0;
   for (size_t i = 0; i < devices.size(); ++i) {
-    auto dev_actor = dev::spawn_device(rt.system(), make(devices[i]), quirks);
+    std::string err;
+    auto model = make(devices[i], err);
+    if (!model) {
+      std::fprintf(stderr, "vfu-serve: %s device: %s\n", devices[i].c_str(), err.c_str());
+      return 1;
+    }
+    auto dev_actor = dev::spawn_device(rt.system(), model, quirks);
     proto::result<std::unique_ptr<endpoint>> ep = proto::error(proto::errc::bad_value, "");
     std::string where;
     if (pi < paths.size()) {

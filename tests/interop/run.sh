@@ -140,6 +140,7 @@ wait_fds() {
 dma_sock="$work/dma.sock"
 gpio_sock="$work/gpio.sock"
 ram_sock="$work/ram.sock"
+nvme_sock="$work/nvme.sock"
 
 case "$scenario" in
   gpio)
@@ -217,6 +218,50 @@ case "$scenario" in
     start_serve --device=gpio --socket-path="$gpio_sock" --device=dma-test --socket-path="$dma_sock"
     start_qemu two two-devices -device "$(vfio_dev "$gpio_sock")" -device "$(vfio_dev "$dma_sock")"
     finish_qemu two
+    ;;
+  nvme | nvme-default)
+    # Linux's nvme driver on our controller: with memfd RAM (DMA through mmapped windows) or
+    # QEMU's default RAM (every byte by DMA messages); a reboot in the middle.
+    img="$work/disk.img"
+    start_serve --device=nvme --backing="$img" --size=64M --socket-path="$nvme_sock"
+    ram=()
+    [ "$scenario" = nvme ] && ram=("${memfd_ram[@]}")
+    start_qemu nvme nvme "${ram[@]}" -device "$(vfio_dev "$nvme_sock")"
+    finish_qemu nvme 300
+    # The host sees what the guest wrote, where it wrote it, and nothing elsewhere.
+    for spec in 1:A 20:B 59:C; do
+      mib=${spec%%:*}; c=${spec#*:}
+      [ "$(dd if="$img" bs=1M skip="$mib" count=4 2>/dev/null | tr -d "$c" | wc -c)" = 0 ] ||
+        die "the backing file does not hold 4 MiB of '$c' at $mib MiB"
+    done
+    [ "$(dd if="$img" bs=1M count=1 2>/dev/null | tr -d '\000' | wc -c)" = 0 ] || die "the first MiB was written"
+    echo "[host] the backing file holds the three patterns, and zeros before them"
+    serve_alive
+    ;;
+  nvme-kill)
+    # QEMU killed while the guest writes: vfu-serve lives on, holds the fds it held before,
+    # serves the next QEMU, and the range holds whole blocks of the old or the new data.
+    img="$work/disk.img"
+    start_serve --device=nvme --backing="$img" --size=64M --socket-path="$nvme_sock"
+    base_fds=$(serve_fds)
+    start_qemu writing nvme-loop "${memfd_ram[@]}" -device "$(vfio_dev "$nvme_sock")"
+    wait_console writing "VFU: writing" 90 || { show writing; die "the guest did not start writing"; }
+    sleep 3
+    kill -9 "$qemu_pid"
+    wait "$qemu_pid" 2>/dev/null
+    qemu_pid=""
+    show writing
+    echo "[host] QEMU killed during writes"
+    serve_alive
+    wait_fds "$base_fds" || die "vfu-serve holds $(serve_fds) fds after QEMU was killed, $base_fds before"
+    blocks=$(dd if="$img" bs=512 skip=$((8 * 2048)) count=$((4 * 2048)) 2>/dev/null | od -An -v -tx1 -w512 |
+             awk '{ ok = ($1 == "58" || $1 == "59" || $1 == "00"); for (i = 2; i <= NF; i++) if ($i != $1) ok = 0; if (!ok) bad++ }
+                  END { print bad + 0 }')
+    [ "$blocks" = 0 ] || die "$blocks blocks of the written range hold neither old nor new data"
+    [ "$(dd if="$img" bs=1M count=8 2>/dev/null | tr -d '\000' | wc -c)" = 0 ] || die "data before the range changed"
+    echo "[host] every 512-byte block of the range is whole old or new data; nothing outside it changed"
+    start_qemu next nvme "${memfd_ram[@]}" -device "$(vfio_dev "$nvme_sock")"
+    finish_qemu next 300
     ;;
   *)
     die "no scenario '$scenario'"
