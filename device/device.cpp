@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -305,7 +306,9 @@ void set_up(device_state& st, self_t self, const std::shared_ptr<device_model>& 
   st.irqs[irq_index::err].resize(1);
   st.irqs[irq_index::req].resize(1);
   st.msix_table.assign(size_t(sp.msix.vectors) * 16, 0);
-  for (uint32_t v = 0; v < sp.msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;  // masked at reset
+  // The table's mask bits start clear, unlike a PCI function's: QEMU emulates the MSI-X
+  // table itself and masks with SET_IRQS, never writing ours (docs/interop.md). A client that
+  // reaches the table through the BAR masks and unmasks there as well.
   st.shm.resize(st.num_regions());
   for (uint32_t r = 0; r < st.num_regions(); ++r) {
     if (r == region_index::config || !st.rspec(r).shared_memory) continue;
@@ -352,7 +355,7 @@ outbound_ptr on_reset(device_state& st) {
       v.masked = false;
       v.pending = false;
     }
-  for (uint32_t v = 0; v < st.spec().msix.vectors; ++v) st.msix_table[v * 16 + 12] = 1;
+  std::fill(st.msix_table.begin(), st.msix_table.end(), 0);
   migration_reset(st);
   st.model->reset();
   return outbound::of(reset_reply{});
@@ -444,6 +447,10 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
         auto held = std::move(st.wire_waiters);
         st.wire_waiters.clear();
         for (auto& w : held) w();
+        st.qemu_read_busy = false;  // and the DMA_READs queued behind QEMU's last reply
+        auto reads = std::move(st.qemu_reads);
+        st.qemu_reads.clear();
+        for (auto& r : reads) r();
         st.model->detached();
       },
   };

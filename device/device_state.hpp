@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <deque>
 
 #include "actors/types.hpp"
 #include "device/device.hpp"
@@ -62,6 +63,8 @@ struct device_state : device_context {
   enum class dma_wire : uint8_t { unknown, probing, spec, qemu };
   dma_wire wire = dma_wire::unknown;
   std::vector<std::function<void()>> wire_waiters;  ///< message DMA held until it is known
+  bool qemu_read_busy = false;                      ///< a DMA_READ to QEMU awaits its reply
+  std::deque<std::function<void()>> qemu_reads;     ///< the DMA_READs waiting behind it
   uint64_t conn_gen = 0;                            ///< which connection a probe belongs to
 
   // ---- migration (device_migration.cpp) ----
@@ -232,13 +235,29 @@ struct device_state : device_context {
   }
   void chunked_read(uint64_t waddr, uint64_t addr, uint64_t left, std::shared_ptr<std::vector<uint8_t>> acc,
                     std::function<void(int, std::vector<uint8_t>)> cb) {
-    uint64_t n = std::min(left, wire == dma_wire::qemu ? std::min(send_max_data, limits::qemu_dma_read_chunk) : send_max_data);
+    // QEMU takes a partial sendmsg() of a reply for the whole and drops the rest
+    // (limits.hpp): its DMA_READ replies must never pile up in the socket, so with QEMU's
+    // layout one is asked for at a time, in chunks that always fit.
+    bool serial = wire == dma_wire::qemu;
+    if (serial && qemu_read_busy) {
+      qemu_reads.push_back([=] { chunked_read(waddr, addr, left, acc, cb); });
+      return;
+    }
+    qemu_read_busy = serial;
+    uint64_t n = std::min(left, serial ? std::min(send_max_data, limits::qemu_dma_read_chunk) : send_max_data);
+    auto fail_now = [&](int e) {
+      next_qemu_read(serial);
+      release(waddr);
+      cb(e, {});
+    };
+    if (!correlation) return fail_now(ENOTCONN);
     dma_read_request req;
     req.addr = addr;
     req.count = n;
     auto q = wire_quirks();
     self->request(correlation, caf::infinite, request_atom::value, make_frame_ptr(make_frame(0, req)), uint32_t(0))
         .then([=](call_result& r) {
+          next_qemu_read(serial);
           auto fail = [&](int e) { release(waddr); cb(e, {}); };
           if (auto f = r.failure()) return fail(f.errnum ? f.errnum : EIO);
           auto m = decode(*r.reply, q);
@@ -249,6 +268,15 @@ struct device_state : device_context {
           release(waddr);
           cb(0, std::move(*acc));
         });
+  }
+  // The next DMA_READ waiting for QEMU's previous reply, if this one was such a read.
+  void next_qemu_read(bool serial) {
+    if (!serial) return;
+    qemu_read_busy = false;
+    if (qemu_reads.empty()) return;
+    auto next = std::move(qemu_reads.front());
+    qemu_reads.pop_front();
+    next();
   }
   void dma_write(uint64_t addr, std::vector<uint8_t> data, std::function<void(int)> cb) override {
     if (!mig_running(mstate)) return cb(EBUSY);

@@ -272,8 +272,9 @@ TEST_F(MigrationTest, DmaTestMovesRegistersScratchMemoryMsixTableAndAPendingInte
   ASSERT_TRUE(src_->dma_map(0x100000, 2 << 20, dma_flags::read | dma_flags::write, &rig.guest, 0).ok());
   // Vector 1's table entry gets an address and data; vector 0 stays masked, so the copy's
   // completion interrupt is left pending.
-  uint32_t entry[3] = {0xfee00000, 0, 0x4041};
+  uint32_t entry[3] = {0xfee00000, 0, 0x4041}, masked = 1;
   ASSERT_TRUE(src_->write(1, 16, entry, 12).ok());
+  ASSERT_TRUE(src_->write(1, 12, &masked, 4).ok());
   std::memset(rig.ram, 0x5a, 4096);
   copy(*src_, 0x100000, 0x200000, 4096);
   uint32_t status = 0;

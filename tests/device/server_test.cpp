@@ -500,6 +500,8 @@ TEST_F(ServerTest, MaskedMsixVectorSetsPendingBitUntilUnmasked) {
   ASSERT_TRUE(client_);
   auto& d = *client_;
   enable(d, rig, /*unmask=*/false);
+  uint32_t one = 1;
+  ASSERT_TRUE(d.write(1, 12, &one, 4).ok());  // vector 0 masked in the table
   ASSERT_TRUE(d.dma_map(0x100000, 1 << 20, dma_flags::read | dma_flags::write, &rig.guest, 0).ok());
   ring(d, 0x100000, 0x180000, 16);
   // The copy finished (STATUS read after the doorbell write is ordered behind it) while

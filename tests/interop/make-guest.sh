@@ -28,7 +28,7 @@ fetch() {  # fetch PACKAGE: its .deb in $out/debs (apt-get download, once)
 fetch "$kpkg"
 fetch busybox-static
 
-stamp="$kpkg $(cat "$here"/guest/* | md5sum | cut -d' ' -f1)"
+stamp="$kpkg $(cat "$here"/guest/* "$here"/make-guest.sh | md5sum | cut -d' ' -f1)"
 if [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio.gz" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi
@@ -47,8 +47,10 @@ cp "$x/busybox/bin/busybox" "$r/bin/busybox"
 cp "$here"/guest/init "$r/init"
 cp "$here"/guest/*.sh "$r/tests/"
 chmod +x "$r/init" "$r"/tests/*.sh
-# Modules the scenarios insmod, without their compression (busybox insmod takes .ko).
-for m in drivers/nvme/host/nvme-core drivers/nvme/host/nvme; do
+# Modules the scenarios insmod, without their compression (busybox insmod takes .ko), in
+# the order they load (each after what it depends on); load_modules (guest/lib.sh) reads it.
+for m in crypto/crct10dif_common crypto/crct10dif_generic lib/crc-t10dif lib/crc64 crypto/crc64_rocksoft_generic \
+         lib/crc64-rocksoft block/t10-pi drivers/nvme/host/nvme-core drivers/nvme/host/nvme; do
   src=$(ls "$x/kernel/lib/modules/$kver/kernel/$m".ko* 2>/dev/null | head -n1 || true)
   [ -n "$src" ] || continue
   dst="$r/lib/modules/$kver/$(basename "$m").ko"
@@ -57,6 +59,7 @@ for m in drivers/nvme/host/nvme-core drivers/nvme/host/nvme; do
     *.zst) zstd -qdc "$src" >"$dst" ;;
     *) cp "$src" "$dst" ;;
   esac
+  basename "$m" >>"$r/lib/modules/$kver/load.order"
 done
 (cd "$r" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initramfs.cpio.gz"
 rm -rf "$x" "$r"

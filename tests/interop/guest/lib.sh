@@ -116,3 +116,12 @@ dma_check() {
   say "copy of $1 bytes: status $s, copies $before -> $(dma_reg 0x20), md5 $got"
   [ "$got" = "$want" ] || fail "the $1 bytes copied differ from the source (md5 $got, want $want)"
 }
+
+# load_modules: every module the guest carries, in order (make-guest.sh), once.
+load_modules() {
+  d=/lib/modules/$(uname -r)
+  for m in $(cat "$d/load.order"); do
+    grep -q "^$(echo "$m" | tr - _) " /proc/modules && continue
+    insmod "$d/$m.ko" || fail "insmod $m.ko"
+  done
+}

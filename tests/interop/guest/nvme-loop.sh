@@ -1,8 +1,6 @@
 # nvme-loop: writes 4 MiB of 'X' at 8 MiB of /dev/nvme0n1 again and again (the host kills
 # QEMU meanwhile; it checks that the backing file holds only whole old or new blocks there).
-kver=$(uname -r)
-insmod "/lib/modules/$kver/nvme-core.ko" || fail "insmod nvme-core.ko"
-insmod "/lib/modules/$kver/nvme.ko" || fail "insmod nvme.ko"
+load_modules
 i=0
 while [ ! -b /dev/nvme0n1 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
 [ -b /dev/nvme0n1 ] || fail "no /dev/nvme0n1"

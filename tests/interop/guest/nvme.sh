@@ -2,11 +2,7 @@
 # vfu-serve's NVMe controller. The first boot writes 4 MiB patterns at three offsets with
 # dd, drops the page cache, reads them back, and reboots; the second boot finds them again
 # (the controller was reset by the reboot; the data is in the backing file).
-kver=$(uname -r)
-if ! [ -b /dev/nvme0n1 ]; then
-  insmod "/lib/modules/$kver/nvme-core.ko" || fail "insmod nvme-core.ko"
-  insmod "/lib/modules/$kver/nvme.ko" || fail "insmod nvme.ko"
-fi
+load_modules
 i=0
 while [ ! -b /dev/nvme0n1 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
 [ -b /dev/nvme0n1 ] || { dmesg | grep -i nvme | tail -20; fail "no /dev/nvme0n1"; }
@@ -18,7 +14,7 @@ say "/dev/nvme0n1: $sectors sectors of 512 bytes, model '$(cat /sys/class/nvme/n
 # pattern CHAR: 4 MiB of one character.
 pattern() { dd if=/dev/zero bs=1M count=4 2>/dev/null | tr '\000' "$1"; }
 marker=$((0x10f00000))
-if [ "$(devmem "$marker" 32)" != 0x4e564d45 ]; then
+if [ "$(devmem "$marker" 32)" != 0x31415926 ]; then
   for spec in 1:A 20:B 59:C; do
     mib=${spec%%:*}; c=${spec#*:}
     pattern "$c" | dd of=/dev/nvme0n1 bs=1M seek="$mib" conv=fsync 2>/dev/null || fail "dd write at $mib MiB"
@@ -32,7 +28,7 @@ if [ "$(devmem "$marker" 32)" != 0x4e564d45 ]; then
     say "first boot: 4 MiB of '$c' at $mib MiB: read back $got (want $want)"
     [ "$got" = "$want" ] || fail "read back at $mib MiB differs"
   done
-  devmem "$marker" 32 0x4e564d45
+  devmem "$marker" 32 0x31415926
   reboot -f
   sleep 30
   fail "reboot did not happen"
