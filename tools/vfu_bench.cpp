@@ -12,7 +12,7 @@
 // per op is the serving process's on-CPU time (all threads, /proc/PID/task/*/schedstat)
 // divided by the operations of the row.
 //
-// Groups (--only): sync, pipelined, posted, bandwidth, client, dma, migration, devices.
+// Groups (--only): sync, pipelined, posted, bandwidth, client, dma, migration, nvme, devices.
 // A benchmark, not a test: nothing here asserts a time. docs/performance.md has the method.
 #include <dirent.h>
 #include <fcntl.h>
@@ -37,6 +37,7 @@
 #include <thread>
 #include <vector>
 
+#include "device/nvme/host.hpp"
 #include "device/remote_device.hpp"
 #include "device/samples.hpp"
 
@@ -636,6 +637,91 @@ void migration_rows(runtime& rt, const std::string& bindir, const servers& s, st
   if (!d->stop_dirty_logging() || !d->dma_unmap_all()) fail("stopping the log");
 }
 
+// ---- nvme ---------------------------------------------------------------------------------------
+
+// 4 KiB random reads from the NVMe controller (a 256 MiB file in the page cache) through our
+// client and the library's NVMe host (device/nvme/host.hpp), at queue depth 1 and 32, with
+// the queues and data in guest memory the server mmaps; doorbells are posted writes and
+// completions are read from the CQ in memory, as a guest driver does. The floor exchanges
+// one small request and one reply per read, the least any transport needs.
+void nvme_rows(runtime& rt, const std::string& bindir, const servers& s, std::vector<row>& rows,
+               std::vector<std::string>& notes) {
+  std::string sock = s.dir + "/nvme.sock", img = s.dir + "/nvme.img";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 2);
+    std::string a0 = bindir + "/vfu-serve", a1 = "--device=nvme", a2 = "--backing=" + img, a3 = "--size=256M",
+                a4 = "--socket-path=" + sock;
+    char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), a4.data(), nullptr};
+    ::execv(argv[0], argv);
+    _exit(127);
+  }
+  for (int i = 0; i < 250 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  constexpr uint64_t iova = 0x40000000, size = 8 << 20, asq = 0, acq = 0x1000, sq = 0x2000, cq = 0x4000, data = 0x100000;
+  proto::unique_fd guest(::memfd_create("guest", MFD_CLOEXEC));
+  uint8_t* ram = nullptr;
+  if (!guest || ::ftruncate(guest.get(), size) != 0 ||
+      (ram = static_cast<uint8_t*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, guest.get(), 0))) == MAP_FAILED) {
+    std::fprintf(stderr, "vfu-bench: nvme: guest memory\n");
+    std::exit(1);
+  }
+  {
+    auto d = open_device(rt, sock);
+    dev::nvme::host h(*d, ram, iova);
+    h.posted_doorbells = true;
+    const char* failed = !d->probe()                                                                   ? "probe"
+                         : !d->dma_map(iova, size, proto::dma_flags::read | proto::dma_flags::write, &guest, 0) ? "DMA_MAP"
+                         : !h.enable(asq, acq)                                                            ? "enable"
+                         : !h.io_queue(1, sq, cq, 64)                                                     ? "I/O queue"
+                                                                                                          : nullptr;
+    if (failed) {
+      std::fprintf(stderr, "vfu-bench: nvme: bringing the controller up failed at %s\n", failed);
+      std::exit(1);
+    }
+    uint64_t blocks = (256ull << 20) / 512, seed = 1;
+    auto read_cmd = [&](uint32_t slot) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      uint64_t lba = (seed >> 33) % (blocks / 8) * 8;
+      return dev::nvme::host::cmd(dev::nvme::io::read, 1, iova + data + slot * 4096ull, 0, uint32_t(lba),
+                                  uint32_t(lba >> 32), 7);
+    };
+    auto f1 = floor_meter("floor: 36 B / 32 B ping-pong, 1 in flight (per read)", 36, 32, 1);
+    auto q1 = fn_meter("vfu-broker nvme: 4 KiB random read, QD1", pid, 1, [&] {
+      h.submit(1, read_cmd(0));
+      auto c = h.reap(1);
+      return c && c->status == 0;
+    });
+    interleave({&f1, &q1});
+    rows.push_back(f1.result());
+    rows.push_back(against(q1, f1));
+    int inflight = 0;
+    auto f32 = floor_meter("floor: 36 B / 32 B, 32 in flight (per read)", 36, 32, 32);
+    auto q32 = fn_meter("vfu-broker nvme: 4 KiB random read, QD32", pid, 1, [&] {
+      while (inflight < 32) h.submit(1, read_cmd(uint32_t(inflight++))), void();
+      auto c = h.reap(1);
+      if (!c || c->status) return false;
+      --inflight;
+      return true;
+    });
+    interleave({&f32, &q32});
+    while (inflight > 0 && h.reap(1)) --inflight;
+    rows.push_back(f32.result());
+    auto r32 = against(q32, f32);
+    rows.push_back(r32);
+    auto r1 = rows[rows.size() - 3];
+    char line[200];
+    std::snprintf(line, sizeof line, "nvme 4 KiB random reads: QD1 %.0f IOPS (p50 %.1f us, p99 %.1f us), QD32 %.0f IOPS",
+                  r1.rate, r1.p50, r1.p99, r32.rate);
+    notes.push_back(line);
+  }
+  ::munmap(ram, size);
+  ::kill(pid, SIGTERM);
+  ::waitpid(pid, nullptr, 0);
+  ::unlink(sock.c_str());
+  ::unlink(img.c_str());
+}
+
 // ---- idle devices and soak -------------------------------------------------------------------
 
 // N gpio devices in one vfu-serve, each with a connected client that negotiated and did one
@@ -814,7 +900,7 @@ int main(int argc, char** argv) {
     else if (a == "--json") json = true;
     else {
       std::fprintf(stderr,
-                   "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,migration,devices]\n"
+                   "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,migration,nvme,devices]\n"
                    "                 [--devices=N] [--poll-max-ns=N (vfu-serve's)] [--client-poll-max-ns=N]\n"
                    "                 [--caller-poll-max-ns=N (our client's callers; default: the library's)]\n"
                    "                 [--loop-reads (our client's loop reads every reply: caller_reads off)]\n"
@@ -970,6 +1056,7 @@ int main(int argc, char** argv) {
     rows.push_back(against(m, f));
   }
   if (want("migration")) migration_rows(rt, bindir, s, rows, notes);
+  if (want("nvme")) nvme_rows(rt, bindir, s, rows, notes);
   if (want("devices") && devices > 0) {
     auto fm = floor_multi("floor: " + std::to_string(devices) + " socketpairs, one poll() server", devices);
     auto r = many_devices(s);
