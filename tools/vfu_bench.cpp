@@ -12,7 +12,7 @@
 // per op is the serving process's on-CPU time (all threads, /proc/PID/task/*/schedstat)
 // divided by the operations of the row.
 //
-// Groups (--only): sync, pipelined, posted, bandwidth, client, dma, migration, nvme, devices.
+// Groups (--only): sync, pipelined, posted, bandwidth, client, dma, migration, nvme, trace, devices.
 // A benchmark, not a test: nothing here asserts a time. docs/performance.md has the method.
 #include <dirent.h>
 #include <fcntl.h>
@@ -722,6 +722,39 @@ void nvme_rows(runtime& rt, const std::string& bindir, const servers& s, std::ve
   ::unlink(img.c_str());
 }
 
+// ---- vfu-trace ---------------------------------------------------------------------------------
+
+// A raw client's 4-byte BAR2 reads, 1 in flight, straight to a gpio device and through
+// vfu-trace (its output to /dev/null), interleaved: what the tracer adds per round trip.
+void trace_rows(const std::string& bindir, const servers& s, std::vector<row>& rows, std::vector<std::string>& notes) {
+  std::string sock = s.dir + "/trace.sock";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    std::string a0 = bindir + "/vfu-trace", a1 = "--listen=" + sock, a2 = "--connect=" + s.gpio3;
+    char* argv[] = {a0.data(), a1.data(), a2.data(), nullptr};
+    ::execv(argv[0], argv);
+    _exit(127);
+  }
+  for (int i = 0; i < 250 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  {
+    auto direct = raw_meter("raw client: BAR2 read 4 B, 1 in flight, direct", s.pid, s.gpio, reads(2, 1, 1), 36, 1);
+    auto traced = raw_meter("raw client: BAR2 read 4 B, 1 in flight, through vfu-trace", s.pid, sock, reads(2, 1, 1), 36, 1);
+    interleave({&direct, &traced});
+    auto d = direct.result(), t = against(traced, direct);
+    rows.push_back(d);
+    rows.push_back(t);
+    char line[200];
+    std::snprintf(line, sizeof line, "vfu-trace adds %.1f us per 4-byte read round trip (mean; p50 %.1f -> %.1f us)",
+                  (d.rate > 0 && t.rate > 0) ? (1e6 / t.rate - 1e6 / d.rate) : 0.0, d.p50, t.p50);
+    notes.push_back(line);
+  }
+  ::kill(pid, SIGTERM);
+  ::waitpid(pid, nullptr, 0);
+}
+
 // ---- idle devices and soak -------------------------------------------------------------------
 
 // N gpio devices in one vfu-serve, each with a connected client that negotiated and did one
@@ -900,7 +933,7 @@ int main(int argc, char** argv) {
     else if (a == "--json") json = true;
     else {
       std::fprintf(stderr,
-                   "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,migration,nvme,devices]\n"
+                   "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,migration,nvme,trace,devices]\n"
                    "                 [--devices=N] [--poll-max-ns=N (vfu-serve's)] [--client-poll-max-ns=N]\n"
                    "                 [--caller-poll-max-ns=N (our client's callers; default: the library's)]\n"
                    "                 [--loop-reads (our client's loop reads every reply: caller_reads off)]\n"
@@ -1057,6 +1090,7 @@ int main(int argc, char** argv) {
   }
   if (want("migration")) migration_rows(rt, bindir, s, rows, notes);
   if (want("nvme")) nvme_rows(rt, bindir, s, rows, notes);
+  if (want("trace")) trace_rows(bindir, s, rows, notes);
   if (want("devices") && devices > 0) {
     auto fm = floor_multi("floor: " + std::to_string(devices) + " socketpairs, one poll() server", devices);
     auto r = many_devices(s);
