@@ -5,6 +5,7 @@
 // what it read on (deliver).
 #define CAF_LOG_COMPONENT "vfu"
 #include "actors/stream_transport.hpp"
+#include "protocol/fd_passing.hpp"
 
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -35,17 +36,7 @@ struct read_plan {
   size_t land_at = 0;
 };
 
-void take_fds(msghdr& mh, proto::fd_list& fds) {
-  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t k = 0; k < cnt; ++k) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof fd);
-      fds.emplace_back(fd);
-    }
-  }
-}
+using proto::take_fds;
 
 // A leader's own reply with a landing: its data goes straight into the caller's buffer,
 // from where the body window starts (the frame keeps a hole there; nobody reads it). Until

@@ -20,29 +20,35 @@ uint64_t data_limit(endpoint& ep) {
 
 result<message> remote_device::feature(const device_feature_request& q) { return ep_->call_decoded(q); }
 
-result<uint64_t> remote_device::migration_flags() {
-  if (auto s = gate(); !s) return s.err();
+namespace {
+// A DEVICE_FEATURE GET of `index`, and the data of type D its reply must carry.
+template <class D>
+result<D> get_feature(uint32_t index, const char* what,
+                      const std::function<result<message>(const device_feature_request&)>& call) {
   device_feature_request q;
   q.argsz = 16;
-  q.flags = feature_flags::get | feature::migration;
-  auto m = feature(q);
+  q.flags = feature_flags::get | index;
+  auto m = call(q);
   if (!m) return m.err();
   auto* rep = std::get_if<device_feature_reply>(&*m);
-  auto* f = rep ? std::get_if<feature_migration>(&rep->data) : nullptr;
-  if (!f) return error(errc::protocol_violation, "DEVICE_FEATURE(MIGRATION) answered without its flags");
+  auto* f = rep ? std::get_if<D>(&rep->data) : nullptr;
+  if (!f) return error(errc::protocol_violation, std::string("DEVICE_FEATURE(") + what + ") answered without its data");
+  return *f;
+}
+}  // namespace
+
+result<uint64_t> remote_device::migration_flags() {
+  if (auto s = gate(); !s) return s.err();
+  auto f = get_feature<feature_migration>(feature::migration, "MIGRATION", [this](auto& q) { return feature(q); });
+  if (!f) return f.err();
   return f->flags;
 }
 
 result<mig_state> remote_device::migration_state() {
   if (auto s = gate(); !s) return s.err();
-  device_feature_request q;
-  q.argsz = 16;
-  q.flags = feature_flags::get | feature::mig_device_state;
-  auto m = feature(q);
-  if (!m) return m.err();
-  auto* rep = std::get_if<device_feature_reply>(&*m);
-  auto* f = rep ? std::get_if<feature_device_state>(&rep->data) : nullptr;
-  if (!f) return error(errc::protocol_violation, "DEVICE_FEATURE(MIG_DEVICE_STATE) answered without a state");
+  auto f = get_feature<feature_device_state>(feature::mig_device_state, "MIG_DEVICE_STATE",
+                                             [this](auto& q) { return feature(q); });
+  if (!f) return f.err();
   return mig_state(f->device_state);
 }
 

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "protocol/fd_passing.hpp"
 #include "protocol/assembler.hpp"
 #include "protocol/messages.hpp"
 
@@ -147,14 +148,7 @@ class raw_peer {
       ssize_t n = ::recvmsg(fd_.get(), &mh, MSG_CMSG_CLOEXEC);
       if (n <= 0) return std::nullopt;
       proto::fd_list fds;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-        size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t k = 0; k < cnt; ++k) {
-          int v;
-          std::memcpy(&v, CMSG_DATA(c) + k * sizeof(int), sizeof v);
-          fds.emplace_back(v);
-        }
-      }
+      proto::take_fds(mh, fds);
       std::vector<proto::frame_assembler::event> evs;
       asm_.feed(buf, size_t(n), std::move(fds), evs);
       for (auto& e : evs)

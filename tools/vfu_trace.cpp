@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "protocol/assembler.hpp"
+#include "protocol/fd_passing.hpp"
 #include "protocol/limits.hpp"
 #include "protocol/messages.hpp"
 #include "tools/harness/fields.hpp"
@@ -152,13 +153,7 @@ class session {
     ssize_t n = ::recvmsg(from.fd.get(), &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0) return errno == EAGAIN || errno == EINTR ? true : (end(std::string(from.dir) + " read failed"), false);
     fd_list fds;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-        for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
-          int v;
-          std::memcpy(&v, CMSG_DATA(c) + i * sizeof(int), sizeof v);
-          fds.emplace_back(v);
-        }
+    take_fds(mh, fds);
     if (mh.msg_flags & MSG_CTRUNC) return end(std::string(from.dir) + ": more fds than a message may carry"), false;
     if (n == 0) {
       if (from.in.mid_frame()) return end(std::string(from.dir) + ": closed in the middle of a frame"), false;

@@ -1,4 +1,5 @@
 #include "tools/harness/io.hpp"
+#include "protocol/fd_passing.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -151,15 +152,7 @@ bool connection::pump(deadline dl) {
     return true;
   }
   proto::fd_list fds;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t k = 0; k < cnt; ++k) {
-      int v;
-      std::memcpy(&v, CMSG_DATA(c) + k * sizeof(int), sizeof v);
-      fds.emplace_back(v);
-    }
-  }
+  proto::take_fds(mh, fds);
   if (mh.msg_flags & MSG_CTRUNC) stream_errors_.push_back("the peer sent more fds than fit (MSG_CTRUNC)");
   if (n == 0) {
     eof_ = true;

@@ -13,6 +13,16 @@ say "/dev/nvme0n1: $sectors sectors of 512 bytes, model '$(cat /sys/class/nvme/n
 
 # pattern CHAR: 4 MiB of one character.
 pattern() { dd if=/dev/zero bs=1M count=4 2>/dev/null | tr '\000' "$1"; }
+# check_patterns WHEN: the three patterns read back from the disk (md5).
+check_patterns() {
+  for spec in 1:A 20:B 59:C; do
+    mib=${spec%%:*}; c=${spec#*:}
+    want=$(pattern "$c" | md5sum | cut -d' ' -f1)
+    got=$(dd if=/dev/nvme0n1 bs=1M skip="$mib" count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+    say "$1: 4 MiB of '$c' at $mib MiB: read back $got (want $want)"
+    [ "$got" = "$want" ] || fail "$1: the data at $mib MiB differs"
+  done
+}
 marker=$((0x10f00000))
 if [ "$(devmem "$marker" 32)" != 0x31415926 ]; then
   for spec in 1:A 20:B 59:C; do
@@ -21,24 +31,12 @@ if [ "$(devmem "$marker" 32)" != 0x31415926 ]; then
   done
   sync
   echo 3 > /proc/sys/vm/drop_caches
-  for spec in 1:A 20:B 59:C; do
-    mib=${spec%%:*}; c=${spec#*:}
-    want=$(pattern "$c" | md5sum | cut -d' ' -f1)
-    got=$(dd if=/dev/nvme0n1 bs=1M skip="$mib" count=4 2>/dev/null | md5sum | cut -d' ' -f1)
-    say "first boot: 4 MiB of '$c' at $mib MiB: read back $got (want $want)"
-    [ "$got" = "$want" ] || fail "read back at $mib MiB differs"
-  done
+  check_patterns "first boot"
   devmem "$marker" 32 0x31415926
   reboot -f
   sleep 30
   fail "reboot did not happen"
 fi
 devmem "$marker" 32 0
-for spec in 1:A 20:B 59:C; do
-  mib=${spec%%:*}; c=${spec#*:}
-  want=$(pattern "$c" | md5sum | cut -d' ' -f1)
-  got=$(dd if=/dev/nvme0n1 bs=1M skip="$mib" count=4 2>/dev/null | md5sum | cut -d' ' -f1)
-  say "second boot: 4 MiB of '$c' at $mib MiB: $got"
-  [ "$got" = "$want" ] || fail "after the reboot, the data at $mib MiB differs"
-done
+check_patterns "second boot (after the reboot)"
 pass "nvme: /dev/nvme0n1 of 64 MiB, three 4 MiB patterns written, read back, and found again after a reboot"
