@@ -30,6 +30,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <set>
@@ -388,6 +389,21 @@ struct servers {
   std::vector<std::string> gpios;  ///< --devices gpio sockets
 };
 
+// The vfu-serve and vfu-trace processes this run started and has not stopped: a run that
+// ends early (std::exit on a failed set-up) stops them too, instead of leaving them behind.
+std::vector<pid_t> g_children;
+void track(pid_t pid) {
+  if (pid > 0) g_children.push_back(pid);
+}
+void stop_child(pid_t pid) {
+  ::kill(pid, SIGTERM);
+  ::waitpid(pid, nullptr, 0);
+  g_children.erase(std::remove(g_children.begin(), g_children.end(), pid), g_children.end());
+}
+void stop_children() {
+  while (!g_children.empty()) stop_child(g_children.back());
+}
+
 servers start_servers(const std::string& bindir, int devices) {
   servers s;
   char tmp[] = "/tmp/vfu-bench-XXXXXX";
@@ -417,14 +433,14 @@ servers start_servers(const std::string& bindir, int devices) {
     ::execv(argv[0], argv.data());
     _exit(127);
   }
+  track(s.pid);
   std::string last = s.gpios.empty() ? s.ram : s.gpios.back();
   for (int i = 0; i < 250 && ::access(last.c_str(), F_OK) != 0; ++i) ::usleep(20000);
   return s;
 }
 
 void stop_servers(servers& s) {
-  ::kill(s.pid, SIGTERM);
-  ::waitpid(s.pid, nullptr, 0);
+  stop_child(s.pid);
   ::rmdir(s.dir.c_str());
 }
 
@@ -564,12 +580,11 @@ void migration_rows(runtime& rt, const std::string& bindir, const servers& s, st
     ::execv(argv[0], argv);
     _exit(127);
   }
+  track(pid);
   for (int i = 0; i < 250 && ::access(big.c_str(), F_OK) != 0; ++i) ::usleep(20000);
   auto fail = [&](const char* what) {
     std::fprintf(stderr, "vfu-bench: migration: %s\n", what);
-    ::kill(pid, SIGTERM);
-    ::waitpid(pid, nullptr, 0);
-    std::exit(1);
+    std::exit(1);  // (stop_children stops the servers)
   };
   {
     auto d = open_device(rt, big);
@@ -612,8 +627,7 @@ void migration_rows(runtime& rt, const std::string& bindir, const servers& s, st
                   median_ratio(r, fr));
     notes.push_back(line);
   }
-  ::kill(pid, SIGTERM);
-  ::waitpid(pid, nullptr, 0);
+  stop_child(pid);
   ::unlink(big.c_str());
 
   auto d = open_device(rt, s.ram);
@@ -657,6 +671,7 @@ void nvme_rows(runtime& rt, const std::string& bindir, const servers& s, std::ve
     ::execv(argv[0], argv);
     _exit(127);
   }
+  track(pid);
   for (int i = 0; i < 250 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
   constexpr uint64_t iova = 0x40000000, size = 8 << 20, asq = 0, acq = 0x1000, sq = 0x2000, cq = 0x4000, data = 0x100000;
   proto::unique_fd guest(::memfd_create("guest", MFD_CLOEXEC));
@@ -716,8 +731,7 @@ void nvme_rows(runtime& rt, const std::string& bindir, const servers& s, std::ve
     notes.push_back(line);
   }
   ::munmap(ram, size);
-  ::kill(pid, SIGTERM);
-  ::waitpid(pid, nullptr, 0);
+  stop_child(pid);
   ::unlink(sock.c_str());
   ::unlink(img.c_str());
 }
@@ -738,6 +752,7 @@ void trace_rows(const std::string& bindir, const servers& s, std::vector<row>& r
     ::execv(argv[0], argv);
     _exit(127);
   }
+  track(pid);
   for (int i = 0; i < 250 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
   {
     auto direct = raw_meter("raw client: BAR2 read 4 B, 1 in flight, direct", s.pid, s.gpio, reads(2, 1, 1), 36, 1);
@@ -751,8 +766,7 @@ void trace_rows(const std::string& bindir, const servers& s, std::vector<row>& r
                   (d.rate > 0 && t.rate > 0) ? (1e6 / t.rate - 1e6 / d.rate) : 0.0, d.p50, t.p50);
     notes.push_back(line);
   }
-  ::kill(pid, SIGTERM);
-  ::waitpid(pid, nullptr, 0);
+  stop_child(pid);
 }
 
 // ---- idle devices and soak -------------------------------------------------------------------
@@ -947,6 +961,7 @@ int main(int argc, char** argv) {
   if (soak_s > 0) return soak(bindir, soak_s);
   auto want = [&](const char* g) { return only.empty() || only.count(g); };
   ::signal(SIGPIPE, SIG_IGN);
+  std::atexit(stop_children);
 
   servers s = start_servers(bindir, want("devices") ? devices : 0);
   // Each row is measured interleaved with the floor (and the raw client) it is compared
