@@ -92,13 +92,18 @@ caf::behavior correlation_actor(caf::stateful_actor<correlation_state>* self, co
       },
       [=](attach_atom, connection_ptr& tr, uint64_t epoch) {
         auto& st = self->state;
+        st.main = tr;
         st.transport = std::move(tr);
         st.epoch = epoch;
         pump(self);
       },
+      [=](twin_atom, connection_ptr& twin, connection_ptr& main) {
+        auto& st = self->state;
+        if (st.main == main) st.transport = std::move(twin);  // (not an older connection's)
+      },
       [=](connlost_atom) {
         auto& st = self->state;
-        st.transport = nullptr;
+        st.transport = st.main = nullptr;
         for (auto& q : st.waiting) fail(q.rp, proto::errc::not_connected, "connection lost");
         st.waiting.clear();
       },

@@ -7,7 +7,8 @@
 // Messages: (request_atom, frame_ptr, uint32_t timeout_ms) -> call_result; (deliver_atom,
 // promise, call_result) from the reader that completed an actor's request; (pump_atom) when
 // there is room again for queued requests; (sweep_atom) the timer; (attach_atom, connection,
-// epoch) the connection to write to; (connlost_atom) it is gone.
+// epoch) the connection to write to; (twin_atom, twin, main) from now on requests go on
+// main's twin socket (twin_socket.hpp); (connlost_atom) it is gone.
 #pragma once
 
 #include <caf/all.hpp>
@@ -41,7 +42,8 @@ struct correlation_state {
   };
   correlation_config cfg;
   std::shared_ptr<pending_table> table;
-  connection_ptr transport;  ///< the current connection, while there is one
+  connection_ptr transport;  ///< where requests go: the current connection or its twin
+  connection_ptr main;       ///< the current connection
   uint64_t epoch = 0;
   std::deque<queued> waiting;  ///< actor requests waiting for room
   static inline const char* name = "vfu.correlation";

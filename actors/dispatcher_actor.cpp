@@ -6,6 +6,7 @@
 #include "actors/answer.hpp"
 #include "actors/frame_router.hpp"
 #include "actors/negotiation.hpp"
+#include "actors/twin_socket.hpp"
 
 namespace vfu {
 
@@ -60,8 +61,23 @@ void serve_version(self_t self, const conn_route& r, const proto::header& h, con
   // In force before the client can send anything else, i.e. before it sees the reply.
   st.limits = put_in_force(a->n, *r.tr).decode;
   st.negotiated = true;
-  send_frame(self, r, make_frame_ptr(proto::make_frame(h.msg_id, a->reply)));
-  if (st.cfg.supervisor) self->send(st.cfg.supervisor, connup_atom::value, a->n, r.sock);
+  proto::fd_list fds;
+  connection_ptr requests = r.tr;  // where our requests go
+  if (a->n.ours.twin_socket) {
+    if (auto t = offer_twin(r.sock, r.tr, st.correlation)) {
+      fds.push_back(std::move(t->theirs));
+      requests = t->twin;
+    } else {  // answered "supported": false, one socket
+      CAF_LOG_WARNING("no twin socket: " << t.err().message());
+      a->n.ours.twin_socket = false;
+      a->n.ours.twin_fd_index.reset();
+      a->reply.caps_json = proto::to_json(a->n.ours, true);
+    }
+  }
+  auto f = proto::make_frame(h.msg_id, a->reply);
+  f.fds = std::move(fds);
+  send_frame(self, r, make_frame_ptr(std::move(f)));
+  if (st.cfg.supervisor) self->send(st.cfg.supervisor, connup_atom::value, a->n, r.sock, requests);
   if (st.device) self->send(st.device, connup_atom::value, a->n);
 }
 

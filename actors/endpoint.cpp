@@ -25,7 +25,8 @@ proto::capabilities endpoint_config::default_client_caps() {
   proto::capabilities c;
   c.max_msg_fds = proto::limits::our_max_msg_fds;
   c.max_data_xfer_size = proto::limits::our_max_data_xfer;
-  c.present = {"max_msg_fds", "max_data_xfer_size"};
+  c.twin_socket = true;  // our DMA never meets our own requests on one socket
+  c.present = {"max_msg_fds", "max_data_xfer_size", "twin_socket"};
   return c;
 }
 

@@ -151,11 +151,29 @@ bool stream_transport::read_once(bool wait, std::vector<proto::frame_assembler::
   return !asm_.failed() && !(size_t(n) < p.iov.iov_len && !had_fds);
 }
 
+void stream_transport::refuse_requests(const event_batch& reqs) {
+  for (auto& ev : *reqs) {
+    auto h = ev.kind == proto::frame_assembler::event::frame_ready ? ev.f.hdr() : ev.hdr;
+    CAF_LOG_WARNING("refused " << proto::describe(h, ev.f.fds.size()) << ": a request on the socket of the replies to ours");
+    ++misrouted;
+    if (!h.no_reply()) (void)send(make_frame_ptr(proto::make_error_reply(h, EINVAL)));
+    flow_.request_done(request_bytes(ev));
+  }  // (their fds close with the batch)
+}
+
 void stream_transport::deliver(std::vector<proto::frame_assembler::event>& evs, read_outcome& out) {
   auto r = route(evs, flow_);
   frames_in += r.frames;
   rejected_requests += r.rejected_requests;
   rejected_replies += r.rejected_replies.size();
+  uint8_t lanes = lanes_.load(std::memory_order_relaxed);
+  if (!(lanes & peer_replies) && (!r.replies.empty() || !r.rejected_replies.empty())) {
+    for (auto& f : r.replies) CAF_LOG_WARNING("dropped " << proto::describe(f->hdr(), f->fds.size()) << ": a reply on the socket of the peer's requests");
+    misrouted += r.replies.size() + r.rejected_replies.size();
+    r.replies.clear();
+    r.rejected_replies.clear();
+  }
+  if (!(lanes & peer_requests) && r.requests) refuse_requests(std::exchange(r.requests, nullptr));
   // Replies complete their requests here: a blocked thread wakes from here, an actor's
   // result goes to the correlation actor.
   if (table_) {

@@ -38,6 +38,9 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
       },
       [=](limits_atom, const conn_limits& l) { self->state.transport->set_max_frame(l.max_frame); },
       [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
+      [=](twin_atom, transport_ptr& twin) {
+        self->state.twin = self->spawn<caf::linked>(socket_actor, std::move(twin), self->state.dispatcher);
+      },
       [=](stats_atom) -> std::string {
         auto& t = *self->state.transport;
         return "frames_in=" + std::to_string(t.frames_in.load()) + " frames_out=" + std::to_string(t.frames_out.load()) +
@@ -48,7 +51,8 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
                " writes=" + std::to_string(t.writes.load()) + " unanswered=" + std::to_string(t.unanswered()) +
                " awaiting=" + std::to_string(t.awaiting()) + " pauses=" + std::to_string(t.pauses.load()) +
                " leader_caught=" + std::to_string(t.leader_caught.load()) +
-               " leader_slept=" + std::to_string(t.leader_slept.load());
+               " leader_slept=" + std::to_string(t.leader_slept.load()) + " misrouted=" + std::to_string(t.misrouted.load()) +
+               (self->state.twin ? " twin=1" : "");
       },
   };
 }

@@ -5,7 +5,8 @@
 // stops reading) at once, with an error naming the cause; an EOF at a frame boundary (or a
 // frame declared far over the limit) after answering what the peer sent. Its transport is
 // closed on every exit path (attach_functor), and every queued fd with it; the supervisor,
-// which monitors it, then restarts.
+// which monitors it, then restarts. (twin_atom, transport) starts the connection's twin socket
+// under a socket actor of its own, linked to this one: either one's end ends both.
 #pragma once
 
 #include <caf/all.hpp>
@@ -20,6 +21,7 @@ namespace vfu {
 struct socket_state {
   std::shared_ptr<stream_transport> transport;
   caf::actor dispatcher;
+  caf::actor twin;  ///< the twin socket's actor, linked (twin_socket.hpp)
   static inline const char* name = "vfu.socket";
 };
 

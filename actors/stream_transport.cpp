@@ -214,8 +214,16 @@ void stream_transport::count_request_out(const proto::header& h) {
   }
 }
 
+std::shared_ptr<stream_transport> stream_transport::make_twin(proto::unique_fd fd, uint8_t l) {
+  auto t = std::make_shared<stream_transport>(io_, std::move(fd), max_frame_.load(), table_);
+  t->twin_ = true;
+  t->set_lanes(l);
+  t->caller_poll_.max_ns = caller_poll_.max_ns;
+  return t;
+}
+
 void stream_transport::fail_pending(const proto::error& why) {
-  if (!table_) return;
+  if (!table_ || twin_) return;
   pending_table::completions done;
   table_->fail_all(why, done);
   table_->settle(done);

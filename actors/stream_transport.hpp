@@ -137,6 +137,19 @@ class stream_transport : public deferred_writer,
   /// close() was called: the connection is over (its socket actor has ended).
   bool closing() const noexcept override { return closing_.load(); }
 
+  /// What the peer may send on this socket. With a twin socket (twin_socket.hpp) a
+  /// connection's directions split: one socket carries the client's requests and their
+  /// replies, the other the server's. A request on the wrong socket is answered EINVAL; a
+  /// reply there completes nothing (dropped, counted in misrouted).
+  enum lanes : uint8_t { peer_requests = 1, peer_replies = 2, both_lanes = 3 };
+  void set_lanes(uint8_t l) noexcept { lanes_.store(l, std::memory_order_relaxed); }
+  /// A twin of this connection on `fd` (connected): the same io context, pending table,
+  /// frame limit and caller polling; it carries `l`. Closing it does not fail the pending
+  /// table: its socket actor is linked to this one's, whose close does.
+  std::shared_ptr<stream_transport> make_twin(proto::unique_fd fd, uint8_t l);
+  /// Frames that came on the wrong socket of a twin pair.
+  std::atomic<uint64_t> misrouted{0};
+
 
   /// Counters for inspection.
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
@@ -176,6 +189,8 @@ class stream_transport : public deferred_writer,
   void resume_reading();
   /// A request of ours is written: its reply may sit behind the peer's requests.
   void count_request_out(const proto::header& h);
+  /// The peer's requests on a socket that carries none: each answered EINVAL, none kept.
+  void refuse_requests(const event_batch& reqs);
   /// Stops reading for good (on an error or the end of the stream).
   void stop() { gate_.set(read_gate::stopped); }
   bool stopped() const noexcept { return gate_.has(read_gate::stopped); }
@@ -218,6 +233,8 @@ class stream_transport : public deferred_writer,
   read_gate gate_;                               ///< why the connection does not read now
   flow_control flow_;                            ///< the peer's requests unanswered, ours awaited
   bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
+  std::atomic<uint8_t> lanes_{both_lanes};
+  bool twin_ = false;                            ///< made by make_twin()
 };
 
 /// A caller's leadership of one transport (stream_transport::lead_begin), for one call or

@@ -10,6 +10,7 @@
 
 #include "actors/negotiation.hpp"
 #include "actors/socket_actor.hpp"
+#include "actors/twin_socket.hpp"
 
 namespace vfu {
 
@@ -110,6 +111,8 @@ void negotiate_client(sup_t self, transport_ptr tr) {
     if (!n) return fail(n.err());
     // In force before anyone can see "ready" and send.
     self->send(st.c.disp, limits_atom::value, put_in_force(*n, *tr));
+    if (n->theirs.twin_socket)
+      if (auto t = accept_twin(sock, *tr, std::move(r.reply->fds[*n->theirs.twin_fd_index])); !t) return fail(t.err());
     {
       std::lock_guard<std::mutex> g(st.c.status->m);
       st.c.status->neg = *n;
@@ -211,12 +214,14 @@ caf::behavior supervisor_actor(sup_t self, supervisor_config c) {
       },
       [=](ioerr_atom, proto::error& e) { self->state.c.status->set(conn_state::closed, e); },  // the listener failed
       [=](reconnect_atom) { try_reconnect(self); },
-      [=](connup_atom, const proto::negotiated& n, caf::actor& sock) {  // server: VERSION done
+      [=](connup_atom, const proto::negotiated& n, caf::actor& sock, connection_ptr& requests) {  // server: VERSION done
         auto& st = self->state;
         if (sock != st.socket) return;
         {
           std::lock_guard<std::mutex> g(st.c.status->m);
           st.c.status->neg = n;
+          // A host's own calls (DMA from a plain thread) go where the device's go.
+          if (auto t = std::dynamic_pointer_cast<stream_transport>(requests)) st.c.status->transport = t;
         }
         st.ever_ready = true;
         st.c.status->set(conn_state::ready);

@@ -28,7 +28,7 @@ struct endpoint_status {
   proto::error last_error;
   uint64_t generation = 0;
   caf::actor socket;
-  std::shared_ptr<stream_transport> transport;  ///< of the current connection, for calls
+  std::shared_ptr<stream_transport> transport;  ///< where calls go: the current connection or its twin
   uint64_t epoch = 0;                           ///< the pending table's epoch for it
   // The callback is called with cb_m held, so that once on_state() replaced it, the old one
   // is neither running nor will run (its owner may be gone).

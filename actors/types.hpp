@@ -201,6 +201,7 @@ using attach_atom = caf::atom_constant<caf::atom("attach")>;
 using limits_atom = caf::atom_constant<caf::atom("limits")>;
 using connlost_atom = caf::atom_constant<caf::atom("connlost")>;
 using connup_atom = caf::atom_constant<caf::atom("connup")>;
+using twin_atom = caf::atom_constant<caf::atom("twin")>;
 using handler_atom = caf::atom_constant<caf::atom("handler")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using accepted_atom = caf::atom_constant<caf::atom("accepted")>;

@@ -153,6 +153,10 @@ result<negotiated> server_negotiate(uint16_t major, uint16_t minor, const capabi
   o.twin_socket = offer.twin_socket && client.twin_socket;
   o.present = {"max_msg_fds", "max_data_xfer_size", "max_dma_maps", "pgsizes"};
   if (o.write_multiple) o.present.push_back("write_multiple");
+  if (o.twin_socket) {  // the socket is the reply's only fd
+    o.twin_fd_index = 0;
+    o.present.push_back("twin_socket");
+  }
   if (client.migration) {  // answer the legacy key in kind, as libvfio-user does
     o.migration = legacy_migration_caps{4096, std::nullopt};
     o.present.push_back("migration");

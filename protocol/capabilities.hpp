@@ -60,7 +60,7 @@ struct server_offer {
   uint64_t max_dma_maps = limits::default_max_dma_maps;
   uint64_t pgsizes = limits::default_pgsizes;
   bool write_multiple = true;
-  bool twin_socket = false;
+  bool twin_socket = true;  ///< a twin socket for a client that offers it
 };
 struct negotiated {
   uint16_t major = 0, minor = 0;

@@ -1,7 +1,8 @@
 // vfu-probe: connects to any vfio-user server and prints what an engineer wants to see,
 // like `lspci -vv` for a vfio-user device. `--json` prints the same for scripts.
 // `--read=REGION:OFFSET:LENGTH` (repeatable) also dumps region bytes, in hex.
-//   vfu-probe [--json] [--quirks=spec|qemu|libvfio-user] [--read=R:OFF:LEN...] SOCKET
+//   vfu-probe [--json] [--quirks=spec|qemu|libvfio-user] [--one-socket] [--read=R:OFF:LEN...] SOCKET
+// --one-socket: do not offer the twin socket (the server's requests come on the one socket).
 // Exit 0 on success; otherwise non-zero with a one-line reason on stderr.
 #include <cctype>
 #include <cerrno>
@@ -42,7 +43,8 @@ int die(const std::string& why) {
   std::fprintf(stderr, "vfu-probe: %s\n", why.c_str());
   return 1;
 }
-const char* usage = "usage: vfu-probe [--json] [--quirks=spec|qemu|libvfio-user] [--read=REGION:OFFSET:LENGTH ...] SOCKET";
+const char* usage =
+    "usage: vfu-probe [--json] [--quirks=spec|qemu|libvfio-user] [--one-socket] [--read=REGION:OFFSET:LENGTH ...] SOCKET";
 
 struct region_dump {
   uint32_t region = 0;
@@ -84,6 +86,7 @@ int main(int argc, char** argv) {
     else if (a == "--quirks=qemu") cfg.quirks = quirks::qemu();
     else if (a == "--quirks=libvfio-user") cfg.quirks = quirks::libvfio_user();
     else if (a == "--quirks=spec") cfg.quirks = quirks::spec();
+    else if (a == "--one-socket") cfg.client_caps.twin_socket = false;
     else if (a == "-h" || a == "--help") {
       std::printf("%s\n", usage);
       return 0;

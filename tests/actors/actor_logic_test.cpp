@@ -413,7 +413,9 @@ caf::behavior recording_peer_side(caf::event_based_actor*, std::shared_ptr<told>
       [=](request_atom, frame_ptr& f, uint32_t) {
         if (t->refuse_version) return call_result{make_frame_ptr(proto::make_error_reply(f->hdr(), ENOTSUP)), {}};
         auto req = proto::decode(*f);
-        auto a = server_version(std::get<proto::version_request>(*req), proto::server_offer{});
+        proto::server_offer one_socket;  // (no socketpair to hand over here)
+        one_socket.twin_socket = false;
+        auto a = server_version(std::get<proto::version_request>(*req), one_socket);
         return call_result{make_frame_ptr(proto::make_frame(f->hdr().msg_id, a->reply)), {}};
       },
       [=](attach_atom, connection_ptr&, uint64_t) { ++t->attach; },
@@ -547,7 +549,7 @@ TEST_F(Supervisor, AServerConnectionIsReadyWhenTheDispatcherNegotiatedAndClosedW
     std::lock_guard<std::mutex> g(status->m);
     s = status->socket;
   }
-  caf::anon_send(sup, connup_atom::value, proto::negotiated{}, s);
+  caf::anon_send(sup, connup_atom::value, proto::negotiated{}, s, connection_ptr{});
   sched.run();
   EXPECT_EQ(state(), conn_state::ready);
   lose_connection();

@@ -62,6 +62,10 @@ case "$scenario" in
     start "$samples/server" -v "$sock"
     "$build/tests/lvu-server-dma" "$sock" || { tail -20 "$work/server.log"; die "failed"; }
     ;;
+  server-dma-one-socket)  # the same without the twin socket: its DMA shares our socket
+    start "$samples/server" -v "$sock"
+    "$build/tests/lvu-server-dma" --one-socket "$sock" || { tail -20 "$work/server.log"; die "failed"; }
+    ;;
   migrate-server)  # its server sample moved between two instances, and vfu-migrate's report of why a fresh one cannot
     start "$samples/server" -v "$sock"
     sock2="$work/dev2.sock"

@@ -1,9 +1,11 @@
-// lvu-server-dma SOCKET: our client against libvfio-user's samples/server (built by hand,
+// lvu-server-dma [--one-socket] SOCKET: our client against libvfio-user's samples/server (built by hand,
 // docs/interop.md). It wires an eventfd to INTx, maps two windows of guest memory, each
 // with an fd, and arms the sample's timer through BAR0; when it fires the sample raises
 // INTx, writes 4 x 1 KiB ('A'..'D') into the first window by DMA_WRITE messages and reads
 // them back by DMA_READ, and does the same to the second window through its mmap. Passes
-// when the interrupt came, both windows hold the bytes and the server still answers.
+// when the interrupt came, both windows hold the bytes and the server still answers. Our
+// client offers the twin socket and the sample takes it: its DMA comes on the twin;
+// --one-socket does not offer it, and the DMA shares the one socket with our requests.
 // With --migrate it moves the sample between two instances instead (see migrate()).
 // Exit 0 on success, 1 with a reason otherwise.
 #include <poll.h>
@@ -74,15 +76,22 @@ int main(int argc, char** argv) {
     runtime rt;
     return migrate(rt, argv[2], argv[3]);
   }
-  if (argc != 2) return fail("usage: lvu-server-dma SOCKET | --migrate SRC DST");
+  bool one_socket = argc == 3 && std::string(argv[1]) == "--one-socket";
+  if (argc != 2 && !one_socket) return fail("usage: lvu-server-dma [--one-socket] SOCKET | --migrate SRC DST");
   runtime rt;
   auto mem = std::make_shared<dev::guest_memory>();
   endpoint_config cfg;
   cfg.reconnect = false;
-  auto d = dev::remote_device::open(rt, argv[1], mem, cfg);
+  cfg.client_caps.twin_socket = !one_socket;
+  auto d = dev::remote_device::open(rt, argv[argc - 1], mem, cfg);
   if (!d) return fail(std::string("connect: ") + d.err().message());
   auto& dv = **d;
   if (auto s = dv.probe(); !s) return fail("probe: " + s.err().message());
+  // Offered, the sample hands over its twin socket and sends all its DMA there; our first
+  // socket would refuse a DMA request (EINVAL), which the sample treats as fatal.
+  bool twin = dv.ep().negotiated().theirs.twin_socket;
+  std::printf("twin socket: %s\n", twin ? "handed over with the VERSION reply" : "none, one socket");
+  if (twin == one_socket) return fail(one_socket ? "a twin socket we did not offer" : "no twin socket although offered");
   uint32_t id = 0;
   if (auto s = dv.read(proto::region_index::config, 0, &id, 4); !s || id != 0xbeefdead)
     return fail("not libvfio-user's server sample (IDs dead:beef expected)");
@@ -134,6 +143,10 @@ int main(int argc, char** argv) {
   int64_t bar0 = 0;
   if (auto s = dv.read(0, 0, &bar0, sizeof bar0); !s) return fail("the server stopped answering: " + s.err().message());
   std::printf("server still answers (BAR0 %lld)\n", static_cast<long long>(bar0));
+  auto stats = dv.ep().stats();
+  std::printf("first socket: %s\n", stats.c_str());
+  if (stats.find(" misrouted=0") == std::string::npos || (twin && stats.find(" twin=1") == std::string::npos))
+    return fail("frames on the wrong socket, or no twin socket running");
   for (int w = 0; w < 2; ++w) ::munmap(host[w], page);
   return 0;
 }
