@@ -9,7 +9,10 @@
 // session). A frame that cannot be a frame (msg_size under 16 or over the limit, bad type
 // bits, too many fds) ends its session: after it nobody knows where the next frame starts,
 // so passing bytes on would only hand the peer garbage. Both sides are then closed, and the
-// line says why. Exit 0 after --once's session or SIGINT/SIGTERM; 2 for bad arguments.
+// line says why. A twin socket handed over in the server's VERSION reply is followed: the
+// client gets one end of the tracer's own pair instead, and the twin's frames are shown as
+// "twin" (recorded as session "<n>/twin" in --vec). Exit 0 after --once's session or SIGINT/SIGTERM; 2 for bad arguments.
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -28,6 +31,7 @@
 #include <vector>
 
 #include "protocol/assembler.hpp"
+#include "protocol/capabilities.hpp"
 #include "protocol/fd_passing.hpp"
 #include "protocol/limits.hpp"
 #include "protocol/messages.hpp"
@@ -103,43 +107,94 @@ struct out_queue {
 struct side {
   unique_fd fd;
   const char* dir;  ///< the direction of what is read here: "C>S" or "S>C"
+  bool twin = false;  ///< on the twin socket
   frame_assembler in{uint32_t(limits::max_data_xfer_ceiling + 4096)};
   out_queue out;    ///< what goes to this side
   bool eof = false;
+};
+
+// A client-facing and a server-facing socket: the connection, or its twin socket.
+struct link {
+  side c, s;
+  bool open() const { return bool(c.fd); }
 };
 
 class session {
  public:
   session(const options& o, int n, unique_fd client, unique_fd server, std::ofstream* vec)
       : o_(o), n_(n), vec_(vec), t0_(clk::now()) {
-    c_.fd = std::move(client);
-    c_.dir = "C>S";
-    s_.fd = std::move(server);
-    s_.dir = "S>C";
+    main_.c.fd = std::move(client);
+    main_.s.fd = std::move(server);
+    for (auto* l : {&main_, &twin_}) {
+      l->c.dir = "C>S";
+      l->s.dir = "S>C";
+    }
+    twin_.c.twin = twin_.s.twin = true;
   }
 
-  // Relays until either side closes or sends what cannot be a frame.
+  // Relays until a side of either socket closes or sends what cannot be a frame (the peers
+  // end the whole connection when one of its sockets goes).
   void run() {
     note("session " + std::to_string(n_) + " begins");
     while (!g_stop) {
-      pollfd p[2] = {{c_.fd.get(), 0, 0}, {s_.fd.get(), 0, 0}};
-      // Read a side only while what it sends is not piling up on the way out.
-      if (!c_.eof && s_.out.bytes < (8u << 20)) p[0].events |= POLLIN;
-      if (!s_.eof && c_.out.bytes < (8u << 20)) p[1].events |= POLLIN;
-      if (!c_.out.q.empty()) p[0].events |= POLLOUT;
-      if (!s_.out.q.empty()) p[1].events |= POLLOUT;
-      if (::poll(p, 2, 200) < 0 && errno != EINTR) break;
-      if ((p[0].revents & POLLOUT) && !c_.out.flush(c_.fd.get())) return end("the client went away");
-      if ((p[1].revents & POLLOUT) && !s_.out.flush(s_.fd.get())) return end("the server went away");
-      if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) && !pump(c_, s_)) return;
-      if ((p[1].revents & (POLLIN | POLLHUP | POLLERR)) && !pump(s_, c_)) return;
-      if ((c_.eof && c_.out.q.empty() && s_.out.q.empty()) || (s_.eof && c_.out.q.empty()))
-        return end(c_.eof ? "the client closed" : "the server closed");
+      pollfd p[4];
+      int np = 0;
+      for (auto* l : {&main_, &twin_}) {
+        if (!l->open()) continue;
+        p[np] = {l->c.fd.get(), 0, 0};
+        p[np + 1] = {l->s.fd.get(), 0, 0};
+        // Read a side only while what it sends is not piling up on the way out.
+        if (!l->c.eof && l->s.out.bytes < (8u << 20)) p[np].events |= POLLIN;
+        if (!l->s.eof && l->c.out.bytes < (8u << 20)) p[np + 1].events |= POLLIN;
+        if (!l->c.out.q.empty()) p[np].events |= POLLOUT;
+        if (!l->s.out.q.empty()) p[np + 1].events |= POLLOUT;
+        np += 2;
+      }
+      if (::poll(p, nfds_t(np), 200) < 0 && errno != EINTR) break;
+      int i = 0;
+      for (auto* l : {&main_, &twin_}) {
+        if (i >= np) break;
+        std::string what = l->c.twin ? "twin socket" : "connection";
+        if (!l->open()) continue;
+        auto& pc = p[i];
+        auto& ps = p[i + 1];
+        i += 2;
+        if ((pc.revents & POLLOUT) && !l->c.out.flush(l->c.fd.get())) return end("the client went away (" + what + ")");
+        if ((ps.revents & POLLOUT) && !l->s.out.flush(l->s.fd.get())) return end("the server went away (" + what + ")");
+        if ((pc.revents & (POLLIN | POLLHUP | POLLERR)) && !pump(l->c, l->s)) return;
+        if ((ps.revents & (POLLIN | POLLHUP | POLLERR)) && !pump(l->s, l->c)) return;
+        if ((l->c.eof && l->c.out.q.empty() && l->s.out.q.empty()) || (l->s.eof && l->c.out.q.empty()))
+          return end(std::string(l->c.eof ? "the client closed" : "the server closed") + " (" + what + ")");
+      }
     }
     end("stopped");
   }
 
  private:
+  // A VERSION reply that hands over the server's twin socket: the tracer keeps that fd, and
+  // the client gets one end of a pair of its own instead, at the same index, so that the
+  // twin's frames pass (and are shown) here too. The frame's bytes do not change.
+  void follow_twin(frame& f) {
+    auto h = f.hdr();
+    if (twin_.open() || !h.is_reply() || h.is_error() || h.command != uint16_t(command::version) || f.fds.empty()) return;
+    auto m = decode(f, o_.q);
+    if (!m) return;
+    auto caps = parse_capabilities(std::get<version_reply>(*m).caps_json.value_or(""));
+    if (!caps || !caps->twin_socket || !caps->twin_fd_index || *caps->twin_fd_index >= f.fds.size()) return;
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
+      note(std::string("cannot follow the twin socket (socketpair: ") + std::strerror(errno) + "): it goes to the client untraced");
+      return;
+    }
+    auto& fd = f.fds[*caps->twin_fd_index];
+    twin_.s.fd = std::move(fd);
+    int fl = ::fcntl(twin_.s.fd.get(), F_GETFL);
+    if (fl >= 0) ::fcntl(twin_.s.fd.get(), F_SETFL, fl | O_NONBLOCK);
+    twin_.c.fd = unique_fd(sv[0]);
+    fd = unique_fd(sv[1]);
+    note("twin socket handed over (fd_index " + std::to_string(*caps->twin_fd_index) + "): following it");
+  }
+
   // One read from `from`: its frames are printed and queued for `to`.
   bool pump(side& from, side& to) {
     uint8_t buf[65536];
@@ -177,6 +232,7 @@ class session {
         bad = &e;
         break;
       }
+      if (&from == &main_.s) follow_twin(e.f);
       out_queue::item it;
       it.bytes.assign(e.f.bytes.begin(), e.f.bytes.end());
       it.fds = std::move(e.f.fds);
@@ -204,7 +260,7 @@ class session {
     bool reply = h.is_reply();
     double t = now_s();
     // A reply travels the other way from its request.
-    std::string req_dir = reply ? (from.dir[0] == 'C' ? "S>C" : "C>S") : from.dir;
+    std::string req_dir = std::string(from.twin ? "twin " : "") + (reply ? (from.dir[0] == 'C' ? "S>C" : "C>S") : from.dir);
     double latency = -1;
     if (reply) {
       auto it = pending_.find({req_dir, h.msg_id});
@@ -222,9 +278,9 @@ class session {
       if (m) fields = harness::flatten(*m);
       else if (!h.is_error()) undecoded = m.err().message();
     }
-    if (vec_) *vec_ << "s" << n_ << " " << from.dir << " fds=" << nfds << " " << to_hex(byte_view{f.bytes.data(), f.bytes.size()}) << "\n";
+    if (vec_) *vec_ << "s" << n_ << (from.twin ? "/twin" : "") << " " << from.dir << " fds=" << nfds << " " << to_hex(byte_view{f.bytes.data(), f.bytes.size()}) << "\n";
     if (o_.as_json) {
-      json j = {{"t", t}, {"session", n_}, {"dir", from.dir}, {"id", h.msg_id}, {"command", command_name(h.command)},
+      json j = {{"t", t}, {"session", n_}, {"socket", from.twin ? "twin" : "main"}, {"dir", from.dir}, {"id", h.msg_id}, {"command", command_name(h.command)},
                 {"reply", reply}, {"size", h.msg_size}, {"flags", h.flags}, {"fds", nfds}};
       if (h.is_error()) j["errno"] = errno_text(h.error_no);
       if (latency >= 0) j["latency_us"] = latency;
@@ -237,7 +293,8 @@ class session {
     } else {
       std::string line;
       char head[160];
-      std::snprintf(head, sizeof head, "%10.6f s%d %s #%04x %s %s size=%u flags=0x%x fds=%zu", t, n_, from.dir, h.msg_id,
+      std::snprintf(head, sizeof head, "%10.6f s%d%s %s #%04x %s %s size=%u flags=0x%x fds=%zu", t, n_,
+                    from.twin ? " twin" : "", from.dir, h.msg_id,
                     command_name(h.command), reply ? "reply" : (h.no_reply() ? "command (no reply)" : "command"),
                     h.msg_size, h.flags, nfds);
       line = head;
@@ -258,12 +315,14 @@ class session {
   void print_malformed(const side& from, const frame_assembler::event& e) {
     header h = e.hdr;
     if (o_.as_json)
-      std::printf("%s\n", json({{"t", now_s()}, {"session", n_}, {"dir", from.dir}, {"malformed", e.err.message()},
+      std::printf("%s\n", json({{"t", now_s()}, {"session", n_}, {"socket", from.twin ? "twin" : "main"}, {"dir", from.dir},
+                                {"malformed", e.err.message()},
                                 {"id", h.msg_id}, {"command", h.command}, {"size", h.msg_size}})
                               .dump()
                               .c_str());
     else
-      std::printf("%10.6f s%d %s MALFORMED id=0x%04x command=%u size=%u: %s\n", now_s(), n_, from.dir, h.msg_id,
+      std::printf("%10.6f s%d%s %s MALFORMED id=0x%04x command=%u size=%u: %s\n", now_s(), n_, from.twin ? " twin" : "",
+                  from.dir, h.msg_id,
                   h.command, h.msg_size, e.err.message().c_str());
     std::fflush(stdout);
   }
@@ -296,7 +355,7 @@ class session {
   int n_;
   std::ofstream* vec_;
   clk::time_point t0_;
-  side c_, s_;
+  link main_, twin_;
   std::map<std::pair<std::string, uint16_t>, double> pending_;
 };
 

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <gtest/gtest.h>
 #include <sstream>
+#include <atomic>
 #include <thread>
 
 #include "device/remote_device.hpp"
@@ -119,6 +120,64 @@ TEST_F(TraceTest, OurClientThroughTheTracerWorksAndEveryFrameIsShownOnceWithItsL
   }
   EXPECT_EQ(c2s, s2c) << "a reply for every request";
   EXPECT_GE(fds, 2u) << "the region fd and the eventfd";
+}
+
+// Our client offers the twin socket and our server hands it over: the tracer follows it,
+// and the server's DMA (16 in flight while the client pipelines its reads) passes there.
+TEST_F(TraceTest, TheTwinSocketIsFollowedAndItsFramesAreShownAsTwin) {
+  {
+    auto mem = std::make_shared<dev::guest_memory>();
+    std::vector<uint8_t> guest(0x10000);
+    for (size_t i = 0; i < guest.size(); ++i) guest[i] = uint8_t(i * 13);
+    mem->add(0x100000, guest.size(), guest.data(), dma_flags::read | dma_flags::write);
+    endpoint_config cfg;
+    cfg.reconnect = false;
+    auto d = dev::remote_device::open(*rt_, trace_, mem, cfg);
+    ASSERT_TRUE(d.ok()) << d.err().message();
+    auto& dv = **d;
+    ASSERT_TRUE(dv.ep().negotiated().theirs.twin_socket);
+    ASSERT_TRUE(server_->wait_state(conn_state::ready, 5s));
+    std::atomic<int> dma_ok{0};
+    std::thread dma([&] {
+      for (int round = 0; round < 4; ++round) {
+        std::vector<message> batch;
+        for (uint64_t i = 0; i < 16; ++i) batch.push_back(dma_read_request{{0x100000 + i * 64, 64}});
+        for (auto& r : server_->call_many(batch)) {
+          if (!r.ok()) continue;
+          auto m = decode(*r.reply);
+          auto& data = std::get<dma_read_reply>(*m).data;
+          uint64_t addr = std::get<dma_read_reply>(*m).addr - 0x100000;
+          if (data.size() == 64 && std::equal(data.begin(), data.end(), guest.begin() + long(addr))) ++dma_ok;
+        }
+      }
+    });
+    std::vector<message> reads(16, region_read_request{{0x20, 0, 4}});
+    for (int round = 0; round < 4; ++round)
+      for (auto& r : dv.ep().call_many(reads)) EXPECT_TRUE(r.ok());
+    dma.join();
+    EXPECT_EQ(dma_ok.load(), 64);
+  }
+  std::this_thread::sleep_for(200ms);
+  stop();
+  auto out = output();
+  EXPECT_NE(out.find("twin socket handed over (fd_index 0): following it"), std::string::npos) << out;
+  size_t requests = 0, replies = 0;
+  for (size_t at = out.find("s1 twin S>C #"); at != std::string::npos; at = out.find("s1 twin S>C #", at + 1))
+    if (out.substr(at, 60).find("DMA_READ command") != std::string::npos) ++requests;
+  for (size_t at = out.find("s1 twin C>S #"); at != std::string::npos; at = out.find("s1 twin C>S #", at + 1))
+    if (out.substr(at, 120).find("DMA_READ reply") != std::string::npos && out.substr(at, 120).find("us") != std::string::npos)
+      ++replies;
+  EXPECT_EQ(requests, 64u) << out;
+  EXPECT_EQ(replies, 64u) << "each reply on the twin paired with its request";
+  size_t on_first = 0;
+  for (size_t at = out.find("s1 S>C #"); at != std::string::npos; at = out.find("s1 S>C #", at + 1))
+    on_first += out.substr(at, 60).find("DMA_READ command") != std::string::npos;
+  EXPECT_EQ(on_first, 0u) << "no DMA on the first socket";
+  auto v = read_vec_file(vec_);
+  ASSERT_TRUE(v.ok()) << v.err().message();
+  size_t twin = 0;
+  for (auto& r : v->records) twin += r.session == "s1/twin";
+  EXPECT_GE(twin, 128u);
 }
 
 TEST_F(TraceTest, AFrameThatCannotBeAFrameEndsItsSessionAndTheNextIsServed) {
