@@ -385,7 +385,7 @@ int64_t g_caller_poll = -1;   ///< endpoint_config::caller_poll_max_ns of our cl
 
 struct servers {
   pid_t pid = 0;
-  std::string dir, gpio, gpio2, gpio3, dma, ram;  ///< gpio2, gpio3: our client's, while a raw client has gpio
+  std::string dir, gpio, gpio2, gpio3, dma, dma2, ram;  ///< gpio2, gpio3: our client's, while a raw client has gpio
   std::vector<std::string> gpios;  ///< --devices gpio sockets
 };
 
@@ -413,10 +413,11 @@ servers start_servers(const std::string& bindir, int devices) {
   s.gpio2 = s.dir + "/gpio2.sock";
   s.gpio3 = s.dir + "/gpio3.sock";
   s.dma = s.dir + "/dma.sock";
+  s.dma2 = s.dir + "/dma2.sock";
   s.ram = s.dir + "/ram.sock";
   std::vector<std::string> args{bindir + "/vfu-serve", "--device=gpio", "--socket-path=" + s.gpio, "--device=gpio",
                                 "--socket-path=" + s.gpio2, "--device=gpio", "--socket-path=" + s.gpio3, "--device=dma-test", "--socket-path=" + s.dma,
-                                "--device=ram", "--socket-path=" + s.ram};
+                                "--device=dma-test", "--socket-path=" + s.dma2, "--device=ram", "--socket-path=" + s.ram};
   if (!g_serve_poll.empty()) args.push_back("--poll-max-ns=" + g_serve_poll);
   for (int i = 0; i < devices; ++i) {
     s.gpios.push_back(s.dir + "/g" + std::to_string(i) + ".sock");
@@ -446,9 +447,10 @@ void stop_servers(servers& s) {
 
 std::unique_ptr<dev::remote_device> open_device(runtime& rt, const std::string& sock,
                                                 std::shared_ptr<dev::guest_memory> mem = nullptr,
-                                                int64_t caller_poll = g_caller_poll) {
+                                                int64_t caller_poll = g_caller_poll, bool twin = true) {
   endpoint_config cfg;
   cfg.reconnect = false;
+  cfg.client_caps.twin_socket = twin;
   cfg.caller_reads = g_caller_reads;
   cfg.caller_poll_max_ns = caller_poll;
   auto d = dev::remote_device::open(rt, sock, std::move(mem), cfg);
@@ -510,8 +512,9 @@ bool program_copy(dev::remote_device& d, uint64_t src, uint64_t dst, uint32_t le
 }
 
 /// dma-test copying `len` bytes through a window without an fd: every copy is a DMA_READ
-/// and a DMA_WRITE from the server to our client, then an MSI-X interrupt.
-meter dma_meter(runtime& rt, const servers& s, uint32_t len) {
+/// and a DMA_WRITE from the server to our client, then an MSI-X interrupt. With `twin`
+/// (our client's default) they come on the twin socket, without it on the one socket.
+meter dma_meter(runtime& rt, const std::string& sock, pid_t pid, uint32_t len, bool twin) {
   struct state {
     std::shared_ptr<dev::guest_memory> mem = std::make_shared<dev::guest_memory>();
     std::vector<uint8_t> guest;
@@ -521,15 +524,20 @@ meter dma_meter(runtime& rt, const servers& s, uint32_t len) {
   auto st = std::make_shared<state>();
   st->guest.assign(2 * size_t(len), 0x11);
   st->mem->add(0x100000, st->guest.size(), st->guest.data(), proto::dma_flags::read | proto::dma_flags::write);
-  st->d = open_device(rt, s.dma, st->mem);
+  st->d = open_device(rt, sock, st->mem, g_caller_poll, twin);
   auto& d = *st->d;
+  if (d.ep().negotiated().theirs.twin_socket != twin) {
+    std::fprintf(stderr, "vfu-bench: dma-test %s a twin socket\n", twin ? "did not hand over" : "handed over");
+    std::exit(1);
+  }
   if (!enable_dma_and_msix(d, st->efd.get()) ||
       !d.dma_map(0x100000, st->guest.size(), proto::dma_flags::read | proto::dma_flags::write) ||
       !program_copy(d, 0x100000, 0x100000 + len, len)) {
     std::fprintf(stderr, "vfu-bench: setting up dma-test failed\n");
     std::exit(1);
   }
-  auto m = fn_meter("dma-test copy of " + std::to_string(len) + " B: DMA msgs (2 per copy)", s.pid, 2, [st] {
+  auto m = fn_meter("dma-test copy of " + std::to_string(len) + " B: DMA msgs (2 per copy), " + (twin ? "twin socket" : "one socket"),
+                    pid, 2, [st] {
     uint32_t one = 1;
     if (!st->d->write(0, dev::dmatest::doorbell, &one, 4)) return false;
     pollfd p{st->efd.get(), POLLIN, 0};
@@ -1098,10 +1106,12 @@ int main(int argc, char** argv) {
   }
   if (want("dma")) {
     auto f = floor1();
-    auto m = dma_meter(rt, s, 4096);
-    interleave({&f, &m});
+    auto one = dma_meter(rt, s.dma2, s.pid, 4096, false);
+    auto twin = dma_meter(rt, s.dma, s.pid, 4096, true);
+    interleave({&f, &one, &twin});
     rows.push_back(f.result());
-    rows.push_back(against(m, f));
+    rows.push_back(against(one, f));
+    rows.push_back(against(twin, f));
   }
   if (want("migration")) migration_rows(rt, bindir, s, rows, notes);
   if (want("nvme")) nvme_rows(rt, bindir, s, rows, notes);
