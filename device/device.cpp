@@ -85,6 +85,28 @@ int check_access(device_state& st, uint32_t region, uint64_t off, uint32_t count
 
 bool in_range(uint64_t off, uint32_t count, uint64_t start, uint64_t len) { return off >= start && off + count <= start + len; }
 
+// Whether the model serves an access that check_access() passed: not config space, the
+// MSI-X table or PBA, or framework-owned shared memory.
+bool model_serves(device_state& st, uint32_t region, uint64_t off, uint32_t count) {
+  if (region == region_index::config || st.shm[region].mem) return false;
+  auto& mx = st.spec().msix;
+  if (!mx.vectors || region != mx.bar) return true;
+  uint64_t tlen = uint64_t(mx.vectors) * 16, plen = (uint64_t(mx.vectors) + 63) / 64 * 8;
+  return !in_range(off, count, mx.table_offset, tlen) && !in_range(off, count, mx.pba_offset, plen);
+}
+
+// A continuation for a model that answers later (device_model::answers_later): `done` may be
+// called from any thread, once; `then` runs on the device actor (through the offload jobs).
+std::function<void(int)> later(device_state& st, std::function<void(int)> then) {
+  uint64_t id = ++st.next_job;
+  st.jobs.emplace(id, std::move(then));
+  caf::actor me = caf::actor_cast<caf::actor>(st.self);
+  auto once = std::make_shared<std::atomic<bool>>(false);
+  return [me, id, once](int e) {
+    if (!once->exchange(true)) caf::anon_send(me, offload_atom::value, id, e);
+  };
+}
+
 int region_access(device_state& st, uint32_t region, uint64_t off, uint8_t* buf, uint32_t count, bool write) {
   if (int e = check_access(st, region, off, count, write)) return e;
   if (count == 0) return 0;  // a zero-length access inside the region: nothing to do
@@ -256,6 +278,7 @@ outbound_ptr on_dma_map(device_state& st, const dma_map_request& req, fd_list& f
     if (w.map) ::munmap(w.map, w.size);
     return outbound::error(EEXIST);
   }
+  st.model->dma_mapped(req.addr, req.size, req.flags);
   return outbound::of(dma_map_reply{});
 }
 
@@ -273,6 +296,7 @@ caf::result<outbound_ptr> on_dma_unmap(self_t self, const dma_unmap_request& req
     if (w.map) ::munmap(w.map, w.size);
     w.map = nullptr;
     busy = busy || w.inflight > 0;
+    if (!w.unmapping) st.model->dma_unmapped(w.addr, w.size);
     w.unmapping = true;  // erased when its last transfer completes
   };
   if (req.flags & dma_flags::unmap_all) {
@@ -321,23 +345,53 @@ void set_up(device_state& st, self_t self, const std::shared_ptr<device_model>& 
   }
 }
 
-outbound_ptr on_region_read(device_state& st, inbound& in, const region_read_request& r) {
+// Whether an access goes to a model that answers later.
+bool deferred(device_state& st, const proto::region_access& a, bool write) {
+  return st.model->answers_later() && a.count && !check_access(st, a.region, a.offset, a.count, write) &&
+         model_serves(st, a.region, a.offset, a.count);
+}
+
+caf::result<outbound_ptr> on_region_read(self_t self, const inbound_ptr& in, const region_read_request& r) {
+  auto& st = self->state;
   // A large read of plain memory leaves from there, with no copy; otherwise the reply frame
   // is built first and the device reads straight into it.
   if (r.count >= gather_min)
     if (const uint8_t* src = read_memory(st, r))
-      return answer(in, outbound::gathered(make_region_head(0, command::region_read, true, r), src, r.count));
+      return answer(*in, outbound::gathered(make_region_head(0, command::region_read, true, r), src, r.count));
   auto f = make_region_frame(0, command::region_read, true, r);
+  if (deferred(st, r, false)) {
+    auto fp = std::make_shared<frame>(std::move(f));
+    uint8_t* buf = region_frame_data(*fp);
+    std::memset(buf, 0, r.count);
+    auto rp = self->make_response_promise<outbound_ptr>();
+    st.model->region_access_later(r.region, r.offset, buf, r.count, false, later(st, [in, fp, rp](int e) mutable {
+      auto out = std::make_shared<outbound>();
+      if (e) out->err = e;
+      else out->frame = fp;
+      rp.deliver(answer(*in, out));
+    }));
+    return rp;
+  }
   if (int e = region_access(st, r.region, r.offset, region_frame_data(f), r.count, false))
-    return answer(in, outbound::error(e));
-  return answer(in, outbound::of_frame(std::move(f)));
+    return answer(*in, outbound::error(e));
+  return answer(*in, outbound::of_frame(std::move(f)));
 }
 
-outbound_ptr on_region_write(device_state& st, inbound& in, const region_write_request& w) {
+caf::result<outbound_ptr> on_region_write(self_t self, const inbound_ptr& in, const region_write_request& w) {
+  auto& st = self->state;
   // (A write only reads from the buffer, which may be the request frame's.)
   auto* src = const_cast<uint8_t*>(w.data.data());
-  if (int e = region_access(st, w.region, w.offset, src, w.count, true)) return answer(in, outbound::error(e));
-  return answer(in, outbound::of(region_write_reply{{w.offset, w.region, w.count}}));
+  region_write_reply rep{{w.offset, w.region, w.count}};
+  if (deferred(st, w, true)) {
+    auto rp = self->make_response_promise<outbound_ptr>();
+    // `in` holds the request, and with it the data, until the model is done.
+    st.model->region_access_later(w.region, w.offset, src, w.count, true, later(st, [in, rep, rp](int e) mutable {
+      rp.deliver(answer(*in, e ? outbound::error(e) : outbound::of(rep)));
+    }));
+    return rp;
+  }
+  if (int e = region_access(st, w.region, w.offset, src, w.count, true)) return answer(*in, outbound::error(e));
+  return answer(*in, outbound::of(rep));
 }
 
 outbound_ptr on_write_multi(device_state& st, const write_multi_request& w) {
@@ -348,7 +402,8 @@ outbound_ptr on_write_multi(device_state& st, const write_multi_request& w) {
   return outbound::of(write_multi_reply{w.writes.size()});
 }
 
-outbound_ptr on_reset(device_state& st) {
+caf::result<outbound_ptr> on_reset(self_t self) {
+  auto& st = self->state;
   st.cfg->reset();
   for (auto& idx : st.irqs)
     for (auto& v : idx) {
@@ -357,18 +412,24 @@ outbound_ptr on_reset(device_state& st) {
     }
   std::fill(st.msix_table.begin(), st.msix_table.end(), 0);
   migration_reset(st);
+  if (st.model->answers_later()) {
+    auto rp = self->make_response_promise<outbound_ptr>();
+    st.model->reset_later([done = later(st, [rp](int) mutable { rp.deliver(outbound::of(reset_reply{})); })] { done(0); });
+    return rp;
+  }
   st.model->reset();
   return outbound::of(reset_reply{});
 }
 
 // One request of the client's, by its message type.
-caf::result<outbound_ptr> serve(self_t self, inbound& in) {
+caf::result<outbound_ptr> serve(self_t self, const inbound_ptr& inp) {
   auto& st = self->state;
+  auto& in = *inp;
   st.correlation = in.correlation;
   auto& m = in.msg;
   if (int e = migration_gate(st, m)) return outbound::error(e);
-  if (auto* r = std::get_if<region_read_request>(&m)) return on_region_read(st, in, *r);
-  if (auto* w = std::get_if<region_write_request>(&m)) return on_region_write(st, in, *w);
+  if (auto* r = std::get_if<region_read_request>(&m)) return on_region_read(self, inp, *r);
+  if (auto* w = std::get_if<region_write_request>(&m)) return on_region_write(self, inp, *w);
   if (auto* w = std::get_if<write_multi_request>(&m)) return on_write_multi(st, *w);
   if (std::holds_alternative<device_info_request>(m)) {
     device_info_reply rep;
@@ -388,7 +449,7 @@ caf::result<outbound_ptr> serve(self_t self, inbound& in) {
     rep.index = io->index;
     return outbound::of(rep);  // no ioeventfds: count 0
   }
-  if (std::holds_alternative<reset_request>(m)) return on_reset(st);
+  if (std::holds_alternative<reset_request>(m)) return on_reset(self);
   if (auto* f = std::get_if<device_feature_request>(&m)) return on_device_feature(self, *f);
   if (auto* r = std::get_if<mig_data_read_request>(&m)) return on_mig_data_read(st, in, *r);
   if (auto* w = std::get_if<mig_data_write_request>(&m)) return on_mig_data_write(st, *w);
@@ -415,7 +476,8 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
                            proto::quirks quirks) {
   set_up(self->state, self, model, quirks);
   return {
-      [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> { return serve(self, *in); },
+      [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> { return serve(self, in); },
+      [=](run_atom, device_task& task) { task(self->state); },
       [=](offload_atom, uint64_t id, int result) {
         auto& jobs = self->state.jobs;
         auto it = jobs.find(id);
@@ -459,5 +521,7 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
 caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> model, proto::quirks quirks) {
   return sys.spawn(device_actor, std::move(model), quirks);
 }
+
+void run_on_device(const caf::actor& device, device_task task) { caf::anon_send(device, run_atom::value, std::move(task)); }
 
 }  // namespace vfu::dev

@@ -89,6 +89,28 @@ class device_model {
   /// 0, or an errno (EINVAL for state this model cannot take).
   virtual int load_state(const std::vector<uint8_t>& data) { return data.empty() ? 0 : EINVAL; }
 
+  // ---- Answering later, from another thread (an embedding host runs its callbacks on a
+  // thread of its own or of ours: capi/vfu.cpp). With answers_later(), the accesses the
+  // model serves (not config space, the MSI-X table or PBA, or shared memory) and
+  // DEVICE_RESET go to the *_later hooks, which may call `done` from any thread, exactly
+  // once; the connection's next requests wait behind it. REGION_WRITE_MULTI still uses
+  // region_write (such a server does not offer write_multiple).
+  virtual bool answers_later() const { return false; }
+  /// `buf` holds `count` bytes (a read's zeroed) and stays valid until `done(0 or errno)`.
+  virtual void region_access_later(uint32_t region, uint64_t offset, uint8_t* buf, uint32_t count, bool write,
+                                   std::function<void(int)> done) {
+    done(write ? region_write(region, offset, buf, count) : region_read(region, offset, buf, count));
+  }
+  /// After the framework reset config space, IRQs and the MSI-X table.
+  virtual void reset_later(std::function<void()> done) {
+    reset();
+    done();
+  }
+  /// A DMA window was mapped (with an fd the framework mmapped, or for DMA by messages) or
+  /// unmapped. Notices: the framework keeps the windows and serves dma_read/dma_write.
+  virtual void dma_mapped(uint64_t iova, uint64_t size, uint32_t prot) { (void)iova; (void)size; (void)prot; }
+  virtual void dma_unmapped(uint64_t iova, uint64_t size) { (void)iova; (void)size; }
+
   device_context* ctx = nullptr;  ///< set by the framework before any hook runs
 };
 
@@ -118,4 +140,11 @@ class device_context {
 /// Spawns the device actor that serves `model` (hand it to endpoint::listen/serve_fd).
 caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> model, proto::quirks quirks = {});
 
+/// Runs `task` on the device actor, where device_context may be used (any thread; a task
+/// sent to a device actor that is gone is dropped, and with it what it captured).
+using device_task = std::function<void(device_context&)>;
+void run_on_device(const caf::actor& device, device_task task);
+
 }  // namespace vfu::dev
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(vfu::dev::device_task)

@@ -343,6 +343,7 @@ struct device_state : device_context {
 };
 
 using offload_atom = caf::atom_constant<caf::atom("offload")>;
+using run_atom = caf::atom_constant<caf::atom("run")>;
 
 // device_migration.cpp
 /// EINVAL when the device's migration state does not take `m` now, else 0.

@@ -39,19 +39,37 @@ uint8_t* guest_memory::find(uint64_t iova, uint64_t len, uint32_t need) {
   if (iova < it->first || end > it->first + it->second.size || !(it->second.prot & need)) return nullptr;
   return it->second.host + (iova - it->first);
 }
-int guest_memory::read(uint64_t iova, uint8_t* out, uint64_t len) {
+void guest_memory::set_access(access_fn fn) {
   std::lock_guard<std::mutex> g(m_);
-  auto* p = find(iova, len, dma_flags::read);
-  if (!p) return EFAULT;
-  if (len) std::memcpy(out, p, len);  // (a zero-length transfer may come with no buffer)
-  return 0;
+  access_ = std::move(fn);
+}
+int guest_memory::fallback(uint64_t iova, uint8_t* buf, uint64_t len, bool write) {
+  access_fn fn;
+  {
+    std::lock_guard<std::mutex> g(m_);
+    fn = access_;
+  }
+  return fn ? fn(iova, buf, len, write) : EFAULT;  // (the host's code runs without our lock)
+}
+int guest_memory::read(uint64_t iova, uint8_t* out, uint64_t len) {
+  {
+    std::lock_guard<std::mutex> g(m_);
+    if (auto* p = find(iova, len, dma_flags::read)) {
+      if (len) std::memcpy(out, p, len);  // (a zero-length transfer may come with no buffer)
+      return 0;
+    }
+  }
+  return fallback(iova, out, len, false);
 }
 int guest_memory::write(uint64_t iova, const uint8_t* in, uint64_t len) {
-  std::lock_guard<std::mutex> g(m_);
-  auto* p = find(iova, len, dma_flags::write);
-  if (!p) return EFAULT;
-  if (len) std::memcpy(p, in, len);  // (the server's layout probe writes no bytes)
-  return 0;
+  {
+    std::lock_guard<std::mutex> g(m_);
+    if (auto* p = find(iova, len, dma_flags::write)) {
+      if (len) std::memcpy(p, in, len);  // (the server's layout probe writes no bytes)
+      return 0;
+    }
+  }
+  return fallback(iova, const_cast<uint8_t*>(in), len, true);
 }
 
 caf::actor spawn_guest_memory_server(caf::actor_system& sys, std::shared_ptr<guest_memory> mem, quirks q) {

@@ -32,12 +32,19 @@ class guest_memory {
   /// 0, or EFAULT when [iova, iova+len) is not inside one window with that permission.
   int read(uint64_t iova, uint8_t* out, uint64_t len);
   int write(uint64_t iova, const uint8_t* in, uint64_t len);
+  /// Where accesses outside every add()ed window go instead of failing EFAULT: a host that
+  /// keeps its own guest memory map (the C API's callback). It returns 0 or an errno, and
+  /// runs on the library's thread that serves the server's DMA.
+  using access_fn = std::function<int(uint64_t iova, uint8_t* buf, uint64_t len, bool write)>;
+  void set_access(access_fn fn);
 
  private:
   struct win { uint64_t size; uint8_t* host; uint32_t prot; };
   uint8_t* find(uint64_t iova, uint64_t len, uint32_t need);
+  int fallback(uint64_t iova, uint8_t* buf, uint64_t len, bool write);
   std::mutex m_;
   std::map<uint64_t, win> wins_;
+  access_fn access_;
 };
 
 struct remote_region {
