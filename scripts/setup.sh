@@ -2,7 +2,7 @@
 # Installs what vfu-broker needs from Debian 12, and nothing when it is all there.
 # Idempotent and quiet when there is nothing to do. Must run as root (or with sudo).
 set -euo pipefail
-pkgs=(g++ cmake make libcaf-dev libboost-dev libgtest-dev nlohmann-json3-dev)
+pkgs=(g++ cmake make pkg-config libcaf-dev libboost-dev libgtest-dev nlohmann-json3-dev)
 if [ "${VFU_FUZZ:-0}" = 1 ]; then pkgs+=(clang libclang-rt-14-dev); fi
 # The qemu interop tests (tests/interop/run.sh) assemble a guest from Debian packages and
 # drive QEMU's monitor; QEMU itself is built by hand (docs/interop.md).
