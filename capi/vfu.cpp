@@ -272,12 +272,31 @@ int vfub_device_set_bar(vfub_device* dev, uint32_t bar, uint64_t size, uint32_t 
   });
 }
 
-int vfub_device_add_mmap_area(vfub_device* dev, uint32_t bar, uint64_t offset, uint64_t size) {
-  if (!dev || bar > 5) return -EINVAL;
-  auto& r = dev->spec.regions[bar];
-  if (!r.shared_memory) return t_error = "BAR " + std::to_string(bar) + " is not VFUB_REGION_SHARED", -EINVAL;
+int vfub_device_add_region(vfub_device* dev, uint64_t size, uint32_t flags, uint32_t type, uint32_t subtype) {
+  if (!dev) return -EINVAL;
+  if (size == 0 || size > (uint64_t(1) << 40)) return t_error = "a region holds 1 byte to 1 TiB", -EINVAL;
+  if (flags & ~uint32_t(VFUB_REGION_SHARED | VFUB_REGION_READ_ONLY)) return t_error = "unknown region flags", -EINVAL;
+  if (dev->spec.extra_regions.size() >= 64) return t_error = "at most 64 device-specific regions", -ENOSPC;
+  return guarded(nullptr, [&] {
+    dev::region_spec r;
+    r.size = size;
+    r.writable = !(flags & VFUB_REGION_READ_ONLY);
+    r.shared_memory = flags & VFUB_REGION_SHARED;
+    r.type = type;
+    r.subtype = subtype;
+    dev->spec.extra_regions.push_back(r);
+    return int(9 + dev->spec.extra_regions.size() - 1);
+  });
+}
+
+int vfub_device_add_mmap_area(vfub_device* dev, uint32_t region, uint64_t offset, uint64_t size) {
+  if (!dev) return -EINVAL;
+  bool extra = region >= 9 && region - 9 < dev->spec.extra_regions.size();
+  if (region > 5 && !extra) return t_error = "no region " + std::to_string(region), -EINVAL;
+  auto& r = extra ? dev->spec.extra_regions[region - 9] : dev->spec.regions[region];
+  if (!r.shared_memory) return t_error = "region " + std::to_string(region) + " is not VFUB_REGION_SHARED", -EINVAL;
   if (size == 0 || offset % 4096 || size % 4096 || offset > r.size || size > r.size - offset)
-    return t_error = "an mmap area must be page-aligned and inside its BAR", -EINVAL;
+    return t_error = "an mmap area must be page-aligned and inside its region", -EINVAL;
   return guarded(nullptr, [&] {
     r.sparse.push_back(proto::sparse_area{offset, size});
     return 0;

@@ -86,9 +86,13 @@ vfub_device *vfub_device_new(const struct vfub_pci_ids *ids);
 void vfub_device_free(vfub_device *dev);
 /* BAR `bar` (0-5) of `size` bytes (a power of two, at least 16), VFUB_BAR_* flags. */
 int vfub_device_set_bar(vfub_device *dev, uint32_t bar, uint64_t size, uint32_t flags);
-/* A VFUB_REGION_SHARED BAR offered for mmap only in these areas (repeatable; default:
- * the whole BAR). */
-int vfub_device_add_mmap_area(vfub_device *dev, uint32_t bar, uint64_t offset, uint64_t size);
+/* A VFUB_REGION_SHARED region offered for mmap only in these areas (repeatable; default:
+ * the whole region). `region`: a BAR, or a device-specific region. */
+int vfub_device_add_mmap_area(vfub_device *dev, uint32_t region, uint64_t offset, uint64_t size);
+/* A device-specific region (VFIO's region types: a vendor `type`, with its `subtype`) of
+ * `size` bytes, VFUB_REGION_SHARED and VFUB_REGION_READ_ONLY flags: returns its number (9
+ * and up, in the order added) or a negative errno. */
+int vfub_device_add_region(vfub_device *dev, uint64_t size, uint32_t flags, uint32_t type, uint32_t subtype);
 /* Interrupts: INTx on or off, MSI vectors (0-32), MSI-X vectors (0-2048) with their table
  * and PBA in BAR `msix_bar` at the given offsets (the BAR must be set first and hold them). */
 int vfub_device_set_irqs(vfub_device *dev, int intx, uint32_t msi_vectors, uint32_t msix_vectors, uint32_t msix_bar,

@@ -92,6 +92,12 @@ int main(int argc, char **argv) {
           "and shows what it read");
     check(vfub_client_dma_unmap(c, guest_iova, sizeof guest) == 0, "guest memory unmapped");
     close(efd);
+    struct vfub_region_info r9;
+    char hello[24] = {0};
+    check(vfub_client_region_info(c, 9, &r9) == 0 && r9.size == 0x2000 && (r9.flags & 4),
+          "region 9: 8 KiB, offered for mmap");
+    check(vfub_client_read(c, 9, 0x1000, hello, sizeof hello - 1) == 0 && strcmp(hello, "hello from the C device") == 0,
+          "its shared memory holds what the device wrote");
   }
   vfub_client_close(c);
   printf("%s: %d failed\n", failures ? "FAIL" : "PASS", failures);

@@ -97,6 +97,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "gpio_server: describing the device: %s\n", vfub_last_error());
     return 1;
   }
+  /* Region 9: 8 KiB of shared memory, mmap-able in its second page only; the server
+   * writes a greeting there, the client reads it by message and through its mapping. */
+  int scratch = vfub_device_add_region(dev, 0x2000, VFUB_REGION_SHARED, 0x80001234, 1);
+  if (scratch != 9 || vfub_device_add_mmap_area(dev, 9, 0x1000, 0x1000)) {
+    fprintf(stderr, "gpio_server: region 9: %s\n", vfub_last_error());
+    return 1;
+  }
   /* A bad description is refused with a reason. */
   if (vfub_device_set_bar(dev, 3, 0x3000, 0) != -EINVAL || !*vfub_last_error()) {
     fprintf(stderr, "gpio_server: a BAR of 0x3000 bytes was accepted\n");
@@ -108,6 +115,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "gpio_server: %s: %s\n", argv[1], vfub_last_error());
     return 1;
   }
+  char *mem = vfub_server_region_memory(g.srv, 9);
+  if (!mem) {
+    fprintf(stderr, "gpio_server: no memory behind region 9\n");
+    return 1;
+  }
+  strcpy(mem + 0x1000, "hello from the C device");
   printf("gpio_server: serving on %s (%s)\n", argv[1], host_loop ? "host loop" : "library thread");
   fflush(stdout);
   if (host_loop) {
