@@ -379,6 +379,7 @@ std::vector<proto::frame> reads(uint32_t region, uint64_t off, int n) {
 // ---- modes -----------------------------------------------------------------------------------
 
 std::string g_serve_poll;     ///< --poll-max-ns for vfu-serve (empty: its default)
+std::string g_lvu;            ///< --lvu: libvfio-user's samples/gpio-pci-idio-16, for a sync row
 int64_t g_client_poll = 0;    ///< runtime_options::poll_max_ns of our client's runtime
 bool g_caller_reads = true;   ///< endpoint_config::caller_reads of our client
 int64_t g_caller_poll = -1;   ///< endpoint_config::caller_poll_max_ns of our client (-1: its default)
@@ -438,6 +439,27 @@ servers start_servers(const std::string& bindir, int devices) {
   std::string last = s.gpios.empty() ? s.ram : s.gpios.back();
   for (int i = 0; i < 250 && ::access(last.c_str(), F_OK) != 0; ++i) ::usleep(20000);
   return s;
+}
+
+/// Starts `args` (stdout and stderr to /dev/null) and waits for `sock` to appear; 0 if it
+/// did not.
+pid_t start_server(std::vector<std::string> args, const std::string& sock) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    _exit(127);
+  }
+  track(pid);
+  for (int i = 0; i < 250 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  if (::access(sock.c_str(), F_OK) == 0) return pid;
+  stop_child(pid);
+  return 0;
 }
 
 void stop_servers(servers& s) {
@@ -951,6 +973,12 @@ int main(int argc, char** argv) {
       if (a.rfind("--poll-max-ns=", 0) == 0) g_serve_poll = std::to_string(*n);
       else if (a.rfind("--caller-", 0) == 0) g_caller_poll = *n;
       else g_client_poll = *n;
+    } else if (a.rfind("--lvu=", 0) == 0) {
+      g_lvu = a.substr(6);
+      if (::access(g_lvu.c_str(), X_OK) != 0) {
+        std::fprintf(stderr, "vfu-bench: --lvu=%s is not an executable (libvfio-user's samples/gpio-pci-idio-16)\n", g_lvu.c_str());
+        return 2;
+      }
     } else if (a == "--loop-reads") g_caller_reads = false;
     else if (a == "--json") json = true;
     else {
@@ -959,6 +987,7 @@ int main(int argc, char** argv) {
                    "                 [--devices=N] [--poll-max-ns=N (vfu-serve's)] [--client-poll-max-ns=N]\n"
                    "                 [--caller-poll-max-ns=N (our client's callers; default: the library's)]\n"
                    "                 [--loop-reads (our client's loop reads every reply: caller_reads off)]\n"
+                   "                 [--lvu=PATH (libvfio-user's samples/gpio-pci-idio-16: a row in sync)]\n"
                    "                 | --idle-devices=N | --soak=SECONDS\n");
       return 2;
     }
@@ -989,10 +1018,35 @@ int main(int argc, char** argv) {
     auto f = floor1();
     auto c = raw_meter("raw client: config read 4 B, 1 in flight", s.pid, s.gpio, reads(7, 0, 1), rd_rep, 1);
     auto b = raw_meter("raw client: BAR2 read 4 B, 1 in flight", s.pid, s.gpio2, reads(2, 1, 1), rd_rep, 1);
-    interleave({&f, &c, &b});
+    // The same against a vfu-serve that never polls (issue 23's goal is about this one),
+    // and against libvfio-user's gpio sample when --lvu names it: one run, one floor.
+    std::string quiet = s.dir + "/gpio-nopoll.sock", lvu = s.dir + "/lvu-gpio.sock";
+    pid_t qpid = start_server({bindir + "/vfu-serve", "--device=gpio", "--socket-path=" + quiet, "--poll-max-ns=0"}, quiet);
+    pid_t lpid = g_lvu.empty() ? 0 : start_server({g_lvu, lvu}, lvu);
+    if (!qpid || (!g_lvu.empty() && !lpid)) {
+      std::fprintf(stderr, "vfu-bench: %s did not start\n", !qpid ? "vfu-serve --poll-max-ns=0" : g_lvu.c_str());
+      std::exit(1);
+    }
+    auto q = raw_meter("raw client: BAR2 read 4 B, 1 in flight, no polling", qpid, quiet, reads(2, 1, 1),
+                       rd_rep, 1);
+    std::vector<meter*> ms{&f, &c, &b, &q};
+    meter l;
+    if (lpid) {
+      l = raw_meter("raw client: BAR2 read 4 B, 1 in flight, libvfio-user", lpid, lvu, reads(2, 1, 1), rd_rep, 1);
+      ms.push_back(&l);
+    }
+    interleave(ms);
     rows.push_back(f.result());
     rows.push_back(against(c, f));
     rows.push_back(against(b, f));
+    rows.push_back(against(q, f));
+    if (lpid) rows.push_back(against(l, f));
+    q = meter{};
+    l = meter{};
+    stop_child(qpid);
+    if (lpid) stop_child(lpid);
+    ::unlink(quiet.c_str());
+    ::unlink(lvu.c_str());
   }
   if (want("pipelined")) {
     for (int k : {16, 64}) {
