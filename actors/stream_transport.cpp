@@ -223,7 +223,9 @@ std::shared_ptr<stream_transport> stream_transport::make_twin(proto::unique_fd f
 }
 
 void stream_transport::fail_pending(const proto::error& why) {
-  if (!table_ || twin_) return;
+  // A twin that carries the replies to ours (the server's) fails them at its EOF; one that
+  // carries none has nothing to fail.
+  if (!table_ || (twin_ && !(lanes_.load() & peer_replies))) return;
   pending_table::completions done;
   table_->fail_all(why, done);
   table_->settle(done);
@@ -231,7 +233,9 @@ void stream_transport::fail_pending(const proto::error& why) {
 
 void stream_transport::close(const proto::error& why) {
   closing_ = true;
-  fail_pending(why);
+  // A twin closes when the first socket's actor ends, which fails the table itself; a twin
+  // that did so late could fail the next connection's requests.
+  if (!twin_) fail_pending(why);
   if (gate_.has(read_gate::leader)) {  // wake a leader blocked in recvmsg (it sees closing_ and stops)
     std::lock_guard<std::mutex> g(wm_);
     if (fd_open_) ::shutdown(fd_, SHUT_RD);

@@ -145,7 +145,8 @@ class stream_transport : public deferred_writer,
   void set_lanes(uint8_t l) noexcept { lanes_.store(l, std::memory_order_relaxed); }
   /// A twin of this connection on `fd` (connected): the same io context, pending table,
   /// frame limit and caller polling; it carries `l`. Closing it does not fail the pending
-  /// table: its socket actor is linked to this one's, whose close does.
+  /// table (its socket actor is linked to this one's, whose close does); its EOF does when
+  /// it carries the replies to ours.
   std::shared_ptr<stream_transport> make_twin(proto::unique_fd fd, uint8_t l);
   /// Frames that came on the wrong socket of a twin pair.
   std::atomic<uint64_t> misrouted{0};

@@ -3,6 +3,7 @@
 
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <cerrno>
 #include <cstring>
@@ -32,6 +33,13 @@ proto::status accept_twin(const caf::actor& sock, stream_transport& main, proto:
       ::getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM ||
       (len = sizeof domain, ::getsockopt(fd.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) || domain != AF_UNIX)
     return proto::error(proto::errc::bad_fds, "the twin socket is not an AF_UNIX stream socket");
+  int listening = 0;
+  sockaddr_un peer{};
+  socklen_t plen = sizeof peer;
+  len = sizeof listening;
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening ||
+      ::getpeername(fd.get(), reinterpret_cast<sockaddr*>(&peer), &plen) != 0)
+    return proto::error(proto::errc::bad_fds, "the twin socket is not connected");
   auto twin = main.make_twin(std::move(fd), stream_transport::peer_requests);
   main.set_lanes(stream_transport::peer_replies);
   caf::anon_send(sock, twin_atom::value, twin);

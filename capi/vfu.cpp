@@ -527,7 +527,9 @@ vfub_client* vfub_client_connect(const char* path, const vfub_client_options* op
         return errno_of(fn(opaque, iova, buf, len, write));
       });
     }
-    auto d = dev::remote_device::open(*c->rt, path, c->mem, cfg);
+    dev::remote_options ro;
+    ro.dma_own_thread = true;  // the host's callback may block: never on the event loop
+    auto d = dev::remote_device::open(*c->rt, path, c->mem, cfg, ro);
     if (!d) {
       t_error = d.err().message();
       return neg(d.err());
@@ -592,16 +594,23 @@ int vfub_client_write_posted(vfub_client* c, uint32_t region, uint64_t offset, c
 int vfub_client_dma_map(vfub_client* c, uint64_t iova, uint64_t size, uint32_t prot, int fd, uint64_t fd_offset) {
   if (!c || (prot & ~uint32_t(VFUB_DMA_READ | VFUB_DMA_WRITE))) return -EINVAL;
   return guarded(&c->err, [&] {
-    proto::unique_fd borrowed(fd);  // (remote_device dups what it keeps)
-    auto s = c->d->dma_map(iova, size, prot, fd >= 0 ? &borrowed : nullptr, fd_offset);
-    borrowed.release();
-    return c->check(s);
+    struct borrowed {  // the caller's fd, never closed here (remote_device dups what it keeps)
+      proto::unique_fd f;
+      ~borrowed() { f.release(); }
+    } b{proto::unique_fd(fd)};
+    if (int e = c->check(c->d->dma_map(iova, size, prot, fd >= 0 ? &b.f : nullptr, fd_offset))) return e;
+    c->mem->add_routed(iova, size, prot);  // the server's DMA messages to it: the callback
+    return 0;
   });
 }
 
 int vfub_client_dma_unmap(vfub_client* c, uint64_t iova, uint64_t size) {
   if (!c) return -EINVAL;
-  return guarded(&c->err, [&] { return c->check(c->d->dma_unmap(iova, size)); });
+  return guarded(&c->err, [&] {
+    if (int e = c->check(c->d->dma_unmap(iova, size))) return e;
+    c->mem->remove(iova);
+    return 0;
+  });
 }
 
 int vfub_client_set_irqs(vfub_client* c, uint32_t index, uint32_t start, uint32_t count, const int* eventfds) {

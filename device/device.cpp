@@ -499,6 +499,8 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
       [=](connlost_atom) {
         // The client is gone: its windows and eventfds go, the device state stays.
         auto& st = self->state;
+        for (auto& [a, w] : st.windows)
+          if (!w.unmapping) st.model->dma_unmapped(w.addr, w.size);
         st.drop_connection_state();
         st.dirty.stop();  // its windows are gone; a new client starts its own log
         st.correlation = nullptr;

@@ -107,7 +107,8 @@ class device_model {
     done();
   }
   /// A DMA window was mapped (with an fd the framework mmapped, or for DMA by messages) or
-  /// unmapped. Notices: the framework keeps the windows and serves dma_read/dma_write.
+  /// unmapped (also when its client goes). Notices: the framework keeps the windows and
+  /// serves dma_read/dma_write.
   virtual void dma_mapped(uint64_t iova, uint64_t size, uint32_t prot) { (void)iova; (void)size; (void)prot; }
   virtual void dma_unmapped(uint64_t iova, uint64_t size) { (void)iova; (void)size; }
 

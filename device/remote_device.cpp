@@ -30,50 +30,42 @@ void guest_memory::remove(uint64_t iova) {
   std::lock_guard<std::mutex> g(m_);
   wins_.erase(iova);
 }
-uint8_t* guest_memory::find(uint64_t iova, uint64_t len, uint32_t need) {
+const guest_memory::entry* guest_memory::find(uint64_t iova, uint64_t len, uint32_t need) {
   uint64_t end;
   if (__builtin_add_overflow(iova, len, &end)) return nullptr;
   auto it = wins_.upper_bound(iova);
   if (it == wins_.begin()) return nullptr;
   --it;
   if (iova < it->first || end > it->first + it->second.size || !(it->second.prot & need)) return nullptr;
-  return it->second.host + (iova - it->first);
+  return &*it;
 }
 void guest_memory::set_access(access_fn fn) {
   std::lock_guard<std::mutex> g(m_);
   access_ = std::move(fn);
 }
-int guest_memory::fallback(uint64_t iova, uint8_t* buf, uint64_t len, bool write) {
+int guest_memory::access(uint64_t iova, uint8_t* buf, uint64_t len, bool write) {
   access_fn fn;
   {
     std::lock_guard<std::mutex> g(m_);
+    auto* e = find(iova, len, write ? dma_flags::write : dma_flags::read);
+    if (!e) return EFAULT;
+    if (uint8_t* host = e->second.host) {
+      uint8_t* at = host + (iova - e->first);
+      // (A zero-length transfer may come with no buffer: the layout probe writes none.)
+      if (len) write ? std::memcpy(at, buf, len) : std::memcpy(buf, at, len);
+      return 0;
+    }
     fn = access_;
   }
   return fn ? fn(iova, buf, len, write) : EFAULT;  // (the host's code runs without our lock)
 }
-int guest_memory::read(uint64_t iova, uint8_t* out, uint64_t len) {
-  {
-    std::lock_guard<std::mutex> g(m_);
-    if (auto* p = find(iova, len, dma_flags::read)) {
-      if (len) std::memcpy(out, p, len);  // (a zero-length transfer may come with no buffer)
-      return 0;
-    }
-  }
-  return fallback(iova, out, len, false);
-}
+int guest_memory::read(uint64_t iova, uint8_t* out, uint64_t len) { return access(iova, out, len, false); }
 int guest_memory::write(uint64_t iova, const uint8_t* in, uint64_t len) {
-  {
-    std::lock_guard<std::mutex> g(m_);
-    if (auto* p = find(iova, len, dma_flags::write)) {
-      if (len) std::memcpy(p, in, len);  // (the server's layout probe writes no bytes)
-      return 0;
-    }
-  }
-  return fallback(iova, const_cast<uint8_t*>(in), len, true);
+  return access(iova, const_cast<uint8_t*>(in), len, true);  // (only read from)
 }
 
-caf::actor spawn_guest_memory_server(caf::actor_system& sys, std::shared_ptr<guest_memory> mem, quirks q) {
-  return spawn_handler(sys, [mem, q](inbound& in) -> outbound_ptr {
+caf::actor spawn_guest_memory_server(caf::actor_system& sys, std::shared_ptr<guest_memory> mem, quirks q, bool own_thread) {
+  handler_fn fn = [mem, q](inbound& in) -> outbound_ptr {
     if (!in.fds.empty()) return outbound::error(EINVAL);  // nothing the server sends carries fds
     if (auto* r = std::get_if<dma_read_request>(&in.msg)) {
       dma_read_reply rep{*r, std::vector<uint8_t>(r->count)};
@@ -88,7 +80,8 @@ caf::actor spawn_guest_memory_server(caf::actor_system& sys, std::shared_ptr<gue
       return outbound::of(rep);
     }
     return outbound::error(ENOSYS);  // QEMU's answer to server->client commands it lacks
-  });
+  };
+  return own_thread ? sys.spawn<caf::detached>(function_handler, std::move(fn)) : spawn_handler(sys, std::move(fn));
 }
 
 // ---- remote device ------------------------------------------------------------------------
@@ -116,7 +109,7 @@ result<std::unique_ptr<remote_device>> remote_device::open(runtime& rt, const st
   std::unique_ptr<remote_device> d(new remote_device());
   d->mem_ = mem ? mem : std::make_shared<guest_memory>();
   d->opts_ = std::move(opts);
-  auto h = spawn_guest_memory_server(rt.system(), d->mem_, cfg.quirks);
+  auto h = spawn_guest_memory_server(rt.system(), d->mem_, cfg.quirks, opts.dma_own_thread);
   auto ep = endpoint::connect(rt, path, cfg, h);
   if (!ep) return ep.err();
   d->ep_ = std::move(ep.value());

@@ -32,16 +32,18 @@ class guest_memory {
   /// 0, or EFAULT when [iova, iova+len) is not inside one window with that permission.
   int read(uint64_t iova, uint8_t* out, uint64_t len);
   int write(uint64_t iova, const uint8_t* in, uint64_t len);
-  /// Where accesses outside every add()ed window go instead of failing EFAULT: a host that
-  /// keeps its own guest memory map (the C API's callback). It returns 0 or an errno, and
-  /// runs on the library's thread that serves the server's DMA.
+  /// A host that keeps its guest memory itself (the C API's callback): accesses that lie in
+  /// one add_routed() window, with its permission, go to `fn` (0 or an errno), on the thread
+  /// that serves the server's DMA; anything else is EFAULT, as for add().
   using access_fn = std::function<int(uint64_t iova, uint8_t* buf, uint64_t len, bool write)>;
   void set_access(access_fn fn);
+  void add_routed(uint64_t iova, uint64_t size, uint32_t prot) { add(iova, size, nullptr, prot); }
 
  private:
-  struct win { uint64_t size; uint8_t* host; uint32_t prot; };
-  uint8_t* find(uint64_t iova, uint64_t len, uint32_t need);
-  int fallback(uint64_t iova, uint8_t* buf, uint64_t len, bool write);
+  struct win { uint64_t size; uint8_t* host; uint32_t prot; };  ///< host null: routed
+  using entry = std::pair<const uint64_t, win>;
+  const entry* find(uint64_t iova, uint64_t len, uint32_t need);
+  int access(uint64_t iova, uint8_t* buf, uint64_t len, bool write);
   std::mutex m_;
   std::map<uint64_t, win> wins_;
   access_fn access_;
@@ -66,6 +68,9 @@ struct remote_options {
   /// Called (on the replay thread) after a reconnect, once DMA windows and IRQ eventfds are
   /// restored: the device was reset by its restart, and the host must treat it so.
   std::function<void(uint64_t generation)> on_reset;
+  /// Serve the server's DMA messages on a thread of their own rather than the event loop's:
+  /// for guest memory behind a host's code that may block (the C API's callback).
+  bool dma_own_thread = false;
 };
 
 /// A server-side posted write for write_posted_many (at most 8 bytes).
@@ -217,6 +222,7 @@ class remote_device {
 };
 
 /// The device actor a client registers to serve DMA_READ/DMA_WRITE from `mem`.
-caf::actor spawn_guest_memory_server(caf::actor_system& sys, std::shared_ptr<guest_memory> mem, proto::quirks q);
+caf::actor spawn_guest_memory_server(caf::actor_system& sys, std::shared_ptr<guest_memory> mem, proto::quirks q,
+                                     bool own_thread = false);
 
 }  // namespace vfu::dev

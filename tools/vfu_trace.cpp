@@ -182,7 +182,7 @@ class session {
     auto caps = parse_capabilities(std::get<version_reply>(*m).caps_json.value_or(""));
     if (!caps || !caps->twin_socket || !caps->twin_fd_index || *caps->twin_fd_index >= f.fds.size()) return;
     int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {  // (the client's end as a server's would be)
       note(std::string("cannot follow the twin socket (socketpair: ") + std::strerror(errno) + "): it goes to the client untraced");
       return;
     }
@@ -191,6 +191,7 @@ class session {
     int fl = ::fcntl(twin_.s.fd.get(), F_GETFL);
     if (fl >= 0) ::fcntl(twin_.s.fd.get(), F_SETFL, fl | O_NONBLOCK);
     twin_.c.fd = unique_fd(sv[0]);
+    ::fcntl(sv[0], F_SETFL, ::fcntl(sv[0], F_GETFL) | O_NONBLOCK);
     fd = unique_fd(sv[1]);
     note("twin socket handed over (fd_index " + std::to_string(*caps->twin_fd_index) + "): following it");
   }

@@ -146,10 +146,12 @@ const char *vfub_server_last_error(vfub_server *srv);
 typedef struct vfub_client vfub_client;
 
 struct vfub_client_options {
-  /* Serves the server's DMA_READ/DMA_WRITE to windows mapped without an fd: copy `len`
-   * bytes at `iova` into / from `buf`. Runs on a thread of the library's; must not call
-   * this client's functions. Return 0 or a negative errno (-EFAULT outside guest memory).
-   * NULL: such DMA fails with EFAULT. */
+  /* Serves the server's DMA_READ/DMA_WRITE messages: copy `len` bytes at `iova` into /
+   * from `buf`. Called only for a range inside one window mapped with vfub_client_dma_map,
+   * with that window's permission (anything else is answered EFAULT without calling it);
+   * the only way to serve windows mapped without an fd. Runs on a thread of the client's
+   * own (it may block; the library's event loop goes on), one call at a time; must not call
+   * this client's functions. Return 0 or a negative errno. NULL: such DMA fails EFAULT. */
   int (*guest_memory)(void *opaque, uint64_t iova, void *buf, uint64_t len, int is_write);
   void *opaque;
   /* Redial a server that went away, and restore DMA windows and IRQ eventfds (1), or not

@@ -225,6 +225,10 @@ TEST_F(TwinRaw, OurServerKeepsTheDirectionsApartAndEndsBothSocketsTogether) {
   dma.join();
   ASSERT_TRUE(got && got->ok()) << (got ? got->err().message() : "");
   EXPECT_EQ(std::get<proto::dma_read_reply>(**got).data, right.data) << "the reply on the first socket was dropped";
+  // (The reply on the first socket may be read after the one on the twin completed the call.)
+  auto until = std::chrono::steady_clock::now() + 5s;
+  while (test::stat_value(ep_->stats(), "misrouted") < 1 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(1ms);
   EXPECT_EQ(test::stat_value(ep_->stats(), "misrouted"), 1);
 
   twin.close();
@@ -318,6 +322,29 @@ TEST_F(TwinRaw, OurClientKeepsTheDirectionsApartAndReconnectsWhenTheTwinCloses) 
   EXPECT_TRUE(ep_->wait_state(conn_state::ready, 5s));
   EXPECT_EQ(ep_->generation(), 2u);
   ep_->close();
+}
+
+// A twin that cannot carry anything (a socket never connected) fails the negotiation.
+TEST_F(TwinRaw, OurClientRefusesATwinSocketThatIsNotConnected) {
+  auto lst = test::listen_unix(path_);
+  ASSERT_TRUE(lst);
+  proto::result<std::unique_ptr<endpoint>> c = proto::error(proto::errc::not_connected, "");
+  endpoint_config cfg;
+  cfg.reconnect = false;
+  std::thread dial([&] { c = endpoint::connect(*rt_, path_, cfg, spawn_handler(rt_->system(), guest_memory)); });
+  test::raw_peer main(proto::unique_fd(::accept4(lst.get(), nullptr, nullptr, SOCK_CLOEXEC)));
+  auto v = main.recv();
+  ASSERT_TRUE(v);
+  proto::version_reply r;
+  r.minor = 2;
+  r.caps_json = twin_caps();
+  auto f = proto::make_frame(v->hdr().msg_id, r, proto::hflags::type_reply);
+  f.fds.emplace_back(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(main.send(f));
+  dial.join();
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.err().message().find("the twin socket is not connected"), std::string::npos) << c.err().message();
+  EXPECT_TRUE(main.wait_eof());
 }
 
 }  // namespace

@@ -17,7 +17,8 @@
 
 static unsigned char guest[4096];
 static const uint64_t guest_iova = 0x10000;
-static int failures;
+static const uint64_t ro_iova = 0x20000;  /* mapped read-only */
+static int failures, writes_to_ro;
 
 static void check(int ok, const char *what) {
   printf("%s %s\n", ok ? "PASS" : "FAIL", what);
@@ -26,6 +27,11 @@ static void check(int ok, const char *what) {
 
 static int guest_memory(void *opaque, uint64_t iova, void *buf, uint64_t len, int is_write) {
   (void)opaque;
+  if (iova >= ro_iova && iova < ro_iova + 4096) {
+    if (is_write) ++writes_to_ro;
+    if (!is_write) memset(buf, 0x5a, len);
+    return 0;
+  }
   if (iova < guest_iova || len > sizeof guest || iova - guest_iova > sizeof guest - len) return -EFAULT;
   if (is_write) memcpy(guest + (iova - guest_iova), buf, len);
   else memcpy(buf, guest + (iova - guest_iova), len);
@@ -91,6 +97,13 @@ int main(int argc, char **argv) {
     check(vfub_client_read(c, 2, 0x18, seen, 4) == 0 && memcmp(seen, "\x11\x22\x33\x44", 4) == 0,
           "and shows what it read");
     check(vfub_client_dma_unmap(c, guest_iova, sizeof guest) == 0, "guest memory unmapped");
+    addr = guest_iova + 0x100;
+    check(vfub_client_write(c, 2, 0x10, &addr, 8) == -EFAULT, "DMA to the unmapped window: -EFAULT");
+    check(vfub_client_dma_map(c, ro_iova, 4096, VFUB_DMA_READ, -1, 0) == 0, "a read-only window mapped");
+    addr = ro_iova;
+    check(vfub_client_write(c, 2, 0x10, &addr, 8) == -EFAULT && writes_to_ro == 0,
+          "the device reads it, and its write there fails EFAULT without reaching the callback");
+    /* (left mapped: the server hears of its unmapping when this client goes) */
     close(efd);
     struct vfub_region_info r9;
     char hello[24] = {0};

@@ -30,7 +30,7 @@ struct gpio {
   vfub_server *srv;
   unsigned pins[16];
   unsigned char dma_seen[4];
-  unsigned maps;
+  unsigned maps, unmaps;
 };
 
 static int access_cb(void *opaque, uint32_t region, uint64_t off, void *buf, uint32_t count, int is_write) {
@@ -76,6 +76,12 @@ static void map_cb(void *opaque, uint64_t iova, uint64_t size, uint32_t prot) {
   ++g->maps;
 }
 
+static void unmap_cb(void *opaque, uint64_t iova, uint64_t size) {
+  struct gpio *g = opaque;
+  (void)iova, (void)size;
+  ++g->unmaps;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "--host-loop") != 0)) {
     fprintf(stderr, "usage: gpio_server SOCKET [--host-loop]\n");
@@ -91,7 +97,7 @@ int main(int argc, char **argv) {
   struct vfub_pci_ids ids = {.vendor = 0x494f, .device = 0x0dc8};
   vfub_device *dev = vfub_device_new(&ids);
   static struct gpio g;
-  struct vfub_callbacks cb = {.region_access = access_cb, .reset = reset_cb, .dma_map = map_cb};
+  struct vfub_callbacks cb = {.region_access = access_cb, .reset = reset_cb, .dma_map = map_cb, .dma_unmap = unmap_cb};
   if (!dev || vfub_device_set_bar(dev, 2, 0x100, VFUB_BAR_IO) || vfub_device_set_irqs(dev, 1, 0, 0, 0, 0, 0) ||
       vfub_device_set_callbacks(dev, &cb, &g)) {
     fprintf(stderr, "gpio_server: describing the device: %s\n", vfub_last_error());
@@ -135,6 +141,7 @@ int main(int argc, char **argv) {
     while (!stop) pause();
   }
   vfub_server_destroy(g.srv);
-  printf("gpio_server: stopped after %u DMA maps\n", g.maps);
+  /* Every window a client mapped was unmapped: by the client, or when it went. */
+  printf("gpio_server: DMA windows: %u mapped, %u unmapped\n", g.maps, g.unmaps);
   return 0;
 }

@@ -25,4 +25,7 @@ fi
 kill "$pid"; wait "$pid" || { echo "FAIL the server exited badly"; rc=1; }
 pid=
 cat "$work/server.log"
+if [ "$mode" != vfu-serve ] && ! grep -qE 'DMA windows: ([1-9][0-9]*) mapped, \1 unmapped' "$work/server.log"; then
+  echo "FAIL the device did not hear of every window's unmapping"; rc=1
+fi
 exit $rc

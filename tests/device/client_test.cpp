@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <cstring>
 #include <functional>
 #include <gtest/gtest.h>
 #include <thread>
@@ -109,6 +110,31 @@ bool copy_and_wait(dev::remote_device& d, guest& g, uint32_t seed) {
   uint64_t c;
   if (::read(g.efd.get(), &c, 8) != 8) return false;
   return std::memcmp(g.ram, g.ram + 0x80000, 4096) == 0;
+}
+
+// A host that keeps guest memory itself (the C API's callback) is asked only for ranges
+// inside a window it routed, with that window's permission: a server's DMA anywhere else,
+// or a write to a read-only window, is EFAULT without reaching the host.
+TEST(GuestMemory, RoutedWindowsReachTheHostOnlyInsideAndWithTheirPermission) {
+  dev::guest_memory mem;
+  int calls = 0;
+  mem.set_access([&](uint64_t, uint8_t* buf, uint64_t len, bool write) {
+    ++calls;
+    if (!write) std::memset(buf, 7, len);
+    return 0;
+  });
+  uint8_t b[8] = {};
+  EXPECT_EQ(mem.read(0x1000, b, 8), EFAULT) << "no window yet";
+  mem.add_routed(0x1000, 0x1000, dma_flags::read);
+  EXPECT_EQ(mem.read(0x1ff8, b, 8), 0);
+  EXPECT_EQ(b[0], 7);
+  EXPECT_EQ(mem.write(0x1000, b, 8), EFAULT) << "a read-only window";
+  EXPECT_EQ(mem.read(0x1ffc, b, 8), EFAULT) << "across the window's end";
+  EXPECT_EQ(mem.read(UINT64_MAX - 3, b, 8), EFAULT) << "wrapping";
+  EXPECT_EQ(calls, 1);
+  mem.remove(0x1000);
+  EXPECT_EQ(mem.read(0x1000, b, 8), EFAULT) << "unmapped";
+  EXPECT_EQ(calls, 1);
 }
 
 TEST_F(ClientTest, ServerKilledMidTrafficRecoversWithReplay) {

@@ -1,5 +1,7 @@
 #include "tools/harness/replay.hpp"
 
+#include "protocol/capabilities.hpp"
+
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -133,6 +135,20 @@ void answer_server_request(io::connection& c, session_view& sv, const frame& req
   if (!e.empty()) rep.error = e;
 }
 
+// A replay speaks one socket: a captured VERSION request's twin_socket offer is withdrawn
+// (the server then sends its requests on this socket, answered from the capture's
+// "<session>/twin" records). Other requests are sent as captured.
+void one_socket(frame& f) {
+  auto m = decode(f);
+  auto* v = m ? std::get_if<version_request>(&*m) : nullptr;
+  if (!v || !v->caps_json) return;
+  auto caps = parse_capabilities(*v->caps_json);
+  if (!caps || !caps->twin_socket) return;
+  caps->twin_socket = false;
+  v->caps_json = to_json(*caps, true);
+  f = make_frame(f.hdr().msg_id, *v, f.hdr().flags);
+}
+
 }  // namespace
 
 bool key_matches(const std::string& pattern, const std::string& key) {
@@ -161,7 +177,7 @@ replay_report replay_capture(io::connection& c, const vec_file& vf, const replay
   quirks q = vf.peer_quirks() | o.quirks;
   session_view sv;
   for (auto& r : vf.records)
-    if (r.session == o.session) sv.recs.push_back(&r);
+    if (r.session == o.session || r.session == o.session + "/twin") sv.recs.push_back(&r);
   auto ignored = [&](const std::string& key) {
     for (auto& p : o.ignore)
       if (key_matches(p, key)) return true;
@@ -174,6 +190,7 @@ replay_report replay_capture(io::connection& c, const vec_file& vf, const replay
     ++rep.requests;
     frame f;
     f.bytes.assign(r.bytes.begin(), r.bytes.end());
+    if (h.command == uint16_t(command::version)) one_socket(f);
     std::string err;
     if (!synth_fds(r, q, f.fds, err)) {
       rep.error = "line " + std::to_string(r.line) + ": " + err;
@@ -290,7 +307,8 @@ outcome runner::replay(const step& s) {
   auto vf = read_vec_file(path);
   if (!vf) return outcome::failure(vf.err().message());
   std::set<std::string> sessions;
-  for (auto& r : vf->records) sessions.insert(r.session);
+  for (auto& r : vf->records)  // (a twin socket's records go with their session)
+    if (r.session.size() < 5 || r.session.compare(r.session.size() - 5, 5, "/twin") != 0) sessions.insert(r.session);
   std::string all;
   for (auto& x : sessions) all += (all.empty() ? "" : ", ") + x;
   replay_options ro;
