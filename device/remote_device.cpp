@@ -55,6 +55,7 @@ int guest_memory::access(uint64_t iova, uint8_t* buf, uint64_t len, bool write) 
       if (len) write ? std::memcpy(at, buf, len) : std::memcpy(buf, at, len);
       return 0;
     }
+    if (!len) return 0;  // (the layout probe: nothing to move, and maybe no buffer)
     fn = access_;
   }
   return fn ? fn(iova, buf, len, write) : EFAULT;  // (the host's code runs without our lock)
