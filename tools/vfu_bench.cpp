@@ -405,6 +405,27 @@ void stop_children() {
   while (!g_children.empty()) stop_child(g_children.back());
 }
 
+/// Starts `args` (stdout and stderr to /dev/null) and waits for `sock` to appear; 0 if it
+/// did not.
+pid_t start_server(std::vector<std::string> args, const std::string& sock) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    _exit(127);
+  }
+  track(pid);
+  for (int i = 0; i < 250 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  if (::access(sock.c_str(), F_OK) == 0) return pid;
+  stop_child(pid);
+  return 0;
+}
+
 servers start_servers(const std::string& bindir, int devices) {
   servers s;
   char tmp[] = "/tmp/vfu-bench-XXXXXX";
@@ -425,41 +446,13 @@ servers start_servers(const std::string& bindir, int devices) {
     args.push_back("--device=gpio");
     args.push_back("--socket-path=" + s.gpios.back());
   }
-  s.pid = ::fork();
-  if (s.pid == 0) {
-    int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 2);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    _exit(127);
-  }
-  track(s.pid);
   std::string last = s.gpios.empty() ? s.ram : s.gpios.back();
-  for (int i = 0; i < 250 && ::access(last.c_str(), F_OK) != 0; ++i) ::usleep(20000);
-  return s;
-}
-
-/// Starts `args` (stdout and stderr to /dev/null) and waits for `sock` to appear; 0 if it
-/// did not.
-pid_t start_server(std::vector<std::string> args, const std::string& sock) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 1);
-    ::dup2(null, 2);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    _exit(127);
+  s.pid = start_server(args, last);
+  if (!s.pid) {
+    std::fprintf(stderr, "vfu-bench: vfu-serve did not start\n");
+    std::exit(1);
   }
-  track(pid);
-  for (int i = 0; i < 250 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
-  if (::access(sock.c_str(), F_OK) == 0) return pid;
-  stop_child(pid);
-  return 0;
+  return s;
 }
 
 void stop_servers(servers& s) {
