@@ -11,6 +11,7 @@
 #include "actors/endpoint.hpp"
 #include "actors/event_loop.hpp"
 #include "actors/handler.hpp"
+#include "tests/actors/pair_fixture.hpp"
 #include "tests/test_support.hpp"
 
 namespace {
@@ -40,20 +41,8 @@ proto::region_read_request rr(uint64_t off, uint32_t count, uint32_t region = 0)
   return r;
 }
 
-class BrokerTest : public ::testing::Test {
+class BrokerTest : public test::pair_fixture<> {
  protected:
-  // The fd baseline is counted before the runtime exists: its threads' start-up cannot
-  // overlap the count.
-  void SetUp() override {
-    fds_before_ = test::count_open_fds();
-    rt_ = std::make_unique<runtime>();
-  }
-  void TearDown() override {
-    server_.reset();
-    client_.reset();
-    rt_.reset();
-    EXPECT_EQ(test::count_open_fds(), fds_before_) << "file descriptors leaked";
-  }
   // Replaces the fixture's runtime (before any endpoint exists).
   void restart_runtime(runtime_options opts) {
     rt_.reset();
@@ -89,9 +78,6 @@ class BrokerTest : public ::testing::Test {
     client_ = std::move(ep.value());
   }
 
-  int fds_before_ = 0;
-  std::unique_ptr<runtime> rt_;
-  std::unique_ptr<endpoint> server_, client_;
 };
 
 TEST_F(BrokerTest, NegotiatesAndRoundTripsARead) {

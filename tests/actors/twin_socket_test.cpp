@@ -10,6 +10,7 @@
 
 #include "actors/endpoint.hpp"
 #include "actors/handler.hpp"
+#include "tests/actors/pair_fixture.hpp"
 #include "tests/test_support.hpp"
 
 namespace {
@@ -99,22 +100,7 @@ caf::behavior dma_driver_actor(caf::event_based_actor* self, std::shared_ptr<dma
   return {[](int) {}};
 }
 
-class TwinPair : public ::testing::TestWithParam<bool> {
- protected:
-  void SetUp() override {
-    fds_before_ = test::count_open_fds();
-    rt_ = std::make_unique<runtime>();
-  }
-  void TearDown() override {
-    server_.reset();
-    client_.reset();
-    rt_.reset();
-    EXPECT_EQ(test::count_open_fds(), fds_before_) << "file descriptors leaked";
-  }
-  int fds_before_ = 0;
-  std::unique_ptr<runtime> rt_;
-  std::unique_ptr<endpoint> server_, client_;
-};
+class TwinPair : public test::pair_fixture<::testing::TestWithParam<bool>> {};
 
 // 16 requests in flight each way at all times: the client's REGION_READs (call_many) and the
 // server's DMA_READs, from a host thread (call_many) and from an actor through the
@@ -209,28 +195,38 @@ class TwinRaw : public test::socket_dir_test {
   }
   void TearDown() override {
     ep_.reset();
+    peer_.reset();
     rt_.reset();
     socket_dir_test::TearDown();
   }
+  // Our server on one end of a pair, and the raw client's VERSION with `caps` on the other:
+  // the reply (with its fds), or nothing.
+  std::optional<proto::frame> serve_and_negotiate(test::raw_peer*& main, const std::string& caps) {
+    auto [a, b] = test::socket_pair();
+    auto s = endpoint::serve_fd(*rt_, std::move(a), {}, spawn_handler(rt_->system(), pattern_device));
+    if (!s.ok()) return std::nullopt;
+    ep_ = std::move(*s);
+    peer_ = std::make_unique<test::raw_peer>(std::move(b));
+    main = peer_.get();
+    proto::version_request v;
+    v.minor = 2;
+    v.caps_json = caps;
+    if (!main->send(v, 1)) return std::nullopt;
+    return main->recv();
+  }
   std::unique_ptr<runtime> rt_;
   std::unique_ptr<endpoint> ep_;
+  std::unique_ptr<test::raw_peer> peer_;
 };
 
 // Our server, a raw client: a command on the twin is refused, a reply on the first socket
 // completes nothing, the reply on the twin completes the DMA, and closing the twin ends the
 // whole connection.
 TEST_F(TwinRaw, OurServerKeepsTheDirectionsApartAndEndsBothSocketsTogether) {
-  auto [a, b] = test::socket_pair();
-  auto s = endpoint::serve_fd(*rt_, std::move(a), {}, spawn_handler(rt_->system(), pattern_device));
-  ASSERT_TRUE(s.ok());
-  ep_ = std::move(*s);
-  test::raw_peer main(std::move(b));
-  proto::version_request v;
-  v.minor = 2;
-  v.caps_json = twin_caps();
-  ASSERT_TRUE(main.send(v, 1));
-  auto vr = main.recv();
+  test::raw_peer* mp = nullptr;
+  auto vr = serve_and_negotiate(mp, twin_caps());
   ASSERT_TRUE(vr);
+  auto& main = *mp;
   ASSERT_EQ(vr->fds.size(), 1u) << "the twin socket comes with the reply";
   auto m = proto::decode(*vr);
   ASSERT_TRUE(m);
@@ -271,17 +267,10 @@ TEST_F(TwinRaw, OurServerKeepsTheDirectionsApartAndEndsBothSocketsTogether) {
 
 // A client that does not offer it gets no twin: DMA comes on the one socket.
 TEST_F(TwinRaw, OurServerHandsNoTwinToAClientThatDidNotOfferIt) {
-  auto [a, b] = test::socket_pair();
-  auto s = endpoint::serve_fd(*rt_, std::move(a), {}, spawn_handler(rt_->system(), pattern_device));
-  ASSERT_TRUE(s.ok());
-  ep_ = std::move(*s);
-  test::raw_peer main(std::move(b));
-  proto::version_request v;
-  v.minor = 2;
-  v.caps_json = R"({"capabilities":{"twin_socket":{"supported":false}}})";
-  ASSERT_TRUE(main.send(v, 1));
-  auto vr = main.recv();
+  test::raw_peer* mp = nullptr;
+  auto vr = serve_and_negotiate(mp, R"({"capabilities":{"twin_socket":{"supported":false}}})");
   ASSERT_TRUE(vr);
+  auto& main = *mp;
   EXPECT_TRUE(vr->fds.empty());
   auto m = proto::decode(*vr);
   ASSERT_TRUE(m);
