@@ -57,7 +57,8 @@ start_serve() {
 # start_other PROGRAM SOCKET: another implementation's server (tests/interop/lvu.sh).
 start_other() {
   mkfifo "$work/stdin"
-  "$1" "$2" <"$work/stdin" >"$work/serve.log" 2>&1 &
+  # shellcheck disable=SC2086  # (VFU_SERVER_ARGS: words for the server, after the socket)
+  "$1" "$2" ${VFU_SERVER_ARGS:-} <"$work/stdin" >"$work/serve.log" 2>&1 &
   serve_pid=$!
   exec 3>"$work/stdin"  # its stdin stays open (the null sample stops at EOF)
   for _ in $(seq 50); do [ -S "$2" ] && return 0; sleep 0.1; done
