@@ -207,17 +207,22 @@ TEST_F(MigrationTest, GpioMovesItsPinsAndConfigSpaceWrittenUpToTheStop) {
   ASSERT_TRUE(src_->write(region_index::config, 4, &cmd, 2).ok());
   uint8_t line = 11;
   ASSERT_TRUE(src_->write(region_index::config, 0x3c, &line, 1).ok());
-  // Traffic until the source stops taking writes (STOP_COPY refuses them).
+  // Traffic up to the moment the source stops. (Not "until a write is refused": STOP_COPY
+  // refuses writes, but the whole of it may pass between two writes, and STOP, where the
+  // source ends, takes them again: the loop would never end.)
   std::atomic<uint64_t> writes{0};
+  std::atomic<bool> stopping{false};
   std::thread traffic([&] {
-    for (uint8_t v = 1;; ++v) {
+    for (uint8_t v = 1; !stopping; ++v) {
       if (!src_->write(2, v % 2 ? 0 : 4, &v, 1).ok()) return;
       ++writes;
     }
   });
   while (writes < 50) std::this_thread::sleep_for(1ms);
-  migrate(0);
-  traffic.join();
+  migrate(0, [&] {
+    stopping = true;
+    traffic.join();
+  });
   EXPECT_EQ(src_->migration_state().value(), S::stop);
   EXPECT_EQ(dst_->migration_state().value(), S::running);
   // The pins are computed from each pin's write count: all 16 match only if every count
