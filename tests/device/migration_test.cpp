@@ -311,14 +311,14 @@ TEST_F(MigrationTest, DmaTestMovesRegistersScratchMemoryMsixTableAndAPendingInte
 
 TEST_F(MigrationTest, RamMovesEveryByteWrittenThroughTheMappingAndByMessageDuringPreCopy) {
   pair("ram");
-  std::atomic<bool> guest_paused{false};
+  std::atomic<bool> guest_paused{false}, stopping{false};
   std::atomic<uint64_t> writes{0};
-  // The guest writes through the mapped half until it is paused; messages reach the other
-  // half until the device stops taking them.
+  // The guest writes through the mapped half until it is paused, and by message to the other
+  // half up to the moment the source stops (as in the gpio test: not until a write is refused).
   std::thread traffic([&] {
     std::mt19937 rng(7);
     std::vector<uint8_t> b(4096);
-    for (;;) {
+    while (!stopping) {
       for (auto& x : b) x = uint8_t(rng());
       bool mapped = !guest_paused && rng() % 2;
       uint64_t off = (mapped ? 0 : dev::ram::mmap_size) + rng() % (dev::ram::mmap_size - b.size());
@@ -327,8 +327,11 @@ TEST_F(MigrationTest, RamMovesEveryByteWrittenThroughTheMappingAndByMessageDurin
     }
   });
   while (writes < 100) std::this_thread::sleep_for(1ms);
-  migrate(2, [&] { guest_paused = true; });
-  traffic.join();
+  migrate(2, [&] {
+    guest_paused = true;
+    stopping = true;
+    traffic.join();
+  });
   EXPECT_GE(report_.precopy.at(0).bytes, dev::ram::size) << "the first round sends everything";
   EXPECT_EQ(read(*dst_, 0, 0, dev::ram::size), read(*src_, 0, 0, dev::ram::size));
 }
