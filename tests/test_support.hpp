@@ -138,17 +138,10 @@ class raw_peer {
       pollfd p{fd_.get(), POLLIN, 0};
       if (::poll(&p, 1, int(left.count())) <= 0) return std::nullopt;
       uint8_t buf[65536];
-      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 64)];
-      iovec iov{buf, sizeof buf};
-      msghdr mh{};
-      mh.msg_iov = &iov;
-      mh.msg_iovlen = 1;
-      mh.msg_control = cbuf;
-      mh.msg_controllen = sizeof cbuf;
-      ssize_t n = ::recvmsg(fd_.get(), &mh, MSG_CMSG_CLOEXEC);
-      if (n <= 0) return std::nullopt;
       proto::fd_list fds;
-      proto::take_fds(mh, fds);
+      bool truncated = false;
+      ssize_t n = proto::recv_with_fds(fd_.get(), buf, sizeof buf, 0, fds, truncated, 64);
+      if (n <= 0) return std::nullopt;
       std::vector<proto::frame_assembler::event> evs;
       asm_.feed(buf, size_t(n), std::move(fds), evs);
       for (auto& e : evs)

@@ -199,18 +199,11 @@ class session {
   // One read from `from`: its frames are printed and queued for `to`.
   bool pump(side& from, side& to) {
     uint8_t buf[65536];
-    alignas(cmsghdr) uint8_t cbuf[CMSG_SPACE(sizeof(int) * 253)];
-    iovec iov{buf, sizeof buf};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    ssize_t n = ::recvmsg(from.fd.get(), &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-    if (n < 0) return errno == EAGAIN || errno == EINTR ? true : (end(std::string(from.dir) + " read failed"), false);
     fd_list fds;
-    take_fds(mh, fds);
-    if (mh.msg_flags & MSG_CTRUNC) return end(std::string(from.dir) + ": more fds than a message may carry"), false;
+    bool truncated = false;
+    ssize_t n = recv_with_fds(from.fd.get(), buf, sizeof buf, MSG_DONTWAIT, fds, truncated);
+    if (n < 0) return errno == EAGAIN || errno == EINTR ? true : (end(std::string(from.dir) + " read failed"), false);
+    if (truncated) return end(std::string(from.dir) + ": more fds than a message may carry"), false;
     if (n == 0) {
       if (from.in.mid_frame()) return end(std::string(from.dir) + ": closed in the middle of a frame"), false;
       from.eof = true;

@@ -137,23 +137,16 @@ bool connection::pump(deadline dl) {
   if (r < 0 && errno == EINTR) return true;
   if (r <= 0) return false;
   static std::vector<uint8_t> buf(recv_buffer);
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * max_recv_fds)];
-  iovec iov{buf.data(), buf.size()};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = cbuf;
-  mh.msg_controllen = sizeof cbuf;
-  ssize_t n = ::recvmsg(fd_.get(), &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  proto::fd_list fds;
+  bool truncated = false;
+  ssize_t n = proto::recv_with_fds(fd_.get(), buf.data(), buf.size(), MSG_DONTWAIT, fds, truncated, max_recv_fds);
   if (n < 0) {
     if (errno == EAGAIN || errno == EINTR) return true;
     eof_ = true;
     eof_reason_ = std::string("connection failed: ") + std::strerror(errno);
     return true;
   }
-  proto::fd_list fds;
-  proto::take_fds(mh, fds);
-  if (mh.msg_flags & MSG_CTRUNC) stream_errors_.push_back("the peer sent more fds than fit (MSG_CTRUNC)");
+  if (truncated) stream_errors_.push_back("the peer sent more fds than fit (MSG_CTRUNC)");
   if (n == 0) {
     eof_ = true;
     eof_reason_ = asm_.mid_frame() ? "the peer closed the connection in the middle of a frame"
