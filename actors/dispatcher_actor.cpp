@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "actors/answer.hpp"
+#include "actors/event_loop.hpp"
 #include "actors/frame_router.hpp"
 #include "actors/negotiation.hpp"
 #include "actors/twin_socket.hpp"
@@ -44,7 +45,7 @@ void error_in_turn(self_t self, const conn_route& r, const proto::header& req, i
   auto& st = self->state;
   if (req.no_reply()) return;
   if (!st.busy && st.queue.empty()) return error_reply(self, r, req, err);
-  st.queue.push_back(dispatcher_state::item{r.sock, r.tr, req, nullptr, caf::actor{},
+  st.queue.push_back(dispatcher_state::item{r.sock, r.tr, req, nullptr, dispatcher_state::handler_ref{},
                                             make_frame_ptr(proto::make_error_reply(req, err)), std::move(ticket)});
 }
 
@@ -78,7 +79,7 @@ void serve_version(self_t self, const conn_route& r, const proto::header& h, con
   f.fds = std::move(fds);
   send_frame(self, r, make_frame_ptr(std::move(f)));
   if (st.cfg.supervisor) self->send(st.cfg.supervisor, connup_atom::value, a->n, r.sock, requests);
-  if (st.device) self->send(st.device, connup_atom::value, a->n);
+  if (st.device.actor) self->send(st.device.actor, connup_atom::value, a->n);
 }
 
 void dispatch_next(self_t self);
@@ -121,40 +122,54 @@ void on_deadline(self_t self, int64_t at) {
   finish(self, st.seq, nullptr, ETIMEDOUT);
 }
 
+// Hands the queue's head to its handler. A handler that can be called in place
+// (direct_handler) answers at once, and the next request follows in the same run; the others
+// get it as a message, and the rest of the queue waits for their answer (finish).
 void dispatch_next(self_t self) {
   auto& st = self->state;
-  while (!st.busy && !st.queue.empty() && st.queue.front().ready) {  // (error_in_turn)
+  for (;;) {
+    while (!st.busy && !st.queue.empty() && st.queue.front().ready) {  // (error_in_turn)
+      auto it = std::move(st.queue.front());
+      st.queue.pop_front();
+      send_frame(self, conn_route{it.sock, it.tr}, std::move(it.ready));
+    }  // (each item's ticket goes with it: answered)
+    if (st.busy || st.queue.empty()) {
+      if (!st.busy && !st.drains.empty()) {  // every request so far is answered
+        for (auto& p : st.drains) p.deliver(caf::unit);
+        st.drains.clear();
+      }
+      return;
+    }
     auto it = std::move(st.queue.front());
     st.queue.pop_front();
-    send_frame(self, conn_route{it.sock, it.tr}, std::move(it.ready));
-  }  // (each item's ticket goes with it: answered)
-  if (st.busy || st.queue.empty()) {
-    if (!st.busy && !st.drains.empty()) {  // every request so far is answered
-      for (auto& p : st.drains) p.deliver(caf::unit);
-      st.drains.clear();
+    it.in->alone = st.queue.empty();
+    if (it.target.direct && event_loop::on_loop_of(self->home_system())) {
+      if (auto out = it.target.direct->serve_now(it.in)) {
+        conn_route r{it.sock, it.tr};
+        reply(self, r, it.hdr, *out);
+        if (out->close_after) self->send(it.sock, close_atom::value);
+        continue;  // (its ticket goes with `it`: answered)
+      }
     }
+    st.busy = true;
+    uint64_t seq = ++st.seq;
+    st.current = it.hdr;
+    st.current_sock = it.sock;
+    st.current_tr = it.tr;
+    st.current_target = it.target.actor;
+    st.current_ticket = std::move(it.ticket);
+    st.current_in = it.in;
+    st.deadline = st.cfg.now() + (classify(it.hdr.command) == timeout_class::long_op ? st.cfg.handler_timeout_long
+                                                                                      : st.cfg.handler_timeout);
+    arm_deadline(self);
+    self->request(it.target.actor, caf::infinite, inbound_atom::value, std::move(it.in))
+        .then([=](outbound_ptr& out) { finish(self, seq, out ? out : outbound::error(EIO), 0); },
+              [=](caf::error& e) {
+                CAF_LOG_WARNING("handler failed: " << render(e));
+                finish(self, seq, nullptr, EIO);
+              });
     return;
   }
-  auto it = std::move(st.queue.front());
-  st.queue.pop_front();
-  st.busy = true;
-  uint64_t seq = ++st.seq;
-  st.current = it.hdr;
-  st.current_sock = it.sock;
-  st.current_tr = it.tr;
-  st.current_target = it.target;
-  st.current_ticket = std::move(it.ticket);
-  st.current_in = it.in;
-  st.deadline = st.cfg.now() +
-                (classify(it.hdr.command) == timeout_class::long_op ? st.cfg.handler_timeout_long : st.cfg.handler_timeout);
-  arm_deadline(self);
-  it.in->alone = st.queue.empty();
-  self->request(it.target, caf::infinite, inbound_atom::value, std::move(it.in))
-      .then([=](outbound_ptr& out) { finish(self, seq, out ? out : outbound::error(EIO), 0); },
-            [=](caf::error& e) {
-              CAF_LOG_WARNING("handler failed: " << render(e));
-              finish(self, seq, nullptr, EIO);
-            });
 }
 
 // One request from the peer: decoded, answered here (errors, VERSION) or queued for its
@@ -171,7 +186,7 @@ void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, p
     return;
   }
   CAF_LOG_DEBUG("recv " << proto::describe(h, f.fds.size()));
-  caf::actor target = st.device;
+  auto target = st.device;
   if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = it->second;
   // A REGION_WRITE's data stays in its frame, which the message shares (proto::shared_bytes):
   // no copy of up to max_data_xfer_size bytes, and no handler can outlive the bytes.
@@ -200,7 +215,7 @@ void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, p
       return;
     }
   }
-  if (!target) {
+  if (!target.actor) {
     error_in_turn(self, r, h, ENOTSUP, std::move(ticket));
     return;
   }
@@ -214,7 +229,59 @@ void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, p
   st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), target, nullptr, std::move(ticket)});
 }
 
+// A transport's batch of requests. The whole batch is queued before the first request goes
+// out, so that each knows whether others wait behind it (inbound::alone).
+void on_batch(self_t self, event_batch& reqs, const caf::actor& sock, const connection_ptr& tr) {
+  for (auto& ev : *reqs) {
+    request_ticket ticket(tr, request_bytes(ev));
+    if (ev.kind == proto::frame_assembler::event::frame_ready) {
+      on_request(self, sock, tr, ev.f, std::move(ticket));
+    } else if (!tr->closing()) {  // rejected by the transport (too large): drained
+      CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
+      error_in_turn(self, conn_route{sock, tr}, ev.hdr, proto::to_wire_errno(ev.err), std::move(ticket));
+    }
+  }
+  dispatch_next(self);
+}
+
+// The dispatcher with its direct entry: a transport on the same event loop hands it a batch
+// in place while it is idle.
+class dispatcher final : public caf::stateful_actor<dispatcher_state>, public direct_requests {
+ public:
+  dispatcher(caf::actor_config& cfg, dispatcher_config dc, caf::actor correlation)
+      : caf::stateful_actor<dispatcher_state>(cfg), dc_(std::move(dc)), correlation_(std::move(correlation)) {}
+
+  caf::behavior make_behavior() override {
+    auto b = dispatcher_actor(this, std::move(dc_), std::move(correlation_));
+    ready_ = true;
+    return b;
+  }
+
+  bool take_now(event_batch& reqs, const caf::actor& sock, const connection_ptr& tr) override {
+    if (!ready_ || !mailbox().blocked()) return false;
+    try {
+      on_batch(this, reqs, sock, tr);
+    } catch (const std::exception& e) {
+      // As from the behavior: the actor ends (CAF's default); the connection's requests
+      // then fail as when a dispatcher dies.
+      CAF_LOG_ERROR("dispatcher threw: " << e.what());
+      ready_ = false;
+      caf::anon_send_exit(caf::actor_cast<caf::actor>(this), caf::exit_reason::unhandled_exception);
+    }
+    return true;
+  }
+
+ private:
+  dispatcher_config dc_;
+  caf::actor correlation_;
+  bool ready_ = false;
+};
+
 }  // namespace
+
+caf::actor spawn_dispatcher(caf::actor_system& sys, dispatcher_config cfg, caf::actor correlation) {
+  return sys.spawn<dispatcher>(std::move(cfg), std::move(correlation));
+}
 
 caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,
                                caf::actor correlation) {
@@ -230,8 +297,9 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
   return {
       [=](handler_atom, uint16_t cmd, caf::actor& h) {
         self->monitor(h);
-        if (cmd == 0) self->state.device = h;
-        else self->state.by_command[cmd] = h;
+        dispatcher_state::handler_ref ref{h, direct_entry<direct_handler>(self->home_system(), h)};
+        if (cmd == 0) self->state.device = std::move(ref);
+        else self->state.by_command[cmd] = std::move(ref);
       },
       [=](attach_atom, caf::actor& sup) { self->state.cfg.supervisor = sup; },
       [=](limits_atom, const conn_limits& l) {
@@ -244,20 +312,7 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         self->state.negotiated = false;
         self->state.limits = proto::decode_limits{};
       },
-      [=](inbound_atom, event_batch& reqs, caf::actor& sock, connection_ptr& tr) {
-        // The whole batch is queued before the first request goes out, so that each
-        // knows whether others wait behind it (inbound::alone).
-        for (auto& ev : *reqs) {
-          request_ticket ticket(tr, request_bytes(ev));
-          if (ev.kind == proto::frame_assembler::event::frame_ready) {
-            on_request(self, sock, tr, ev.f, std::move(ticket));
-          } else if (!tr->closing()) {  // rejected by the transport (too large): drained
-            CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
-            error_in_turn(self, conn_route{sock, tr}, ev.hdr, proto::to_wire_errno(ev.err), std::move(ticket));
-          }
-        }
-        dispatch_next(self);
-      },
+      [=](inbound_atom, event_batch& reqs, caf::actor& sock, connection_ptr& tr) { on_batch(self, reqs, sock, tr); },
       [=](drain_atom) -> caf::result<void> {
         auto& st = self->state;
         if (!st.busy && st.queue.empty()) return caf::unit;

@@ -79,12 +79,17 @@ class request_ticket {
 };
 
 struct dispatcher_state {
+  /// A registered handler, and its direct entry when it can be called in place.
+  struct handler_ref {
+    caf::actor actor;
+    direct_handler* direct = nullptr;  ///< (kept alive by `actor`)
+  };
   struct item {
     caf::actor sock;
     connection_ptr tr;  ///< the connection: replies go straight into it
     proto::header hdr;
     inbound_ptr in;
-    caf::actor target;
+    handler_ref target;
     frame_ptr ready;  ///< or an answer decided here (an error), sent in its turn
     request_ticket ticket;
   };
@@ -100,8 +105,8 @@ struct dispatcher_state {
   std::chrono::steady_clock::time_point deadline;  ///< when the current request times out
   /// When the earliest (deadline_atom) timer pending fires (max: none).
   std::chrono::steady_clock::time_point timer_at = std::chrono::steady_clock::time_point::max();
-  std::map<uint16_t, caf::actor> by_command;
-  caf::actor device;                    ///< whole-device handler (command 0)
+  std::map<uint16_t, handler_ref> by_command;
+  handler_ref device;                   ///< whole-device handler (command 0)
   caf::actor correlation;
   proto::decode_limits limits;
   bool negotiated = false;
@@ -116,5 +121,9 @@ struct dispatcher_state {
 /// answered once every request received so far has been answered.
 caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, dispatcher_config cfg,
                                caf::actor correlation);
+
+/// Spawns a dispatcher that a transport on the same event loop may hand batches in place
+/// (direct_requests); otherwise as sys.spawn(dispatcher_actor, cfg, correlation).
+caf::actor spawn_dispatcher(caf::actor_system& sys, dispatcher_config cfg, caf::actor correlation);
 
 }  // namespace vfu

@@ -52,7 +52,7 @@ void endpoint::start_actors(caf::actor handler) {
   dc.handler_timeout_long = cfg_.handler_timeout_long;
   // The supervisor needs the dispatcher and the dispatcher tells the supervisor about
   // VERSION: spawn the dispatcher, then the supervisor, then introduce them.
-  disp_ = sys.spawn(dispatcher_actor, dc, corr_);
+  disp_ = spawn_dispatcher(sys, dc, corr_);
   sup_ = spawn_supervisor(sys, supervisor_config{&rt_.io(), role_, cfg_, status_, table_, corr_, disp_, handler, {}});
   caf::anon_send(disp_, attach_atom::value, sup_);
   if (handler) caf::anon_send(disp_, handler_atom::value, uint16_t(0), handler);

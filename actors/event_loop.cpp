@@ -19,6 +19,7 @@ namespace vfu::event_loop {
 namespace {
 
 thread_local bool t_on_loop = false;
+thread_local caf::actor_system* t_loop_system = nullptr;  // the system whose loop this thread runs
 thread_local std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
 thread_local std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
 
@@ -98,6 +99,7 @@ class loop_policy : public caf::policy::unprofiled {
   caf::resumable* dequeue(Worker* w) {
     auto& st = d(w->parent());
     t_on_loop = true;
+    t_loop_system = &w->system();
     t_deferred = &st.deferred;
     t_hot = st.poll.max_ns > 0 ? &st.hot : nullptr;
     for (;;) {
@@ -206,6 +208,7 @@ class loop_policy : public caf::policy::unprofiled {
     t_hot = nullptr;
     t_deferred = nullptr;
     t_on_loop = false;
+    t_loop_system = nullptr;
   }
 
   template <class Worker, class UnaryFunction>
@@ -293,6 +296,8 @@ class loop_coordinator : public caf::scheduler::coordinator<loop_policy> {
 }  // namespace
 
 bool on_loop_thread() noexcept { return t_on_loop; }
+
+bool on_loop_of(const caf::actor_system& sys) noexcept { return t_loop_system == &sys; }
 
 void defer_flush(std::shared_ptr<deferred_writer> w) {
   if (t_deferred) t_deferred->push_back(std::move(w));

@@ -59,6 +59,10 @@ inline constexpr int poll_every = 64;
 /// True on the thread that runs the event loop (of any runtime in this process).
 bool on_loop_thread() noexcept;
 
+/// True on the thread that runs `sys`'s event loop: there, no actor of `sys` runs unless
+/// this thread runs it.
+bool on_loop_of(const caf::actor_system& sys) noexcept;
+
 /// QEMU's adaptive polling (util/aio-posix.c, adjust_polling_time; an iothread's
 /// poll-max-ns): how long to poll before blocking. A wait that ended within the window
 /// needs no change; one that would have needed more than max_ns resets the window to 0

@@ -76,10 +76,28 @@ struct stream_transport::read_outcome {
 };
 
 bool stream_transport::read_pass() {
-  std::unique_lock<std::mutex> g(rm_, std::try_to_lock);
-  if (!g) return false;  // a leader reads: it handles what arrives
-  if (!gate_.readable()) return false;
-  return read_pass_locked(false);
+  event_batch reqs;
+  caf::actor owner, requests;
+  direct_requests* to = nullptr;
+  bool got;
+  {
+    std::unique_lock<std::mutex> g(rm_, std::try_to_lock);
+    if (!g) return false;  // a leader reads: it handles what arrives
+    if (!gate_.readable()) return false;
+    got = read_pass_locked(false);
+    if (!handed_) return got;
+    reqs = std::move(handed_);
+    owner = owner_;
+    requests = requests_;
+    to = requests_direct_;
+  }
+  // The dispatcher takes them in place (and may answer them before this returns), outside
+  // the reader's lock, which answering never needs: a caller may lead meanwhile. Anything
+  // the read also sent (an EOF to the socket actor) is handled after this, as a message
+  // would be after the requests'.
+  if (!to->take_now(reqs, owner, shared_from_this()))
+    caf::anon_send(requests, inbound_atom::value, std::move(reqs), std::move(owner), connection_ptr(shared_from_this()));
+  return got;
 }
 
 bool stream_transport::read_pass_locked(bool block) {
@@ -199,7 +217,12 @@ void stream_transport::deliver(std::vector<proto::frame_assembler::event>& evs, 
     sync_read_events();
   }
   // Requests before the end: an EOF's drain (socket_actor) must find them in the queue.
-  if (r.requests) caf::anon_send(requests_, inbound_atom::value, r.requests, owner_, connection_ptr(shared_from_this()));
+  if (r.requests) {
+    // On the dispatcher's event loop, read_pass hands them over in place once the lock is
+    // released (direct_requests); elsewhere (a caller's thread) as a message.
+    if (requests_direct_ && event_loop::on_loop_of(requests_->home_system())) handed_ = std::move(r.requests);
+    else caf::anon_send(requests_, inbound_atom::value, r.requests, owner_, connection_ptr(shared_from_this()));
+  }
   if (out.fail && out.clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, out.fail);  // answer, then close
   else if (r.fatal) caf::anon_send(owner_, ioerr_atom::value, r.fatal);
   else if (out.fail) caf::anon_send(owner_, ioerr_atom::value, out.fail);

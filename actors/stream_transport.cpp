@@ -81,6 +81,8 @@ void stream_transport::start(caf::actor owner, caf::actor requests) {
   asio::post(io_, [self, owner = std::move(owner), requests = std::move(requests)]() mutable {
     self->owner_ = std::move(owner);
     self->requests_ = std::move(requests);
+    if (self->requests_)
+      self->requests_direct_ = direct_entry<direct_requests>(self->requests_->home_system(), self->requests_);
     if (self->setup_error_) {
       self->stop();
       caf::anon_send(self->owner_, ioerr_atom::value, self->setup_error_);
@@ -255,6 +257,7 @@ void stream_transport::close(const proto::error& why) {
       self->sock_.reset();
       self->owner_ = nullptr;
       self->requests_ = nullptr;
+      self->requests_direct_ = nullptr;
     }
   });
 }

@@ -1,7 +1,13 @@
 #define CAF_LOG_COMPONENT "vfu"
 #include "actors/types.hpp"
 
+#include "actors/event_loop.hpp"
+
 namespace vfu {
+
+bool on_event_loop(caf::actor_system& sys, const caf::actor& a) {
+  return a && &a->home_system() == &sys && event_loop::stats(sys);
+}
 
 proto::error call_result::failure() const {
   if (err) return err;

@@ -180,6 +180,47 @@ struct outbound {
 
 using outbound_ptr = std::shared_ptr<outbound>;
 
+// ---- Same-thread handoff (docs/architecture.md). On the event loop every actor of the
+// system runs on the loop's one thread, so an actor whose mailbox is blocked (idle, nothing
+// queued: CAF marks it so only when it finds its mailbox empty, and a new message unblocks
+// it) is not running and has nothing to handle first. There, instead of sending it a message
+// that would make it run once the sender is done, the sender may call it in place through
+// one of these entries: one message, one mailbox allocation and one actor run less, and the
+// same result. An actor class implements them next to its behavior.
+
+/// A handler actor (a device) that answers some requests in place.
+class direct_handler {
+ public:
+  /// On its system's event loop only. The answer to `in`, exactly as the actor would give
+  /// it (answer() included), or nullptr: the request goes as a message (the actor is not
+  /// idle or is gone, or the answer comes later). Returning nullptr leaves no trace.
+  virtual outbound_ptr serve_now(const inbound_ptr& in) = 0;
+
+ protected:
+  ~direct_handler() = default;
+};
+
+/// A requests actor (the dispatcher) that takes a transport's batch in place.
+class direct_requests {
+ public:
+  /// On its system's event loop only. True if it took `reqs`, as it takes (inbound_atom,
+  /// reqs, sock, tr); false: send them.
+  virtual bool take_now(event_batch& reqs, const caf::actor& sock, const connection_ptr& tr) = 0;
+
+ protected:
+  ~direct_requests() = default;
+};
+
+/// Whether `a` is a scheduled actor of `sys` and `sys` runs on an event loop.
+bool on_event_loop(caf::actor_system& sys, const caf::actor& a);
+
+/// `a`'s entry of kind T (direct_handler, direct_requests), or nullptr. It lives as long as
+/// `a` does; call it only where event_loop::on_loop_of(sys).
+template <class T>
+T* direct_entry(caf::actor_system& sys, const caf::actor& a) {
+  return on_event_loop(sys, a) ? dynamic_cast<T*>(caf::actor_cast<caf::abstract_actor*>(a)) : nullptr;
+}
+
 /// Connection parameters that change after VERSION.
 struct conn_limits {
   uint32_t max_frame = proto::limits::max_version_frame;

@@ -351,47 +351,51 @@ bool deferred(device_state& st, const proto::region_access& a, bool write) {
          model_serves(st, a.region, a.offset, a.count);
 }
 
-caf::result<outbound_ptr> on_region_read(self_t self, const inbound_ptr& in, const region_read_request& r) {
-  auto& st = self->state;
+// A REGION_READ answered at once (not by a model that answers later).
+outbound_ptr read_now(device_state& st, inbound& in, const region_read_request& r) {
   // A large read of plain memory leaves from there, with no copy; otherwise the reply frame
   // is built first and the device reads straight into it.
   if (r.count >= gather_min)
     if (const uint8_t* src = read_memory(st, r))
-      return answer(*in, outbound::gathered(make_region_head(0, command::region_read, true, r), src, r.count));
+      return answer(in, outbound::gathered(make_region_head(0, command::region_read, true, r), src, r.count));
   auto f = make_region_frame(0, command::region_read, true, r);
-  if (deferred(st, r, false)) {
-    auto fp = std::make_shared<frame>(std::move(f));
-    uint8_t* buf = region_frame_data(*fp);
-    std::memset(buf, 0, r.count);
-    auto rp = self->make_response_promise<outbound_ptr>();
-    st.model->region_access_later(r.region, r.offset, buf, r.count, false, later(st, [in, fp, rp](int e) mutable {
-      auto out = std::make_shared<outbound>();
-      if (e) out->err = e;
-      else out->frame = fp;
-      rp.deliver(answer(*in, out));
-    }));
-    return rp;
-  }
   if (int e = region_access(st, r.region, r.offset, region_frame_data(f), r.count, false))
-    return answer(*in, outbound::error(e));
-  return answer(*in, outbound::of_frame(std::move(f)));
+    return answer(in, outbound::error(e));
+  return answer(in, outbound::of_frame(std::move(f)));
 }
 
-caf::result<outbound_ptr> on_region_write(self_t self, const inbound_ptr& in, const region_write_request& w) {
+caf::result<outbound_ptr> read_later(self_t self, const inbound_ptr& in, const region_read_request& r) {
   auto& st = self->state;
-  // (A write only reads from the buffer, which may be the request frame's.)
+  auto fp = std::make_shared<frame>(make_region_frame(0, command::region_read, true, r));
+  uint8_t* buf = region_frame_data(*fp);
+  std::memset(buf, 0, r.count);
+  auto rp = self->make_response_promise<outbound_ptr>();
+  st.model->region_access_later(r.region, r.offset, buf, r.count, false, later(st, [in, fp, rp](int e) mutable {
+    auto out = std::make_shared<outbound>();
+    if (e) out->err = e;
+    else out->frame = fp;
+    rp.deliver(answer(*in, out));
+  }));
+  return rp;
+}
+
+// (A write only reads from the buffer, which may be the request frame's.)
+outbound_ptr write_now(device_state& st, inbound& in, const region_write_request& w) {
+  auto* src = const_cast<uint8_t*>(w.data.data());
+  if (int e = region_access(st, w.region, w.offset, src, w.count, true)) return answer(in, outbound::error(e));
+  return answer(in, outbound::of(region_write_reply{{w.offset, w.region, w.count}}));
+}
+
+caf::result<outbound_ptr> write_later(self_t self, const inbound_ptr& in, const region_write_request& w) {
+  auto& st = self->state;
   auto* src = const_cast<uint8_t*>(w.data.data());
   region_write_reply rep{{w.offset, w.region, w.count}};
-  if (deferred(st, w, true)) {
-    auto rp = self->make_response_promise<outbound_ptr>();
-    // `in` holds the request, and with it the data, until the model is done.
-    st.model->region_access_later(w.region, w.offset, src, w.count, true, later(st, [in, rep, rp](int e) mutable {
-      rp.deliver(answer(*in, e ? outbound::error(e) : outbound::of(rep)));
-    }));
-    return rp;
-  }
-  if (int e = region_access(st, w.region, w.offset, src, w.count, true)) return answer(*in, outbound::error(e));
-  return answer(*in, outbound::of(rep));
+  auto rp = self->make_response_promise<outbound_ptr>();
+  // `in` holds the request, and with it the data, until the model is done.
+  st.model->region_access_later(w.region, w.offset, src, w.count, true, later(st, [in, rep, rp](int e) mutable {
+    rp.deliver(answer(*in, e ? outbound::error(e) : outbound::of(rep)));
+  }));
+  return rp;
 }
 
 outbound_ptr on_write_multi(device_state& st, const write_multi_request& w) {
@@ -421,15 +425,16 @@ caf::result<outbound_ptr> on_reset(self_t self) {
   return outbound::of(reset_reply{});
 }
 
-// One request of the client's, by its message type.
-caf::result<outbound_ptr> serve(self_t self, const inbound_ptr& inp) {
-  auto& st = self->state;
+// The requests answered at once, with nothing to wait for: accesses (unless the model
+// answers later), REGION_WRITE_MULTI and the queries; nullptr for the others. Both the
+// actor (serve) and the dispatcher's direct call (device_actor::serve_now) come here.
+outbound_ptr serve_at_once(device_state& st, const inbound_ptr& inp) {
   auto& in = *inp;
-  st.correlation = in.correlation;
   auto& m = in.msg;
   if (int e = migration_gate(st, m)) return outbound::error(e);
-  if (auto* r = std::get_if<region_read_request>(&m)) return on_region_read(self, inp, *r);
-  if (auto* w = std::get_if<region_write_request>(&m)) return on_region_write(self, inp, *w);
+  st.correlation = in.correlation;
+  if (auto* r = std::get_if<region_read_request>(&m)) return deferred(st, *r, false) ? nullptr : read_now(st, in, *r);
+  if (auto* w = std::get_if<region_write_request>(&m)) return deferred(st, *w, true) ? nullptr : write_now(st, in, *w);
   if (auto* w = std::get_if<write_multi_request>(&m)) return on_write_multi(st, *w);
   if (std::holds_alternative<device_info_request>(m)) {
     device_info_reply rep;
@@ -440,15 +445,26 @@ caf::result<outbound_ptr> serve(self_t self, const inbound_ptr& inp) {
   }
   if (auto* r = std::get_if<region_info_request>(&m)) return on_region_info(st, *r);
   if (auto* r = std::get_if<irq_info_request>(&m)) return on_irq_info(st, *r);
-  if (auto* r = std::get_if<set_irqs_request>(&m)) return on_set_irqs(st, *r, in.fds);
-  if (auto* r = std::get_if<dma_map_request>(&m)) return on_dma_map(st, *r, in.fds);
-  if (auto* r = std::get_if<dma_unmap_request>(&m)) return on_dma_unmap(self, *r);
   if (auto* io = std::get_if<io_fds_request>(&m)) {
     if (io->index >= st.num_regions()) return outbound::error(EINVAL);
     io_fds_reply rep;
     rep.index = io->index;
     return outbound::of(rep);  // no ioeventfds: count 0
   }
+  return nullptr;
+}
+
+// One request of the client's, by its message type.
+caf::result<outbound_ptr> serve(self_t self, const inbound_ptr& inp) {
+  auto& st = self->state;
+  if (auto out = serve_at_once(st, inp)) return out;
+  auto& in = *inp;
+  auto& m = in.msg;
+  if (auto* r = std::get_if<region_read_request>(&m)) return read_later(self, inp, *r);
+  if (auto* w = std::get_if<region_write_request>(&m)) return write_later(self, inp, *w);
+  if (auto* r = std::get_if<set_irqs_request>(&m)) return on_set_irqs(st, *r, in.fds);
+  if (auto* r = std::get_if<dma_map_request>(&m)) return on_dma_map(st, *r, in.fds);
+  if (auto* r = std::get_if<dma_unmap_request>(&m)) return on_dma_unmap(self, *r);
   if (std::holds_alternative<reset_request>(m)) return on_reset(self);
   if (auto* f = std::get_if<device_feature_request>(&m)) return on_device_feature(self, *f);
   if (auto* r = std::get_if<mig_data_read_request>(&m)) return on_mig_data_read(st, in, *r);
@@ -470,10 +486,9 @@ void impl::device_state::offload(std::function<int()> work, std::function<void(i
   });
 }
 
-// A named function with arguments, not a capturing lambda: CAF 0.17's init_fun_factory
-// dereferences a null shared_ptr<tuple<>> for argument-less spawns (UBSan flags it).
-caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_ptr<device_model> model,
-                           proto::quirks quirks) {
+namespace {
+
+caf::behavior device_behavior(self_t self, const std::shared_ptr<device_model>& model, proto::quirks quirks) {
   set_up(self->state, self, model, quirks);
   return {
       [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> { return serve(self, in); },
@@ -520,8 +535,47 @@ caf::behavior device_actor(caf::stateful_actor<device_state>* self, std::shared_
   };
 }
 
+// The device actor. Its behavior serves every command; as a direct_handler it also lets a
+// dispatcher on the same event loop have the requests answered at once (serve_at_once)
+// served in place, while it has nothing else to do: with something in its mailbox (a host's
+// task, a DMA reply, the news of a lost connection), the request waits its turn as a message.
+class device_actor final : public caf::stateful_actor<device_state>, public direct_handler {
+ public:
+  device_actor(caf::actor_config& cfg, std::shared_ptr<device_model> model, proto::quirks quirks)
+      : caf::stateful_actor<device_state>(cfg), model_(std::move(model)), quirks_(quirks) {}
+
+  caf::behavior make_behavior() override {
+    auto b = device_behavior(this, model_, quirks_);
+    model_ = nullptr;  // (the state holds it)
+    ready_ = true;
+    return b;
+  }
+
+  outbound_ptr serve_now(const inbound_ptr& in) override {
+    // Blocked: idle, with nothing in its mailbox (CAF marks it so only when it is empty;
+    // a message unblocks it), and not gone (a closed mailbox is not blocked).
+    if (!ready_ || !mailbox().blocked()) return nullptr;
+    try {
+      return serve_at_once(state, in);
+    } catch (const std::exception& e) {
+      // As from the behavior: the actor ends (CAF's default), the request is answered EIO.
+      CAF_LOG_ERROR("device model threw: " << e.what());
+      caf::anon_send_exit(caf::actor_cast<caf::actor>(this), caf::exit_reason::unhandled_exception);
+      ready_ = false;
+      return outbound::error(EIO);
+    }
+  }
+
+ private:
+  std::shared_ptr<device_model> model_;
+  proto::quirks quirks_;
+  bool ready_ = false;
+};
+
+}  // namespace
+
 caf::actor spawn_device(caf::actor_system& sys, std::shared_ptr<device_model> model, proto::quirks quirks) {
-  return sys.spawn(device_actor, std::move(model), quirks);
+  return sys.spawn<device_actor>(std::move(model), quirks);
 }
 
 void run_on_device(const caf::actor& device, device_task task) { caf::anon_send(device, run_atom::value, std::move(task)); }
