@@ -145,6 +145,7 @@ void dispatch_next(self_t self) {
     it.in->alone = st.queue.empty();
     if (it.target.direct && event_loop::on_loop_of(self->home_system())) {
       if (auto out = it.target.direct->serve_now(it.in)) {
+        ++st.in_place;
         conn_route r{it.sock, it.tr};
         reply(self, r, it.hdr, *out);
         if (out->close_after) self->send(it.sock, close_atom::value);
@@ -320,6 +321,11 @@ caf::behavior dispatcher_actor(caf::stateful_actor<dispatcher_state>* self, disp
         return caf::delegated<void>{};
       },
       [=](deadline_atom, int64_t at) { on_deadline(self, at); },
+      [=](stats_atom) -> std::string {
+        auto& st = self->state;
+        return "served=" + std::to_string(st.served) + " in_place=" + std::to_string(st.in_place) +
+               " decode_errors=" + std::to_string(st.decode_errors) + " timed_out=" + std::to_string(st.timed_out);
+      },
       [=](close_atom) { self->quit(caf::exit_reason::user_shutdown); },
   };
 }

@@ -187,6 +187,8 @@ std::string endpoint::stats() {
   if (sock)
     self->request(sock, std::chrono::seconds(1), stats_atom::value)
         .receive([&](std::string& s) { out = s; }, [&](caf::error&) {});
+  self->request(disp_, std::chrono::seconds(1), stats_atom::value)
+      .receive([&](std::string& s) { out += (out.empty() ? "" : " ") + s; }, [&](caf::error&) {});
   return out + (out.empty() ? "" : " ") + table_->stats_text();
 }
 

@@ -175,7 +175,8 @@ class endpoint {
 
   /// Registers a handler for one command (0 = every command without its own handler).
   void set_handler(uint16_t command, caf::actor h);
-  /// "frames_in=.. frames_out=.." for the current connection plus correlation stats.
+  /// "frames_in=.. frames_out=.." for the current connection, the dispatcher's "served=..
+  /// in_place=..", and the correlation stats.
   std::string stats();
 
   void close();

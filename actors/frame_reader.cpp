@@ -95,8 +95,8 @@ bool stream_transport::read_pass() {
   // the reader's lock, which answering never needs: a caller may lead meanwhile. Anything
   // the read also sent (an EOF to the socket actor) is handled after this, as a message
   // would be after the requests'.
-  if (!to->take_now(reqs, owner, shared_from_this()))
-    caf::anon_send(requests, inbound_atom::value, std::move(reqs), std::move(owner), connection_ptr(shared_from_this()));
+  if (to->take_now(reqs, owner, shared_from_this())) handed.fetch_add(1, std::memory_order_relaxed);
+  else caf::anon_send(requests, inbound_atom::value, std::move(reqs), std::move(owner), connection_ptr(shared_from_this()));
   return got;
 }
 

@@ -154,6 +154,8 @@ class stream_transport : public deferred_writer,
 
   /// Counters for inspection.
   std::atomic<uint64_t> frames_in{0}, bytes_in{0}, frames_out{0}, bytes_out{0};
+  /// Batches of the peer's requests the dispatcher took in place (direct_requests).
+  std::atomic<uint64_t> handed{0};
   /// Requests too large to accept (drained; the dispatcher answers them with an error), and
   /// replies too large (their requests fail).
   std::atomic<uint64_t> rejected_requests{0}, rejected_replies{0};

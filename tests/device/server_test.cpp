@@ -311,6 +311,56 @@ TEST_F(ServerTest, ALoneRequestIsAnsweredAtOnceAndABatchInOneSendmsg) {
   EXPECT_LE(counter("writes") - writes1, 2);
 }
 
+// On the event loop (the default runtime) an idle device is called in place, and the
+// transport hands the dispatcher each read batch in place: a posted write and the reads
+// behind it in one batch are answered in order with what the write put there, every one of
+// them served in place. With a separate io thread and workers (single_loop off) the same
+// traffic goes by messages, with the same answers.
+TEST_F(ServerTest, AnIdleDeviceIsServedInPlaceOnTheLoopAndByMessagesOtherwise) {
+  for (bool loop : {true, false}) {
+    SCOPED_TRACE(loop ? "event loop" : "io thread and workers");
+    server_.reset();
+    rt_.reset();
+    runtime_options opts;
+    opts.single_loop = loop;
+    rt_ = std::make_unique<runtime>(std::vector<std::string>{}, opts);
+    serve("ram");
+    test::raw_peer peer(test::dial_unix(path_));
+    ASSERT_TRUE(peer.version());
+    auto counter = [&](const char* key) { return test::stat_value(server_->stats(), key); };
+    int64_t served0 = counter("served"), in_place0 = counter("in_place"), handed0 = counter("handed");
+    ASSERT_GE(served0, 0);
+    ASSERT_GE(in_place0, 0);
+    ASSERT_GE(handed0, 0);
+    region_write_request w;
+    w.region = 0;
+    w.offset = 512;
+    w.count = 8;
+    w.data = {1, 2, 3, 4, 5, 6, 7, 8};
+    std::vector<uint8_t> batch;
+    auto add = [&](const proto::frame& f) { batch.insert(batch.end(), f.bytes.begin(), f.bytes.end()); };
+    add(make_frame(1, w, hflags::no_reply));
+    for (uint16_t i = 0; i < 8; ++i) add(make_frame(uint16_t(10 + i), region_read_request{{512u + i, 0, 1}}));
+    ASSERT_TRUE(peer.send_bytes(batch.data(), batch.size()));
+    for (uint16_t i = 0; i < 8; ++i) {
+      auto r = peer.recv();
+      ASSERT_TRUE(r && r->hdr().msg_id == 10 + i && !r->hdr().is_error()) << "reply " << i;
+      const uint8_t* got = region_read_reply_data(*r, region_read_request{{512u + i, 0, 1}});
+      ASSERT_NE(got, nullptr);
+      EXPECT_EQ(*got, w.data[i]) << "reply " << i;
+    }
+    for (uint16_t i = 0; i < 20; ++i) {  // one at a time
+      ASSERT_TRUE(peer.send(region_read_request{{512, 0, 4}}, uint16_t(100 + i)));
+      auto r = peer.recv();
+      ASSERT_TRUE(r && r->hdr().msg_id == 100 + i && !r->hdr().is_error());
+    }
+    EXPECT_EQ(counter("served") - served0, 29);
+    EXPECT_EQ(counter("in_place") - in_place0, loop ? 29 : 0);
+    if (loop) EXPECT_GE(counter("handed") - handed0, 20);  // (the first batch may come in pieces)
+    else EXPECT_EQ(counter("handed") - handed0, 0);
+  }
+}
+
 // Our client writes bulk data straight from the caller's buffer (gathered after the
 // REGION_WRITE head), and the server applies it from the request frame without a copy:
 // what a later read returns is what was written, in every chunk.
