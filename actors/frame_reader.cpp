@@ -76,28 +76,10 @@ struct stream_transport::read_outcome {
 };
 
 bool stream_transport::read_pass() {
-  event_batch reqs;
-  caf::actor owner, requests;
-  direct_requests* to = nullptr;
-  bool got;
-  {
-    std::unique_lock<std::mutex> g(rm_, std::try_to_lock);
-    if (!g) return false;  // a leader reads: it handles what arrives
-    if (!gate_.readable()) return false;
-    got = read_pass_locked(false);
-    if (!handed_) return got;
-    reqs = std::move(handed_);
-    owner = owner_;
-    requests = requests_;
-    to = requests_direct_;
-  }
-  // The dispatcher takes them in place (and may answer them before this returns), outside
-  // the reader's lock, which answering never needs: a caller may lead meanwhile. Anything
-  // the read also sent (an EOF to the socket actor) is handled after this, as a message
-  // would be after the requests'.
-  if (to->take_now(reqs, owner, shared_from_this())) handed.fetch_add(1, std::memory_order_relaxed);
-  else caf::anon_send(requests, inbound_atom::value, std::move(reqs), std::move(owner), connection_ptr(shared_from_this()));
-  return got;
+  std::unique_lock<std::mutex> g(rm_, std::try_to_lock);
+  if (!g) return false;  // a leader reads: it handles what arrives
+  if (!gate_.readable()) return false;
+  return read_pass_locked(false);
 }
 
 bool stream_transport::read_pass_locked(bool block) {
@@ -218,10 +200,15 @@ void stream_transport::deliver(std::vector<proto::frame_assembler::event>& evs, 
   }
   // Requests before the end: an EOF's drain (socket_actor) must find them in the queue.
   if (r.requests) {
-    // On the dispatcher's event loop, read_pass hands them over in place once the lock is
-    // released (direct_requests); elsewhere (a caller's thread) as a message.
-    if (requests_direct_ && event_loop::on_loop_of(requests_->home_system())) handed_ = std::move(r.requests);
-    else caf::anon_send(requests_, inbound_atom::value, r.requests, owner_, connection_ptr(shared_from_this()));
+    // On the dispatcher's event loop, in place if it is idle (direct_requests); otherwise (a
+    // caller's thread, a busy dispatcher) as a message. Either under the reader's lock, so
+    // that batches reach the dispatcher in the order they were read, whoever reads them.
+    // (Answering them never needs that lock.)
+    if (requests_direct_ && event_loop::on_loop_of(requests_->home_system()) &&
+        requests_direct_->take_now(r.requests, owner_, shared_from_this()))
+      handed.fetch_add(1, std::memory_order_relaxed);
+    else
+      caf::anon_send(requests_, inbound_atom::value, r.requests, owner_, connection_ptr(shared_from_this()));
   }
   if (out.fail && out.clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, out.fail);  // answer, then close
   else if (r.fatal) caf::anon_send(owner_, ioerr_atom::value, r.fatal);
