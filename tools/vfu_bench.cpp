@@ -408,14 +408,15 @@ void stop_children() {
 /// Starts `args` (stdout and stderr to /dev/null) and waits for `sock` to appear; 0 if it
 /// did not.
 pid_t start_server(std::vector<std::string> args, const std::string& sock) {
+  // (argv is made before fork(): the child of a threaded process must not allocate.)
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
   pid_t pid = ::fork();
   if (pid == 0) {
     int null = ::open("/dev/null", O_WRONLY);
     ::dup2(null, 1);
     ::dup2(null, 2);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
     ::execv(argv[0], argv.data());
     _exit(127);
   }
@@ -594,17 +595,7 @@ void migration_rows(runtime& rt, const std::string& bindir, const servers& s, st
   constexpr uint32_t mib = 1u << 20;
   constexpr uint64_t gib = 1ull << 30;
   std::string big = s.dir + "/big.sock";
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 2);
-    std::string a0 = bindir + "/vfu-serve", a1 = "--device=ram", a2 = "--ram-size=1G", a3 = "--socket-path=" + big;
-    char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), nullptr};
-    ::execv(argv[0], argv);
-    _exit(127);
-  }
-  track(pid);
-  for (int i = 0; i < 250 && ::access(big.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  pid_t pid = start_server({bindir + "/vfu-serve", "--device=ram", "--ram-size=1G", "--socket-path=" + big}, big);
   auto fail = [&](const char* what) {
     std::fprintf(stderr, "vfu-bench: migration: %s\n", what);
     std::exit(1);  // (stop_children stops the servers)
@@ -684,18 +675,8 @@ void migration_rows(runtime& rt, const std::string& bindir, const servers& s, st
 void nvme_rows(runtime& rt, const std::string& bindir, const servers& s, std::vector<row>& rows,
                std::vector<std::string>& notes) {
   std::string sock = s.dir + "/nvme.sock", img = s.dir + "/nvme.img";
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 2);
-    std::string a0 = bindir + "/vfu-serve", a1 = "--device=nvme", a2 = "--backing=" + img, a3 = "--size=256M",
-                a4 = "--socket-path=" + sock;
-    char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), a4.data(), nullptr};
-    ::execv(argv[0], argv);
-    _exit(127);
-  }
-  track(pid);
-  for (int i = 0; i < 250 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  pid_t pid =
+      start_server({bindir + "/vfu-serve", "--device=nvme", "--backing=" + img, "--size=256M", "--socket-path=" + sock}, sock);
   constexpr uint64_t iova = 0x40000000, size = 8 << 20, asq = 0, acq = 0x1000, sq = 0x2000, cq = 0x4000, data = 0x100000;
   proto::unique_fd guest(::memfd_create("guest", MFD_CLOEXEC));
   uint8_t* ram = nullptr;
@@ -765,18 +746,7 @@ void nvme_rows(runtime& rt, const std::string& bindir, const servers& s, std::ve
 // vfu-trace (its output to /dev/null), interleaved: what the tracer adds per round trip.
 void trace_rows(const std::string& bindir, const servers& s, std::vector<row>& rows, std::vector<std::string>& notes) {
   std::string sock = s.dir + "/trace.sock";
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 1);
-    ::dup2(null, 2);
-    std::string a0 = bindir + "/vfu-trace", a1 = "--listen=" + sock, a2 = "--connect=" + s.gpio3;
-    char* argv[] = {a0.data(), a1.data(), a2.data(), nullptr};
-    ::execv(argv[0], argv);
-    _exit(127);
-  }
-  track(pid);
-  for (int i = 0; i < 250 && ::access(sock.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  pid_t pid = start_server({bindir + "/vfu-trace", "--listen=" + sock, "--connect=" + s.gpio3}, sock);
   {
     auto direct = raw_meter("raw client: BAR2 read 4 B, 1 in flight, direct", s.pid, s.gpio, reads(2, 1, 1), 36, 1);
     auto traced = raw_meter("raw client: BAR2 read 4 B, 1 in flight, through vfu-trace", s.pid, sock, reads(2, 1, 1), 36, 1);

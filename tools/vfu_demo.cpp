@@ -87,10 +87,10 @@ int main(int argc, char** argv) {
   bool verbose = argc > 1 && std::string(argv[1]) == "--verbose";
 
   std::printf("== vfu-broker demo: %s --device=dma-test --socket-path=%s\n", serve.c_str(), sock.c_str());
+  std::string a1 = "--device=dma-test", a2 = "--socket-path=" + sock;  // (not in the child: no allocation there)
   pid_t pid = ::fork();
   g_server = pid;
   if (pid == 0) {
-    std::string a1 = "--device=dma-test", a2 = "--socket-path=" + sock;
     ::execl(serve.c_str(), serve.c_str(), a1.c_str(), a2.c_str(), (char*)nullptr);
     std::perror("exec vfu-serve");
     _exit(127);

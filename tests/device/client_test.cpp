@@ -43,9 +43,12 @@ class ClientTest : public test::socket_dir_test {
   }
   // vfu-serve in its own process, so it can be killed like a crashing device server.
   void start_child(const char* device) {
+    // The arguments are made before fork(): the child of a threaded process may only make
+    // async-signal-safe calls before exec (an allocation could wait forever for a lock that
+    // another thread held at the fork; seen under ASan).
+    std::string a1 = std::string("--device=") + device, a2 = "--socket-path=" + path_;
     child_ = ::fork();
     if (child_ == 0) {
-      std::string a1 = std::string("--device=") + device, a2 = "--socket-path=" + path_;
       ::execl(VFU_SERVE_PATH, VFU_SERVE_PATH, a1.c_str(), a2.c_str(), (char*)nullptr);
       _exit(127);
     }

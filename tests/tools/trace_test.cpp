@@ -33,11 +33,12 @@ class TraceTest : public test::socket_dir_test {
     trace_ = dir_ + "/trace.sock";
     out_ = dir_ + "/trace.out";
     vec_ = dir_ + "/trace.vec";
+    // (Made before fork(): the child of a threaded process must not allocate before exec.)
+    std::string a1 = "--listen=" + trace_, a2 = "--connect=" + path_, a3 = "--vec=" + vec_;
     pid_ = ::fork();
     if (pid_ == 0) {
       int fd = ::open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
       ::dup2(fd, 1);
-      std::string a1 = "--listen=" + trace_, a2 = "--connect=" + path_, a3 = "--vec=" + vec_;
       ::execl(VFU_TRACE_PATH, VFU_TRACE_PATH, a1.c_str(), a2.c_str(), a3.c_str(), (char*)nullptr);
       _exit(127);
     }
