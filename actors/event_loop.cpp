@@ -1,5 +1,9 @@
 #include "actors/event_loop.hpp"
 
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <caf/policy/unprofiled.hpp>
 #include <caf/resumable.hpp>
@@ -12,6 +16,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 namespace vfu::event_loop {
@@ -22,6 +27,12 @@ thread_local bool t_on_loop = false;
 thread_local caf::actor_system* t_loop_system = nullptr;  // the system whose loop this thread runs
 thread_local std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
 thread_local std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
+struct watch_set {
+  int* ep;
+  std::unordered_map<uint64_t, std::weak_ptr<pollable>>* watched;
+  uint64_t* next;
+};
+thread_local watch_set t_watch_set{nullptr, nullptr, nullptr};
 
 // Sockets read directly while the loop polls: the most recently active ones.
 constexpr size_t max_hot = 4;
@@ -57,6 +68,14 @@ class loop_policy : public caf::policy::unprofiled {
     std::atomic<uint64_t> idle{0}, caught{0}, direct_reads{0}, blocked{0};  ///< stats()
     std::atomic<int64_t> window{0};  ///< poll.ns, for stats()
     std::vector<std::shared_ptr<pollable>> hot;              ///< loop thread only
+    // A polling loop's own set (watch()): every pollable socket, level-triggered, registered
+    // once. One epoll_wait(0) finds all the ready ones, and none needs an Asio wait of its
+    // own, which Asio re-arms with an epoll_ctl each time. Loop thread only.
+    int ep = -1;                                                       ///< -1: not polling
+    std::unique_ptr<boost::asio::posix::stream_descriptor> ep_asio;  ///< ep, for blocking in Asio
+    std::shared_ptr<bool> ep_armed = std::make_shared<bool>(false);  ///< an Asio wait on ep is pending
+    std::unordered_map<uint64_t, std::weak_ptr<pollable>> watched;
+    uint64_t next_watch = 0;
   };
   struct worker_data {
     explicit worker_data(caf::scheduler::abstract_coordinator*) {}
@@ -102,6 +121,7 @@ class loop_policy : public caf::policy::unprofiled {
     t_loop_system = &w->system();
     t_deferred = &st.deferred;
     t_hot = st.poll.max_ns > 0 ? &st.hot : nullptr;
+    t_watch_set = st.ep >= 0 ? watch_set{&st.ep, &st.watched, &st.next_watch} : watch_set{nullptr, nullptr, nullptr};
     for (;;) {
       bool idle;
       {
@@ -120,6 +140,7 @@ class loop_policy : public caf::policy::unprofiled {
         // Actors are busy: let ready sockets in, without blocking. The sockets read directly
         // while polling have no wait armed (arm_later), so they are read here too.
         read_hot(st);
+        read_watched(st);
         st.io->poll();
         continue;
       }
@@ -142,6 +163,27 @@ class loop_policy : public caf::policy::unprofiled {
 
   // One direct read of each recently active socket; true if any received something. (By
   // index: a read may add the socket it read to the list, never another.)
+  // The ready sockets of the loop's own set, each read (and flushed, if a write waits for
+  // room) once; true if any received something.
+  template <class Data>
+  static bool read_watched(Data& st) {
+    if (st.ep < 0 || st.watched.empty()) return false;
+    epoll_event evs[64];
+    int n = ::epoll_wait(st.ep, evs, 64, 0);
+    bool got = false;
+    for (int i = 0; i < n; ++i) {
+      auto it = st.watched.find(evs[i].data.u64);
+      if (it == st.watched.end()) continue;
+      auto p = it->second.lock();
+      if (!p) {
+        st.watched.erase(it);
+        continue;
+      }
+      if (p->on_ready()) got = true;
+    }
+    return got;
+  }
+
   template <class Data>
   static bool read_hot(Data& st) {
     bool got = false;
@@ -178,8 +220,10 @@ class loop_policy : public caf::policy::unprofiled {
         // blocks (and a stale readiness event then costs one read that finds nothing).
         got = read_hot(st);
         if (got) st.direct_reads.fetch_add(1, std::memory_order_relaxed);
-        if (!got && (st.hot.empty() || ++round % epoll_every == 0) && st.io->poll() > 0)
-          got = true;  // another socket, a timer or a posted handler (epoll_wait, timeout 0)
+        if (!got && (st.hot.empty() || ++round % epoll_every == 0)) {
+          if (read_watched(st)) got = true;  // another socket (one epoll_wait for all)
+          if (st.io->poll() > 0) got = true;  // a timer, a posted handler (epoll_wait, timeout 0)
+        }
         std::lock_guard<std::mutex> g(st.lock);
         if (!st.queue.empty()) got = true;  // a message from another thread
         if (!got && clock::now() >= deadline) st.sleeping = true;  // under the lock: see enqueue
@@ -195,7 +239,19 @@ class loop_policy : public caf::policy::unprofiled {
       // wakes the loop is hot next.
       for (auto& h : st.hot) h->arm_wait();
       st.hot.clear();
+      // The loop's own set wakes the io_context through one Asio wait (its epoll_ctl once a
+      // sleep, not once a request); its handler only marks it fired.
+      bool waits_ep = false;
+      if (st.ep >= 0 && !st.watched.empty()) {
+        if (!*st.ep_armed) {
+          *st.ep_armed = true;
+          st.ep_asio->async_wait(boost::asio::posix::descriptor_base::wait_read,
+                                 [armed = st.ep_armed](const boost::system::error_code&) { *armed = false; });
+        }
+        waits_ep = true;
+      }
       st.io->run_one();
+      if (waits_ep && !*st.ep_armed) read_watched(st);
     }
     st.poll.adjust(std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count());
     st.window.store(st.poll.ns, std::memory_order_relaxed);
@@ -205,7 +261,9 @@ class loop_policy : public caf::policy::unprofiled {
   void before_shutdown(Worker* w) {
     run_deferred(d(w->parent()).deferred);
     d(w->parent()).hot.clear();  // (the io_context is stopping: nothing to arm for)
+    d(w->parent()).watched.clear();
     t_hot = nullptr;
+    t_watch_set = watch_set{nullptr, nullptr, nullptr};
     t_deferred = nullptr;
     t_on_loop = false;
     t_loop_system = nullptr;
@@ -286,6 +344,13 @@ class loop_coordinator : public caf::scheduler::coordinator<loop_policy> {
   loop_coordinator(caf::actor_system& sys, boost::asio::io_context& io, int64_t poll_max_ns) : coordinator(sys) {
     data().io = &io;
     data().poll.max_ns = poll_max_ns > 0 ? poll_max_ns : 0;
+    if (poll_max_ns > 0) {
+      int ep = ::epoll_create1(EPOLL_CLOEXEC);
+      if (ep >= 0) {  // (without it, sockets keep Asio waits of their own)
+        data().ep = ep;
+        data().ep_asio = std::make_unique<boost::asio::posix::stream_descriptor>(io, ep);
+      }
+    }
   }
   void init(caf::actor_system_config& cfg) override {
     coordinator::init(cfg);
@@ -315,6 +380,18 @@ void note_active(pollable& p) {
     out->arm_wait();  // no longer read directly: its wait must be pending
   }
   hot->push_back(p.pollable_ref());
+}
+
+int watch(pollable& p, int fd) {
+  auto& w = t_watch_set;
+  if (!w.ep) return -1;
+  uint64_t id = ++*w.next;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = id;
+  if (::epoll_ctl(*w.ep, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
+  w.watched->emplace(id, p.pollable_ref());
+  return *w.ep;
 }
 
 bool arm_later(pollable& p) {

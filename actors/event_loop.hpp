@@ -49,6 +49,9 @@ class pollable {
   /// Loop thread: make sure a readiness wait is pending (called before the loop blocks, for
   /// a socket whose wait was left unarmed while the loop polled it: arm_later).
   virtual void arm_wait() = 0;
+  /// Loop thread: the loop's own set (watch()) reports it ready: what a readiness wait's
+  /// event does (a write waiting for room, then a read pass). True if it received anything.
+  virtual bool on_ready() = 0;
 };
 
 namespace event_loop {
@@ -92,6 +95,13 @@ void note_active(pollable& p);
 /// and while the loop polls, a wait that fires only duplicates what a direct read finds.
 /// False: the loop does not poll; arm now.
 bool arm_later(pollable& p);
+
+/// Loop thread: a polling loop watches `p` itself from now on, in a level-triggered epoll
+/// set of its own where `fd` (readable when `p` has something to do) stays registered: `p`
+/// then needs no readiness wait of its own, ever, and the loop finds every ready socket with
+/// one epoll_wait. Returns that set's fd (for `p` to take `fd` out with EPOLL_CTL_DEL when
+/// it stops reading, before `fd` closes), or -1: the loop does not poll; use waits.
+int watch(pollable& p, int fd);
 
 /// What the loop did when it ran out of work (inspection).
 struct loop_stats {

@@ -93,10 +93,32 @@ void stream_transport::start(caf::actor owner, caf::actor requests) {
   });
 }
 
+void stream_transport::stop() {
+  gate_.set(read_gate::stopped);
+  // Out of the loop's level-triggered set at once: a stopped socket that stayed readable
+  // (its EOF) would be reported ready at every look, and the loop would never sleep.
+  int ep = watch_ep_.exchange(-1);
+  if (ep >= 0) ::epoll_ctl(ep, EPOLL_CTL_DEL, epd_.native_handle(), nullptr);
+}
+
+bool stream_transport::on_ready() {
+  on_writable();  // if a write waits for room (the private epoll set has EPOLLOUT then)
+  if (stopped() || !owner_) return false;
+  return read_pass();
+}
+
 void stream_transport::arm() {
+  // A polling loop watches the private set itself, once and for all (event_loop::watch):
+  // no wait to arm, now or later.
+  if (stopped() || wait_armed_ || watch_ep_.load() >= 0) return;
+  if (int ep = event_loop::watch(*this, epd_.native_handle()); ep >= 0) {
+    watch_ep_.store(ep);
+    if (stopped() && (ep = watch_ep_.exchange(-1)) >= 0)  // stop() came in between: it missed the set
+      ::epoll_ctl(ep, EPOLL_CTL_DEL, epd_.native_handle(), nullptr);
+    return;
+  }
   // One wait at a time. While the loop polls, reads happen without the wait firing, and it
   // stays armed: what arrives after the loop stops polling still wakes it.
-  if (stopped() || wait_armed_) return;
   wait_armed_ = true;
   waits_armed.fetch_add(1, std::memory_order_relaxed);
   auto self = shared_from_this();

@@ -108,6 +108,7 @@ class stream_transport : public deferred_writer,
   bool poll_read() override;
   std::shared_ptr<pollable> pollable_ref() override { return shared_from_this(); }
   void arm_wait() override { arm(); }
+  bool on_ready() override;
 
   /// A calling thread becomes the reader until lead_end(), if nobody else reads now (false:
   /// wait for the io thread as usual). Call it before writing the request, so that its
@@ -195,7 +196,8 @@ class stream_transport : public deferred_writer,
   /// The peer's requests on a socket that carries none: each answered EINVAL, none kept.
   void refuse_requests(const event_batch& reqs);
   /// Stops reading for good (on an error or the end of the stream).
-  void stop() { gate_.set(read_gate::stopped); }
+  /// No more reading (terminal); leaves the loop's own set (event_loop::watch).
+  void stop();
   bool stopped() const noexcept { return gate_.has(read_gate::stopped); }
   // write_queue.cpp
   void arm_writable();
@@ -237,6 +239,7 @@ class stream_transport : public deferred_writer,
   read_gate gate_;                               ///< why the connection does not read now
   flow_control flow_;                            ///< the peer's requests unanswered, ours awaited
   bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
+  std::atomic<int> watch_ep_{-1};                ///< the polling loop's set that watches epd_ (event_loop::watch)
   std::atomic<uint8_t> lanes_{both_lanes};
   bool twin_ = false;                            ///< made by make_twin()
 };
