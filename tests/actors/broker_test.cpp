@@ -459,17 +459,18 @@ TEST_F(BrokerTest, PollingLoopWatchesSocketsInItsOwnSetAndArmsNoWaits) {
   EXPECT_GT(st1->direct_reads, st0->direct_reads);
 }
 
-// A device that answers 400 ms after it is asked (from a timer, as a device waiting for
-// its backend would).
+// A device that answers `delay` after it is asked (from a timer, as a device waiting for
+// its backend would). (An argument, so that CAF 0.17 does not spawn it argument-less: its
+// init_fun_factory then dereferences a null pointer, which UBSan reports.)
 struct slow_state {
   std::vector<std::pair<caf::response_promise, inbound_ptr>> held;
 };
-caf::behavior slow_device(caf::stateful_actor<slow_state>* self) {
+caf::behavior slow_device(caf::stateful_actor<slow_state>* self, std::chrono::milliseconds delay) {
   return {
       [=](inbound_atom, inbound_ptr& in) -> caf::result<outbound_ptr> {
         auto rp = self->make_response_promise<outbound_ptr>();
         self->state.held.emplace_back(rp, in);
-        self->delayed_send(self, std::chrono::milliseconds(400), deliver_atom::value);
+        self->delayed_send(self, delay, deliver_atom::value);
         return rp;
       },
       [=](deliver_atom) {
@@ -488,7 +489,7 @@ caf::behavior slow_device(caf::stateful_actor<slow_state>* self) {
 TEST_F(BrokerTest, AConnectionWaitingToAnswerAfterTheEofLetsThePollingLoopSleep) {
   restart_runtime(polling(200000));
   auto [a, b] = test::socket_pair();
-  auto ep = endpoint::serve_fd(*rt_, std::move(a), {}, rt_->system().spawn(slow_device));
+  auto ep = endpoint::serve_fd(*rt_, std::move(a), {}, rt_->system().spawn(slow_device, 400ms));
   ASSERT_TRUE(ep.ok());
   server_ = std::move(ep.value());
   test::raw_peer peer(std::move(b));
