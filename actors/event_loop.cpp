@@ -1,7 +1,6 @@
 #include "actors/event_loop.hpp"
 
 #include <sys/epoll.h>
-#include <unistd.h>
 
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
@@ -27,12 +26,19 @@ thread_local bool t_on_loop = false;
 thread_local caf::actor_system* t_loop_system = nullptr;  // the system whose loop this thread runs
 thread_local std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
 thread_local std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
-struct watch_set {
-  int* ep;
-  std::unordered_map<uint64_t, std::weak_ptr<pollable>>* watched;
-  uint64_t* next;
+// A polling loop's own set (watch()): every pollable socket, level-triggered, registered
+// once. One epoll_wait(0) finds all the ready ones, and none needs an Asio wait of its own,
+// which Asio re-arms with an epoll_ctl each time. Loop thread only.
+struct watch_table {
+  int ep = -1;  ///< -1: the loop does not poll
+  std::unordered_map<uint64_t, std::weak_ptr<pollable>> watched;
+  uint64_t next = 0;
+  /// A socket that closed left the set but not the table: the expired entries go when the
+  /// table has doubled since the last sweep (a weak_ptr holds its transport's memory).
+  size_t sweep_at = 64;
+  std::atomic<size_t> size{0};  ///< watched.size(), for stats()
 };
-thread_local watch_set t_watch_set{nullptr, nullptr, nullptr};
+thread_local watch_table* t_watch = nullptr;
 
 // Sockets read directly while the loop polls: the most recently active ones.
 constexpr size_t max_hot = 4;
@@ -68,14 +74,9 @@ class loop_policy : public caf::policy::unprofiled {
     std::atomic<uint64_t> idle{0}, caught{0}, direct_reads{0}, blocked{0};  ///< stats()
     std::atomic<int64_t> window{0};  ///< poll.ns, for stats()
     std::vector<std::shared_ptr<pollable>> hot;              ///< loop thread only
-    // A polling loop's own set (watch()): every pollable socket, level-triggered, registered
-    // once. One epoll_wait(0) finds all the ready ones, and none needs an Asio wait of its
-    // own, which Asio re-arms with an epoll_ctl each time. Loop thread only.
-    int ep = -1;                                                       ///< -1: not polling
-    std::unique_ptr<boost::asio::posix::stream_descriptor> ep_asio;  ///< ep, for blocking in Asio
-    std::shared_ptr<bool> ep_armed = std::make_shared<bool>(false);  ///< an Asio wait on ep is pending
-    std::unordered_map<uint64_t, std::weak_ptr<pollable>> watched;
-    uint64_t next_watch = 0;
+    watch_table wt;                                                    ///< loop thread only
+    std::unique_ptr<boost::asio::posix::stream_descriptor> ep_asio;  ///< wt.ep, to sleep in Asio
+    std::shared_ptr<bool> ep_armed = std::make_shared<bool>(false);  ///< an Asio wait on it is pending
   };
   struct worker_data {
     explicit worker_data(caf::scheduler::abstract_coordinator*) {}
@@ -121,7 +122,7 @@ class loop_policy : public caf::policy::unprofiled {
     t_loop_system = &w->system();
     t_deferred = &st.deferred;
     t_hot = st.poll.max_ns > 0 ? &st.hot : nullptr;
-    t_watch_set = st.ep >= 0 ? watch_set{&st.ep, &st.watched, &st.next_watch} : watch_set{nullptr, nullptr, nullptr};
+    t_watch = st.wt.ep >= 0 ? &st.wt : nullptr;
     for (;;) {
       bool idle;
       {
@@ -161,22 +162,22 @@ class loop_policy : public caf::policy::unprofiled {
     }
   }
 
-  // One direct read of each recently active socket; true if any received something. (By
-  // index: a read may add the socket it read to the list, never another.)
   // The ready sockets of the loop's own set, each read (and flushed, if a write waits for
   // room) once; true if any received something.
   template <class Data>
   static bool read_watched(Data& st) {
-    if (st.ep < 0 || st.watched.empty()) return false;
+    auto& wt = st.wt;
+    if (wt.ep < 0 || wt.watched.empty()) return false;
     epoll_event evs[64];
-    int n = ::epoll_wait(st.ep, evs, 64, 0);
+    int n = ::epoll_wait(wt.ep, evs, 64, 0);
     bool got = false;
     for (int i = 0; i < n; ++i) {
-      auto it = st.watched.find(evs[i].data.u64);
-      if (it == st.watched.end()) continue;
+      auto it = wt.watched.find(evs[i].data.u64);
+      if (it == wt.watched.end()) continue;
       auto p = it->second.lock();
       if (!p) {
-        st.watched.erase(it);
+        wt.watched.erase(it);
+        wt.size.store(wt.watched.size(), std::memory_order_relaxed);
         continue;
       }
       if (p->on_ready()) got = true;
@@ -184,6 +185,8 @@ class loop_policy : public caf::policy::unprofiled {
     return got;
   }
 
+  // One direct read of each recently active socket; true if any received something. (By
+  // index: a read may add the socket it read to the list, never another.)
   template <class Data>
   static bool read_hot(Data& st) {
     bool got = false;
@@ -242,7 +245,7 @@ class loop_policy : public caf::policy::unprofiled {
       // The loop's own set wakes the io_context through one Asio wait (its epoll_ctl once a
       // sleep, not once a request); its handler only marks it fired.
       bool waits_ep = false;
-      if (st.ep >= 0 && !st.watched.empty()) {
+      if (st.wt.ep >= 0 && !st.wt.watched.empty()) {
         if (!*st.ep_armed) {
           *st.ep_armed = true;
           st.ep_asio->async_wait(boost::asio::posix::descriptor_base::wait_read,
@@ -261,9 +264,9 @@ class loop_policy : public caf::policy::unprofiled {
   void before_shutdown(Worker* w) {
     run_deferred(d(w->parent()).deferred);
     d(w->parent()).hot.clear();  // (the io_context is stopping: nothing to arm for)
-    d(w->parent()).watched.clear();
+    d(w->parent()).wt.watched.clear();
     t_hot = nullptr;
-    t_watch_set = watch_set{nullptr, nullptr, nullptr};
+    t_watch = nullptr;
     t_deferred = nullptr;
     t_on_loop = false;
     t_loop_system = nullptr;
@@ -347,8 +350,8 @@ class loop_coordinator : public caf::scheduler::coordinator<loop_policy> {
     if (poll_max_ns > 0) {
       int ep = ::epoll_create1(EPOLL_CLOEXEC);
       if (ep >= 0) {  // (without it, sockets keep Asio waits of their own)
-        data().ep = ep;
-        data().ep_asio = std::make_unique<boost::asio::posix::stream_descriptor>(io, ep);
+        data().wt.ep = ep;
+        data().ep_asio = std::make_unique<boost::asio::posix::stream_descriptor>(io, ep);  // (owns it)
       }
     }
   }
@@ -383,15 +386,21 @@ void note_active(pollable& p) {
 }
 
 int watch(pollable& p, int fd) {
-  auto& w = t_watch_set;
-  if (!w.ep) return -1;
-  uint64_t id = ++*w.next;
+  auto* wt = t_watch;
+  if (!wt) return -1;
+  uint64_t id = ++wt->next;
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = id;
-  if (::epoll_ctl(*w.ep, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
-  w.watched->emplace(id, p.pollable_ref());
-  return *w.ep;
+  if (::epoll_ctl(wt->ep, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
+  if (wt->watched.size() >= wt->sweep_at) {
+    for (auto it = wt->watched.begin(); it != wt->watched.end();)
+      it = it->second.expired() ? wt->watched.erase(it) : std::next(it);
+    wt->sweep_at = std::max<size_t>(64, 2 * wt->watched.size());
+  }
+  wt->watched.emplace(id, p.pollable_ref());
+  wt->size.store(wt->watched.size(), std::memory_order_relaxed);
+  return wt->ep;
 }
 
 bool arm_later(pollable& p) {
@@ -410,6 +419,7 @@ std::optional<loop_stats> stats(caf::actor_system& sys) {
   r.direct_reads = st.direct_reads.load(std::memory_order_relaxed);
   r.blocked = st.blocked.load(std::memory_order_relaxed);
   r.poll_ns = st.window.load(std::memory_order_relaxed);
+  r.watched = st.wt.size.load(std::memory_order_relaxed);
   return r;
 }
 

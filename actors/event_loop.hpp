@@ -110,6 +110,7 @@ struct loop_stats {
   uint64_t direct_reads = 0; ///< ... of those, by reading a recently active socket directly
   uint64_t blocked = 0;      ///< ... and blocked in epoll
   int64_t poll_ns = 0;       ///< the current adaptive window
+  uint64_t watched = 0;      ///< sockets in the polling loop's own set (watch()), closed ones not yet swept
 };
 /// The loop's counters, or nullopt if `sys` does not run on an event loop (single_loop off).
 std::optional<loop_stats> stats(caf::actor_system& sys);

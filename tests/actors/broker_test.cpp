@@ -459,6 +459,23 @@ TEST_F(BrokerTest, PollingLoopWatchesSocketsInItsOwnSetAndArmsNoWaits) {
   EXPECT_GT(st1->direct_reads, st0->direct_reads);
 }
 
+// The polling loop's table of the sockets it watches forgets the ones that closed: a
+// server that a client reconnects to 300 times holds a bounded table, not one entry (and
+// the memory of one transport) per connection it ever had.
+TEST_F(BrokerTest, ThePollingLoopForgetsTheSocketsOfEndedConnections) {
+  restart_runtime(polling(200000));
+  for (int i = 0; i < 300; ++i) {
+    auto fd = start_server(pattern_device);
+    test::raw_peer peer(std::move(fd));
+    ASSERT_TRUE(peer.version()) << "connection " << i;
+    server_.reset();
+  }
+  auto st = event_loop::stats(rt_->system());
+  ASSERT_TRUE(st);
+  EXPECT_GT(st->watched, 0u);
+  EXPECT_LE(st->watched, 130u);
+}
+
 // A device that answers `delay` after it is asked (from a timer, as a device waiting for
 // its backend would). (An argument, so that CAF 0.17 does not spawn it argument-less: its
 // init_fun_factory then dereferences a null pointer, which UBSan reports.)
