@@ -385,12 +385,12 @@ void note_active(pollable& p) {
   hot->push_back(p.pollable_ref());
 }
 
-int watch(pollable& p, int fd) {
+int watch(pollable& p, int fd, uint32_t events, uint64_t& id) {
   auto* wt = t_watch;
   if (!wt) return -1;
-  uint64_t id = ++wt->next;
+  id = ++wt->next;
   epoll_event ev{};
-  ev.events = EPOLLIN;
+  ev.events = events;
   ev.data.u64 = id;
   if (::epoll_ctl(wt->ep, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
   if (wt->watched.size() >= wt->sweep_at) {

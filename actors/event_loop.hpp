@@ -97,11 +97,12 @@ void note_active(pollable& p);
 bool arm_later(pollable& p);
 
 /// Loop thread: a polling loop watches `p` itself from now on, in a level-triggered epoll
-/// set of its own where `fd` (readable when `p` has something to do) stays registered: `p`
-/// then needs no readiness wait of its own, ever, and the loop finds every ready socket with
-/// one epoll_wait. Returns that set's fd (for `p` to take `fd` out with EPOLL_CTL_DEL when
-/// it stops reading, before `fd` closes), or -1: the loop does not poll; use waits.
-int watch(pollable& p, int fd);
+/// set of its own where `fd` stays registered with `events`: `p` then needs no readiness
+/// wait of its own, ever, and the loop finds every ready socket with one epoll_wait. Returns
+/// that set's fd, with `id` the data its events for `fd` must carry (for `p` to change them
+/// with EPOLL_CTL_MOD, and to take `fd` out with EPOLL_CTL_DEL when it stops reading, before
+/// `fd` closes), or -1: the loop does not poll; use waits.
+int watch(pollable& p, int fd, uint32_t events, uint64_t& id);
 
 /// What the loop did when it ran out of work (inspection).
 struct loop_stats {

@@ -67,9 +67,15 @@ bool stream_transport::set_events(uint32_t add, uint32_t remove) {
 bool stream_transport::set_events_locked(uint32_t add, uint32_t remove) {
   uint32_t want = (events_ | add) & ~remove;
   if (want == events_) return true;
+  if (unwatched_) {  // stopped after the loop's set watched it: no set holds the socket now
+    events_ = want;
+    return true;
+  }
   epoll_event ev{};
   ev.events = want;
-  if (::epoll_ctl(epd_.native_handle(), EPOLL_CTL_MOD, fd_, &ev) != 0) return false;
+  ev.data.u64 = watch_id_;
+  // The set that watches the socket: the polling loop's own, or the private one.
+  if (::epoll_ctl(watch_ep_ >= 0 ? watch_ep_ : epd_.native_handle(), EPOLL_CTL_MOD, fd_, &ev) != 0) return false;
   events_ = want;
   return true;
 }
@@ -96,27 +102,38 @@ void stream_transport::start(caf::actor owner, caf::actor requests) {
 void stream_transport::stop() {
   gate_.set(read_gate::stopped);
   // Out of the loop's level-triggered set at once: a stopped socket that stayed readable
-  // (its EOF) would be reported ready at every look, and the loop would never sleep.
-  int ep = watch_ep_.exchange(-1);
-  if (ep >= 0) ::epoll_ctl(ep, EPOLL_CTL_DEL, epd_.native_handle(), nullptr);
+  // (its EOF) would be reported ready at every look, and the loop would never sleep. (Before
+  // the socket closes: the close handler stops first.)
+  std::lock_guard<std::mutex> g(em_);
+  if (watch_ep_ < 0) return;
+  ::epoll_ctl(watch_ep_, EPOLL_CTL_DEL, fd_, nullptr);
+  watch_ep_ = -1;
+  unwatched_ = true;
 }
 
 bool stream_transport::on_ready() {
-  on_writable();  // if a write waits for room (the private epoll set has EPOLLOUT then)
+  on_writable();  // if a write waits for room (the socket is watched for EPOLLOUT then)
   if (stopped() || !owner_) return false;
   return read_pass();
 }
 
 void stream_transport::arm() {
-  // A polling loop watches the private set itself, once and for all (event_loop::watch):
-  // no wait to arm, now or later.
-  if (stopped() || wait_armed_ || watch_ep_.load() >= 0) return;
-  if (int ep = event_loop::watch(*this, epd_.native_handle()); ep >= 0) {
-    watch_ep_.store(ep);
-    if (stopped() && (ep = watch_ep_.exchange(-1)) >= 0)  // stop() came in between: it missed the set
-      ::epoll_ctl(ep, EPOLL_CTL_DEL, epd_.native_handle(), nullptr);
-    return;
+  // A polling loop watches the socket itself, in its own level-triggered set, once and for
+  // all (event_loop::watch): no wait to arm, now or later, and no private set in between
+  // (the socket leaves it; its events, which leaders and writes change, go to the loop's).
+  if (stopped() || wait_armed_ || watched_) return;
+  {
+    std::lock_guard<std::mutex> g(em_);
+    if (!stopped() && !unwatched_) {
+      if (int ep = event_loop::watch(*this, fd_, events_, watch_id_); ep >= 0) {
+        ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_DEL, fd_, nullptr);
+        watch_ep_ = ep;
+        watched_ = true;
+        return;
+      }
+    }
   }
+  if (stopped()) return;
   // One wait at a time. While the loop polls, reads happen without the wait firing, and it
   // stays armed: what arrives after the loop stops polling still wakes it.
   wait_armed_ = true;

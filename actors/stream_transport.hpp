@@ -239,7 +239,10 @@ class stream_transport : public deferred_writer,
   read_gate gate_;                               ///< why the connection does not read now
   flow_control flow_;                            ///< the peer's requests unanswered, ours awaited
   bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
-  std::atomic<int> watch_ep_{-1};                ///< the polling loop's set that watches epd_ (event_loop::watch)
+  bool watched_ = false;                         ///< io thread: the polling loop's set took the socket
+  int watch_ep_ = -1;                            ///< em_: that set, until stop() takes the socket out
+  uint64_t watch_id_ = 0;                        ///< em_: the socket's id there (its events' data)
+  bool unwatched_ = false;                       ///< em_: stop() took it out: no set holds it
   std::atomic<uint8_t> lanes_{both_lanes};
   bool twin_ = false;                            ///< made by make_twin()
 };

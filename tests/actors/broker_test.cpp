@@ -476,6 +476,28 @@ TEST_F(BrokerTest, ThePollingLoopForgetsTheSocketsOfEndedConnections) {
   EXPECT_LE(st->watched, 130u);
 }
 
+// A client whose runtime polls: the loop's own set watches its socket, and a calling thread
+// still reads its own replies (it takes EPOLLIN out of that set while it leads, and puts it
+// back), with posted writes and replies the loop reads in between.
+TEST_F(BrokerTest, CallersLeadOnASocketThePollingLoopWatches) {
+  runtime crt({}, polling(1000000));
+  auto ep = client_on(crt, {});
+  ASSERT_TRUE(ep);
+  constexpr uint64_t calls = 200;
+  for (uint64_t i = 0; i < calls; ++i) {
+    if (i % 2) ep->post(proto::region_write_request{{i, 0, 1}, {uint8_t(i)}});
+    auto r = ep->call_decoded(rr(i, 4));
+    ASSERT_TRUE(r.ok()) << r.err().message();
+    EXPECT_EQ(std::get<proto::region_read_reply>(*r).data,
+              (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1), uint8_t(i + 2), uint8_t(i + 3)}));
+  }
+  auto stats = ep->stats();
+  EXPECT_EQ(test::stat_value(stats, "waits_armed"), 0) << stats;
+  EXPECT_GE(uint64_t(test::stat_value(stats, "leader_caught") + test::stat_value(stats, "leader_slept")), calls / 2)
+      << stats;
+  ep->close();
+}
+
 // A device that answers `delay` after it is asked (from a timer, as a device waiting for
 // its backend would). (An argument, so that CAF 0.17 does not spawn it argument-less: its
 // init_fun_factory then dereferences a null pointer, which UBSan reports.)
