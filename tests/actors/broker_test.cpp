@@ -53,6 +53,17 @@ class BrokerTest : public test::pair_fixture<> {
     o.poll_max_ns = poll_max_ns;
     return o;
   }
+  // `n` reads of a pattern_device from this thread, a posted write before every second one;
+  // each read's bytes checked.
+  void calls_with_posts_between(endpoint& ep, uint64_t n) {
+    for (uint64_t i = 0; i < n; ++i) {
+      if (i % 2) ep.post(proto::region_write_request{{i, 0, 1}, {uint8_t(i)}});
+      auto r = ep.call_decoded(rr(i, 4));
+      ASSERT_TRUE(r.ok()) << r.err().message();
+      EXPECT_EQ(std::get<proto::region_read_reply>(*r).data,
+                (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1), uint8_t(i + 2), uint8_t(i + 3)}));
+    }
+  }
   // Server endpoint on one end of a socketpair; returns the other end.
   proto::unique_fd start_server(handler_fn fn, endpoint_config cfg = {}) {
     auto [a, b] = test::socket_pair();
@@ -484,13 +495,7 @@ TEST_F(BrokerTest, CallersLeadOnASocketThePollingLoopWatches) {
   auto ep = client_on(crt, {});
   ASSERT_TRUE(ep);
   constexpr uint64_t calls = 200;
-  for (uint64_t i = 0; i < calls; ++i) {
-    if (i % 2) ep->post(proto::region_write_request{{i, 0, 1}, {uint8_t(i)}});
-    auto r = ep->call_decoded(rr(i, 4));
-    ASSERT_TRUE(r.ok()) << r.err().message();
-    EXPECT_EQ(std::get<proto::region_read_reply>(*r).data,
-              (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1), uint8_t(i + 2), uint8_t(i + 3)}));
-  }
+  calls_with_posts_between(*ep, calls);
   auto stats = ep->stats();
   EXPECT_EQ(test::stat_value(stats, "waits_armed"), 0) << stats;
   EXPECT_GE(uint64_t(test::stat_value(stats, "leader_caught") + test::stat_value(stats, "leader_slept")), calls / 2)
@@ -643,15 +648,9 @@ TEST_F(BrokerTest, CallerPollsForItsReplyBeforeItSleeps) {
     auto ep = client_on(crt, cfg);
     ASSERT_TRUE(ep);
     constexpr uint64_t calls = 200;
-    for (uint64_t i = 0; i < calls; ++i) {
-      // A posted request with a reply still outstanding does not stop the caller polling:
-      // only threads waiting for replies count.
-      if (i % 2) ep->post(proto::region_write_request{{i, 0, 1}, {uint8_t(i)}});
-      auto r = ep->call_decoded(rr(i, 4));
-      ASSERT_TRUE(r.ok()) << r.err().message();
-      EXPECT_EQ(std::get<proto::region_read_reply>(*r).data,
-                (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1), uint8_t(i + 2), uint8_t(i + 3)}));
-    }
+    // (A posted request with a reply still outstanding does not stop the caller polling:
+    // only threads waiting for replies count.)
+    calls_with_posts_between(*ep, calls);
     auto stats = ep->stats();
     int64_t caught = test::stat_value(stats, "leader_caught"), slept = test::stat_value(stats, "leader_slept");
     ASSERT_GE(caught, 0) << stats;
