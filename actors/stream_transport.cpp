@@ -80,7 +80,11 @@ bool stream_transport::set_events_locked(uint32_t add, uint32_t remove) {
   return true;
 }
 
-stream_transport::~stream_transport() = default;
+stream_transport::~stream_transport() {
+  // Not closed through close() (which stops first): out of the loop's set explicitly, since
+  // closing the socket removes it from there only if no other process holds the socket too.
+  if (watch_ep_ >= 0) ::epoll_ctl(watch_ep_, EPOLL_CTL_DEL, fd_, nullptr);
+}
 
 void stream_transport::start(caf::actor owner, caf::actor requests) {
   auto self = shared_from_this();

@@ -195,8 +195,8 @@ class stream_transport : public deferred_writer,
   void count_request_out(const proto::header& h);
   /// The peer's requests on a socket that carries none: each answered EINVAL, none kept.
   void refuse_requests(const event_batch& reqs);
-  /// Stops reading for good (on an error or the end of the stream).
-  /// No more reading (terminal); leaves the loop's own set (event_loop::watch).
+  /// Stops reading for good (on an error or the end of the stream); leaves the polling
+  /// loop's own set (event_loop::watch).
   void stop();
   bool stopped() const noexcept { return gate_.has(read_gate::stopped); }
   // write_queue.cpp
