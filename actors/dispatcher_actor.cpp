@@ -247,35 +247,22 @@ void on_batch(self_t self, event_batch& reqs, const caf::actor& sock, const conn
 
 // The dispatcher with its direct entry: a transport on the same event loop hands it a batch
 // in place while it is idle.
-class dispatcher final : public caf::stateful_actor<dispatcher_state>, public direct_requests {
+class dispatcher final : public in_place_actor<dispatcher_state>, public direct_requests {
  public:
   dispatcher(caf::actor_config& cfg, dispatcher_config dc, caf::actor correlation)
-      : caf::stateful_actor<dispatcher_state>(cfg), dc_(std::move(dc)), correlation_(std::move(correlation)) {}
+      : in_place_actor(cfg), dc_(std::move(dc)), correlation_(std::move(correlation)) {}
 
-  caf::behavior make_behavior() override {
-    auto b = dispatcher_actor(this, std::move(dc_), std::move(correlation_));
-    ready_ = true;
-    return b;
-  }
+  caf::behavior make_behavior() override { return dispatcher_actor(this, std::move(dc_), std::move(correlation_)); }
 
   bool take_now(event_batch& reqs, const caf::actor& sock, const connection_ptr& tr) override {
-    if (!ready_ || !mailbox().blocked()) return false;
-    try {
-      on_batch(this, reqs, sock, tr);
-    } catch (const std::exception& e) {
-      // As from the behavior: the actor ends (CAF's default); the connection's requests
-      // then fail as when a dispatcher dies.
-      CAF_LOG_ERROR("dispatcher threw: " << e.what());
-      ready_ = false;
-      caf::anon_send_exit(caf::actor_cast<caf::actor>(this), caf::exit_reason::unhandled_exception);
-    }
-    return true;
+    if (!idle()) return false;
+    // (After a throw the connection's requests fail as when a dispatcher dies.)
+    return in_place([&] { return on_batch(this, reqs, sock, tr), true; }, [] { return true; });
   }
 
  private:
   dispatcher_config dc_;
   caf::actor correlation_;
-  bool ready_ = false;
 };
 
 }  // namespace

@@ -67,7 +67,7 @@ bool stream_transport::set_events(uint32_t add, uint32_t remove) {
 bool stream_transport::set_events_locked(uint32_t add, uint32_t remove) {
   uint32_t want = (events_ | add) & ~remove;
   if (want == events_) return true;
-  if (unwatched_) {  // stopped after the loop's set watched it: no set holds the socket now
+  if (watched_ && watch_ep_ < 0) {  // stopped after the loop's set watched it: no set holds it now
     events_ = want;
     return true;
   }
@@ -99,6 +99,7 @@ void stream_transport::start(caf::actor owner, caf::actor requests) {
       return;
     }
     self->started_.store(true, std::memory_order_release);  // callers may lead from now on
+    self->begin_watching();
     self->arm();
   });
 }
@@ -112,32 +113,28 @@ void stream_transport::stop() {
   if (watch_ep_ < 0) return;
   ::epoll_ctl(watch_ep_, EPOLL_CTL_DEL, fd_, nullptr);
   watch_ep_ = -1;
-  unwatched_ = true;
 }
 
 bool stream_transport::on_ready() {
   on_writable();  // if a write waits for room (the socket is watched for EPOLLOUT then)
-  if (stopped() || !owner_) return false;
-  return read_pass();
+  return poll_read();
 }
 
-void stream_transport::arm() {
+void stream_transport::begin_watching() {
   // A polling loop watches the socket itself, in its own level-triggered set, once and for
   // all (event_loop::watch): no wait to arm, now or later, and no private set in between
   // (the socket leaves it; its events, which leaders and writes change, go to the loop's).
-  if (stopped() || wait_armed_ || watched_) return;
-  {
-    std::lock_guard<std::mutex> g(em_);
-    if (!stopped() && !unwatched_) {
-      if (int ep = event_loop::watch(*this, fd_, events_, watch_id_); ep >= 0) {
-        ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_DEL, fd_, nullptr);
-        watch_ep_ = ep;
-        watched_ = true;
-        return;
-      }
-    }
-  }
+  std::lock_guard<std::mutex> g(em_);
   if (stopped()) return;
+  int ep = event_loop::watch(*this, fd_, events_, watch_id_);
+  if (ep < 0) return;  // the loop does not poll: waits, as armed below
+  ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_DEL, fd_, nullptr);
+  watch_ep_ = ep;
+  watched_ = true;
+}
+
+void stream_transport::arm() {
+  if (stopped() || wait_armed_ || watched_) return;
   // One wait at a time. While the loop polls, reads happen without the wait firing, and it
   // stays armed: what arrives after the loop stops polling still wakes it.
   wait_armed_ = true;

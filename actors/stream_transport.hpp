@@ -172,6 +172,8 @@ class stream_transport : public deferred_writer,
 
  private:
   void arm();
+  /// Io thread, once, at start: the polling loop's own set takes the socket, if the loop polls.
+  void begin_watching();
   void on_event();
   /// One read pass and the delivery of what it read, if nobody else is reading. True if it
   /// received anything (bytes, EOF or an error); false after a read that found the socket
@@ -239,10 +241,9 @@ class stream_transport : public deferred_writer,
   read_gate gate_;                               ///< why the connection does not read now
   flow_control flow_;                            ///< the peer's requests unanswered, ours awaited
   bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
-  bool watched_ = false;                         ///< io thread: the polling loop's set took the socket
+  bool watched_ = false;                         ///< em_: the polling loop's set took the socket (for good)
   int watch_ep_ = -1;                            ///< em_: that set, until stop() takes the socket out
   uint64_t watch_id_ = 0;                        ///< em_: the socket's id there (its events' data)
-  bool unwatched_ = false;                       ///< em_: stop() took it out: no set holds it
   std::atomic<uint8_t> lanes_{both_lanes};
   bool twin_ = false;                            ///< made by make_twin()
 };

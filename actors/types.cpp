@@ -5,6 +5,11 @@
 
 namespace vfu {
 
+void end_after_throw(caf::local_actor& a, const std::exception& e) {
+  CAF_LOG_ERROR(a.name() << " threw in place: " << e.what());
+  caf::anon_send_exit(caf::actor_cast<caf::actor>(&a), caf::exit_reason::unhandled_exception);
+}
+
 bool on_event_loop(caf::actor_system& sys, const caf::actor& a) {
   return a && &a->home_system() == &sys && event_loop::stats(sys);
 }

@@ -186,7 +186,7 @@ using outbound_ptr = std::shared_ptr<outbound>;
 // it) is not running and has nothing to handle first. There, instead of sending it a message
 // that would make it run once the sender is done, the sender may call it in place through
 // one of these entries: one message, one mailbox allocation and one actor run less, and the
-// same result. An actor class implements them next to its behavior.
+// same result. An actor class (on in_place_actor) implements them next to its behavior.
 
 /// A handler actor (a device) that answers some requests in place.
 class direct_handler {
@@ -209,6 +209,31 @@ class direct_requests {
 
  protected:
   ~direct_requests() = default;
+};
+
+/// Ends `a` after `e` escaped a call in place, as CAF ends an actor whose handler throws.
+void end_after_throw(caf::local_actor& a, const std::exception& e);
+
+/// The base of an actor class with a direct entry.
+template <class State>
+class in_place_actor : public caf::stateful_actor<State> {
+ public:
+  using caf::stateful_actor<State>::stateful_actor;
+
+ protected:
+  /// Whether it may be called in place now: set up (its behavior made), idle, and not gone
+  /// (a closed mailbox is not blocked; nor is one holding the exit after a throw).
+  bool idle() { return this->getf(caf::abstract_actor::is_initialized_flag) && this->mailbox().blocked(); }
+  /// `work()`; if it throws, the actor ends (end_after_throw) and `failed()` stands for it.
+  template <class Work, class Failed>
+  auto in_place(Work&& work, Failed&& failed) -> decltype(work()) {
+    try {
+      return work();
+    } catch (const std::exception& e) {
+      end_after_throw(*this, e);
+      return failed();
+    }
+  }
 };
 
 /// Whether `a` is a scheduled actor of `sys` and `sys` runs on an event loop.

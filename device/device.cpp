@@ -539,37 +539,25 @@ caf::behavior device_behavior(self_t self, const std::shared_ptr<device_model>& 
 // dispatcher on the same event loop have the requests answered at once (serve_at_once)
 // served in place, while it has nothing else to do: with something in its mailbox (a host's
 // task, a DMA reply, the news of a lost connection), the request waits its turn as a message.
-class device_actor final : public caf::stateful_actor<device_state>, public direct_handler {
+class device_actor final : public in_place_actor<device_state>, public direct_handler {
  public:
   device_actor(caf::actor_config& cfg, std::shared_ptr<device_model> model, proto::quirks quirks)
-      : caf::stateful_actor<device_state>(cfg), model_(std::move(model)), quirks_(quirks) {}
+      : in_place_actor(cfg), model_(std::move(model)), quirks_(quirks) {}
 
   caf::behavior make_behavior() override {
     auto b = device_behavior(this, model_, quirks_);
     model_ = nullptr;  // (the state holds it)
-    ready_ = true;
     return b;
   }
 
   outbound_ptr serve_now(const inbound_ptr& in) override {
-    // Blocked: idle, with nothing in its mailbox (CAF marks it so only when it is empty;
-    // a message unblocks it), and not gone (a closed mailbox is not blocked).
-    if (!ready_ || !mailbox().blocked()) return nullptr;
-    try {
-      return serve_at_once(state, in);
-    } catch (const std::exception& e) {
-      // As from the behavior: the actor ends (CAF's default), the request is answered EIO.
-      CAF_LOG_ERROR("device model threw: " << e.what());
-      caf::anon_send_exit(caf::actor_cast<caf::actor>(this), caf::exit_reason::unhandled_exception);
-      ready_ = false;
-      return outbound::error(EIO);
-    }
+    if (!idle()) return nullptr;
+    return in_place([&] { return serve_at_once(state, in); }, [] { return outbound::error(EIO); });
   }
 
  private:
   std::shared_ptr<device_model> model_;
   proto::quirks quirks_;
-  bool ready_ = false;
 };
 
 }  // namespace
