@@ -52,7 +52,7 @@ caf::behavior socket_actor(caf::stateful_actor<socket_state>* self, std::shared_
                " awaiting=" + std::to_string(t.awaiting()) + " pauses=" + std::to_string(t.pauses.load()) +
                " leader_caught=" + std::to_string(t.leader_caught.load()) +
                " leader_slept=" + std::to_string(t.leader_slept.load()) + " misrouted=" + std::to_string(t.misrouted.load()) +
-               " handed=" + std::to_string(t.handed.load()) +
+               " handed=" + std::to_string(t.handed.load()) + " direct=" + std::to_string(int(t.direct())) +
                (self->state.twin ? " twin=1" : "");
       },
   };

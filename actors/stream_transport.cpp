@@ -67,7 +67,9 @@ bool stream_transport::set_events(uint32_t add, uint32_t remove) {
 bool stream_transport::set_events_locked(uint32_t add, uint32_t remove) {
   uint32_t want = (events_ | add) & ~remove;
   if (want == events_) return true;
-  if (watched_ && watch_ep_ < 0) {  // stopped after the loop's set watched it: no set holds it now
+  // Stopped after the loop's set watched it (no set holds it now), or in Asio's reactor
+  // (the private set takes these events when it takes the socket back: leave_direct).
+  if ((watched_ && watch_ep_ < 0) || direct_) {
     events_ = want;
     return true;
   }
@@ -98,8 +100,8 @@ void stream_transport::start(caf::actor owner, caf::actor requests) {
       caf::anon_send(self->owner_, ioerr_atom::value, self->setup_error_);
       return;
     }
+    self->begin_watching();  // (before any leader: one in the socket's private set would race it)
     self->started_.store(true, std::memory_order_release);  // callers may lead from now on
-    self->begin_watching();
     self->arm();
   });
 }
@@ -127,22 +129,70 @@ void stream_transport::begin_watching() {
   std::lock_guard<std::mutex> g(em_);
   if (stopped()) return;
   int ep = event_loop::watch(*this, fd_, events_, watch_id_);
-  if (ep < 0) return;  // the loop does not poll: waits, as armed below
+  if (ep >= 0) {
+    ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_DEL, fd_, nullptr);
+    watch_ep_ = ep;
+    watched_ = true;
+    return;
+  }
+  if (expect_leaders_) return;
+  // Otherwise the socket waits in Asio's reactor itself until something needs the private
+  // set: one readiness layer, not two (the peer's write wakes us through one callback, and
+  // our epoll_wait polls the socket, not a set that polls it). A duplicate, since Asio
+  // closes what it holds; Asio also makes the file non-blocking, which only a leader minds.
+  proto::unique_fd dup(::fcntl(fd_, F_DUPFD_CLOEXEC, 0));
+  if (!dup) return;  // (the private set, then)
+  auto d = std::make_unique<asio::posix::stream_descriptor>(io_);
+  boost::system::error_code ec;
+  d->assign(dup.get(), ec);
+  if (ec) return;
+  dup.release();
   ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_DEL, fd_, nullptr);
-  watch_ep_ = ep;
-  watched_ = true;
+  direct_ = std::move(d);
+  direct_on_.store(true, std::memory_order_release);
+}
+
+void stream_transport::leave_direct() {
+  if (!direct_ || stopped()) return;
+  int err = 0;
+  {
+    std::lock_guard<std::mutex> g(em_);
+    boost::system::error_code ec;
+    direct_->close(ec);  // a pending wait ends with operation_aborted, and arms again (arm())
+    direct_.reset();
+    int fl = ::fcntl(fd_, F_GETFL);
+    epoll_event ev{};
+    ev.events = events_;
+    if (fl < 0 || ::fcntl(fd_, F_SETFL, fl & ~O_NONBLOCK) != 0 ||
+        ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_ADD, fd_, &ev) != 0)
+      err = errno;
+  }
+  if (err) {  // leaders keep out (direct_on_ stays), and the connection ends with the cause
+    stop();
+    caf::anon_send(owner_, ioerr_atom::value,
+                   proto::error(proto::errc::io_error, err, std::string("watching the socket: ") + std::strerror(err)));
+    return;
+  }
+  direct_on_.store(false, std::memory_order_release);
 }
 
 void stream_transport::arm() {
   if (stopped() || wait_armed_ || watched_) return;
+  // In Asio's reactor nothing masks EPOLLIN: while reading is paused a wait would fire at
+  // once, again and again (resume_reading() arms it).
+  if (direct_ && !gate_.open()) return;
   // One wait at a time. While the loop polls, reads happen without the wait firing, and it
   // stays armed: what arrives after the loop stops polling still wakes it.
   wait_armed_ = true;
   waits_armed.fetch_add(1, std::memory_order_relaxed);
   auto self = shared_from_this();
-  epd_.async_wait(asio::posix::descriptor_base::wait_read, [self](const boost::system::error_code& ec) {
+  (direct_ ? *direct_ : epd_).async_wait(asio::posix::descriptor_base::wait_read, [self](const boost::system::error_code& ec) {
     self->wait_armed_ = false;
-    if (ec == asio::error::operation_aborted || self->stopped()) return;  // cancelled by close()
+    if (self->stopped()) return;
+    if (ec == asio::error::operation_aborted) {  // close() (stopped), or leave_direct(): wait on the private set now
+      self->arm();
+      return;
+    }
     if (ec) {
       // Any other error ends the connection with its cause; returning silently would leave
       // the socket unwatched and the connection open forever.
@@ -172,6 +222,15 @@ bool stream_transport::poll_read() {
 
 bool stream_transport::lead_begin() {
   if (closing_ || stopped() || !started_.load(std::memory_order_acquire)) return false;
+  if (direct_on_.load(std::memory_order_acquire)) {
+    // The io thread's wait in Asio's reactor would wake it for this caller's reply: this
+    // call waits for the io thread, and the private set takes the socket for the next ones.
+    if (!leave_asked_.exchange(true)) {
+      auto self = shared_from_this();
+      asio::post(io_, [self] { self->leave_direct(); });
+    }
+    return false;
+  }
   if (!rm_.try_lock()) return false;
   if (!gate_.readable()) {  // (flow control: reading waits for the dispatcher)
     rm_.unlock();
@@ -261,6 +320,7 @@ std::shared_ptr<stream_transport> stream_transport::make_twin(proto::unique_fd f
   t->twin_ = true;
   t->set_lanes(l);
   t->caller_poll_.max_ns = caller_poll_.max_ns;
+  t->expect_leaders_ = expect_leaders_ && (l & peer_replies);  // (leaders read where their replies come)
   return t;
 }
 
@@ -293,6 +353,7 @@ void stream_transport::close(const proto::error& why) {
       boost::system::error_code ec;
       self->epd_.cancel(ec);
       self->epd_.close(ec);
+      if (self->direct_) self->direct_->close(ec);
       self->fd_open_ = false;
       self->sock_.reset();
       self->owner_ = nullptr;

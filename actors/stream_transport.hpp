@@ -124,6 +124,10 @@ class stream_transport : public deferred_writer,
   /// The longest a leader polls before it sleeps (0: never; endpoint_config::
   /// caller_poll_max_ns). Before start().
   void set_caller_poll_max_ns(int64_t n) noexcept { caller_poll_.max_ns = std::clamp<int64_t>(n, 0, 1000000000); }
+  /// Callers will lead on this connection (a client's, endpoint_config::caller_reads): the
+  /// private set watches the socket from the start, not Asio's reactor (begin_watching).
+  /// Before start().
+  void expect_leaders() noexcept { expect_leaders_ = true; }
   /// Fails every pending request of ours now (the peer closed its end: no reply can come).
   void fail_pending(const proto::error& why);
   /// The dispatcher is done with one of the peer's requests this transport handed it (its
@@ -166,13 +170,19 @@ class stream_transport : public deferred_writer,
   uint32_t unanswered() const noexcept { return flow_.unanswered(); }
   /// Readiness waits armed (each costs Asio an epoll_ctl).
   std::atomic<uint64_t> waits_armed{0};
+  /// The socket waits in Asio's reactor itself, not through the private set (begin_watching).
+  bool direct() const noexcept { return direct_on_.load(std::memory_order_relaxed); }
   /// Leaders' waits for a reply that ended while polling (no sleep, no wake-up), and that
   /// slept (whether or not they polled first).
   std::atomic<uint64_t> leader_caught{0}, leader_slept{0};
 
  private:
   void arm();
-  /// Io thread, once, at start: the polling loop's own set takes the socket, if the loop polls.
+  /// Io thread: the private set watches the socket from now on, for good (the first
+  /// leader or write waiting for room needs it); the socket's file is blocking again.
+  void leave_direct();
+  /// Io thread, once, at start: the polling loop's own set takes the socket if the loop
+  /// polls, and Asio's reactor otherwise (direct_).
   void begin_watching();
   void on_event();
   /// One read pass and the delivery of what it read, if nobody else is reading. True if it
@@ -246,6 +256,12 @@ class stream_transport : public deferred_writer,
   uint64_t watch_id_ = 0;                        ///< em_: the socket's id there (its events' data)
   std::atomic<uint8_t> lanes_{both_lanes};
   bool twin_ = false;                            ///< made by make_twin()
+  /// Io thread: the socket itself (a duplicate of fd_) in Asio's reactor, while no leader
+  /// and no write waiting for room needs the private set (leave_direct); null otherwise.
+  std::unique_ptr<boost::asio::posix::stream_descriptor> direct_;
+  bool expect_leaders_ = false;
+  std::atomic<bool> direct_on_{false};          ///< direct_ is set: leaders must wait
+  std::atomic<bool> leave_asked_{false};        ///< a leader asked the io thread to leave_direct()
 };
 
 /// A caller's leadership of one transport (stream_transport::lead_begin), for one call or

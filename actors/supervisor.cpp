@@ -128,6 +128,7 @@ void start_connection(sup_t self, proto::unique_fd fd) {
   auto& st = self->state;
   auto tr = std::make_shared<stream_transport>(*st.c.io, std::move(fd), proto::limits::max_version_frame, st.c.table);
   tr->set_caller_poll_max_ns(st.c.cfg.caller_poll_max_ns);  // (resolved by the endpoint's constructor)
+  if (st.c.r == role::client && st.c.cfg.caller_reads) tr->expect_leaders();
   st.socket = self->spawn<caf::monitored>(socket_actor, tr, st.c.disp);
   uint64_t epoch = st.c.table->epoch();  // (the last connection's close moved it on)
   {

@@ -187,6 +187,7 @@ void stream_transport::arm_writable() {
   auto self = shared_from_this();
   asio::post(io_, [self] {
     if (self->stopped()) return;
+    self->leave_direct();  // (EPOLLOUT, once in Asio's reactor, would wake us at every read of the peer's)
     {
       // The private set reports the socket writable (level-triggered) until on_writable()
       // has written everything and takes EPOLLOUT out again. If that happened already (the

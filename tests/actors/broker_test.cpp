@@ -552,6 +552,40 @@ TEST_F(BrokerTest, AConnectionWaitingToAnswerAfterTheEofLetsThePollingLoopSleep)
   EXPECT_TRUE(peer.wait_eof());
 }
 
+// A loop that does not poll waits on a server's socket in Asio's reactor itself (one
+// readiness layer), and hands the socket to the private set the first time a caller wants
+// to read its own reply there: that call waits for the loop, every later one leads. (In the
+// reactor, the loop would be woken for the caller's reply as well.)
+TEST_F(BrokerTest, ALoopThatDoesNotPollWaitsOnTheSocketItselfUntilACallerLeads) {
+  restart_runtime(polling(0));
+  auto client_mem = [](inbound& in) -> outbound_ptr {
+    if (auto* r = std::get_if<proto::dma_read_request>(&in.msg))
+      return outbound::of(proto::dma_read_reply{*r, std::vector<uint8_t>(r->count, uint8_t(r->addr))});
+    return outbound::error(EINVAL);
+  };
+  endpoint_config one_socket;  // (the server's requests on the socket its stats describe)
+  one_socket.client_caps.twin_socket = false;
+  start_pair(pattern_device, client_mem, one_socket);
+  ASSERT_TRUE(server_->wait_state(conn_state::ready, 5s));
+  for (uint64_t i = 0; i < 50; ++i) ASSERT_TRUE(client_->call_decoded(rr(i, 4)).ok());
+  auto counter = [&](const char* key) { return test::stat_value(server_->stats(), key); };
+  EXPECT_EQ(counter("direct"), 1) << server_->stats();
+  constexpr int calls = 50;
+  for (int i = 0; i < calls; ++i) {
+    proto::dma_read_request d;
+    d.addr = uint64_t(i);
+    d.count = 8;
+    auto r = server_->call_decoded(d);
+    ASSERT_TRUE(r.ok()) << "call " << i << ": " << r.err().message();
+    EXPECT_EQ(std::get<proto::dma_read_reply>(*r).data, std::vector<uint8_t>(8, uint8_t(i)));
+    if (i % 10 == 9) {
+      ASSERT_TRUE(client_->call_decoded(rr(uint64_t(i), 4)).ok());  // the loop still reads
+    }
+  }
+  EXPECT_EQ(counter("direct"), 0) << server_->stats();
+  EXPECT_GE(counter("leader_caught") + counter("leader_slept"), calls / 2) << server_->stats();
+}
+
 // runtime_options::poll_max_ns = -1 (the default) takes VFU_POLL_MAX_NS; a value that is
 // not a number of nanoseconds in range is ignored (with a warning), not half-parsed.
 TEST_F(BrokerTest, PollingDefaultComesFromTheEnvironmentAndBadValuesAreIgnored) {
@@ -934,6 +968,12 @@ TEST_F(BrokerTest, APeerThatOutrunsItsDeviceIsStoppedNotBuffered) {
   EXPECT_GE(counter("unanswered"), 1);
   EXPECT_LE(counter("unanswered"), 4096 + 65536 / 32) << "requests read past the bound";
   EXPECT_FALSE(all_sent) << "the peer's writes should block while the server does not read";
+  // And the loop sleeps meanwhile: the paused socket, still readable, does not wake it.
+  if (auto st0 = event_loop::stats(rt_->system())) {
+    std::this_thread::sleep_for(100ms);
+    auto st1 = event_loop::stats(rt_->system());
+    EXPECT_LT(st1->blocked - st0->blocked, 30u) << "the idle loop woke " << st1->blocked - st0->blocked << " times in 100 ms";
+  }
   caf::anon_send(dev, release_atom::value);
   for (uint16_t i = 0; i < n; ++i) {
     auto r = peer.recv();
