@@ -41,6 +41,16 @@ outbound_ptr answer(inbound& in, outbound_ptr out) {
   return outbound::already_sent();
 }
 
+outbound_ptr answer(inbound& in, proto::frame f) {
+  if (!in.writer || !in.alone || in.hdr.no_reply()) return answer(in, outbound::of_frame(std::move(f)));
+  if (!in.claim()) return outbound::already_sent();
+  f.set_msg_id(in.hdr.msg_id);
+  CAF_LOG_DEBUG("send " << proto::describe(f.hdr(), f.fds.size()));
+  if (auto sent = in.writer->send_now(make_frame_ptr(std::move(f))); !sent)
+    CAF_LOG_DEBUG("reply not sent: " << sent.err().message());
+  return outbound::already_sent();
+}
+
 void write_answer(reply_writer& w, const proto::header& req, outbound& out) {
   auto f = encode_reply(req, out);
   CAF_LOG_DEBUG("send " << proto::describe(f->hdr(), f->fds.size()));

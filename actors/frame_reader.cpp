@@ -162,7 +162,7 @@ void stream_transport::refuse_requests(const event_batch& reqs) {
 }
 
 void stream_transport::deliver(std::vector<proto::frame_assembler::event>& evs, read_outcome& out) {
-  auto r = route(evs, flow_);
+  auto r = route(evs, flow_, &spare_batch_);
   frames_in += r.frames;
   rejected_requests += r.rejected_requests;
   rejected_replies += r.rejected_replies.size();
@@ -205,9 +205,13 @@ void stream_transport::deliver(std::vector<proto::frame_assembler::event>& evs, 
     // that batches reach the dispatcher in the order they were read, whoever reads them.
     // (Answering them never needs that lock.)
     if (requests_direct_ && event_loop::on_loop_of(requests_->home_system()) &&
-        requests_direct_->take_now(r.requests, owner_, shared_from_this()))
+        requests_direct_->take_now(r.requests, owner_, shared_from_this())) {
       handed.fetch_add(1, std::memory_order_relaxed);
-    else
+      if (r.requests.use_count() == 1) {  // (the dispatcher kept nothing of it) for the next batch
+        r.requests->clear();
+        spare_batch_ = std::move(r.requests);
+      }
+    } else
       caf::anon_send(requests_, inbound_atom::value, r.requests, owner_, connection_ptr(shared_from_this()));
   }
   if (out.fail && out.clean_eof && !asm_.failed()) caf::anon_send(owner_, eof_atom::value, out.fail);  // answer, then close

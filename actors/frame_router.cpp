@@ -24,11 +24,11 @@ void flow_control::reply_in() noexcept {
   }
 }
 
-routed route(std::vector<proto::frame_assembler::event>& evs, flow_control& flow) {
+routed route(std::vector<proto::frame_assembler::event>& evs, flow_control& flow, event_batch* spare) {
   using ev_t = proto::frame_assembler::event;
   routed r;
   auto request = [&](ev_t& ev) {
-    if (!r.requests) r.requests = std::make_shared<std::vector<ev_t>>();
+    if (!r.requests) r.requests = spare && *spare ? std::move(*spare) : std::make_shared<std::vector<ev_t>>();
     r.request_bytes += request_bytes(ev);
     r.requests->push_back(std::move(ev));
   };

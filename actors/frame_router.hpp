@@ -64,7 +64,8 @@ struct routed {
 };
 
 /// Sorts a read pass's events (moving them out of `evs`) and counts them in `flow`: the
-/// requests as unanswered, the replies as answers to ours.
-routed route(std::vector<proto::frame_assembler::event>& evs, flow_control& flow);
+/// requests as unanswered, the replies as answers to ours. The requests go into `*spare`
+/// (taken) if it holds an empty batch, which keeps its capacity.
+routed route(std::vector<proto::frame_assembler::event>& evs, flow_control& flow, event_batch* spare = nullptr);
 
 }  // namespace vfu

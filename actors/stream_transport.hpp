@@ -244,6 +244,7 @@ class stream_transport : public deferred_writer,
   caf::actor owner_;
   caf::actor requests_;                          ///< rm_: the dispatcher
   direct_requests* requests_direct_ = nullptr;   ///< rm_: its direct entry, if it has one
+  event_batch spare_batch_;                      ///< rm_: an empty batch the dispatcher gave back (route())
   reply_landing* landing_ = nullptr;            ///< rm_: the leader's, while it waits
   event_loop::adaptive_poll caller_poll_;        ///< rm_: how long a leader polls
   std::atomic<bool> started_{false};            ///< owner_ is set

@@ -154,10 +154,14 @@ struct outbound {
     o->err = e;
     return o;
   }
+  /// One shared instance (an allocation less per answer written at once): never change it.
   static std::shared_ptr<outbound> already_sent() {
-    auto o = std::make_shared<outbound>();
-    o->sent = true;
-    return o;
+    static const std::shared_ptr<outbound> sent_one = [] {
+      auto o = std::make_shared<outbound>();
+      o->sent = true;
+      return o;
+    }();
+    return sent_one;
   }
   static std::shared_ptr<outbound> of_frame(proto::frame f) {
     auto o = std::make_shared<outbound>();

@@ -361,7 +361,7 @@ outbound_ptr read_now(device_state& st, inbound& in, const region_read_request& 
   auto f = make_region_frame(0, command::region_read, true, r);
   if (int e = region_access(st, r.region, r.offset, region_frame_data(f), r.count, false))
     return answer(in, outbound::error(e));
-  return answer(in, outbound::of_frame(std::move(f)));
+  return answer(in, std::move(f));
 }
 
 caf::result<outbound_ptr> read_later(self_t self, const inbound_ptr& in, const region_read_request& r) {

@@ -370,7 +370,7 @@ outbound_ptr on_mig_data_read(device_state& st, inbound& in, const mig_data_read
   h.msg_size = uint32_t(header_size + 8 + (gather ? total : padded));
   f.set_hdr(h);
   if (gather) return answer(in, outbound::gathered(std::move(f), pieces.back().data, pieces.back().len));
-  return answer(in, outbound::of_frame(std::move(f)));
+  return answer(in, std::move(f));
 }
 
 outbound_ptr on_mig_data_write(device_state& st, const mig_data_write_request& w) {
