@@ -22,10 +22,15 @@ namespace vfu::event_loop {
 
 namespace {
 
-thread_local bool t_on_loop = false;
-thread_local caf::actor_system* t_loop_system = nullptr;  // the system whose loop this thread runs
-thread_local std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
-thread_local std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
+// The loop's thread-locals are read several times a request: in the initial-exec model at
+// an offset from the thread pointer, not through a __tls_get_addr call each (the default
+// for a shared library). They take a few words of static TLS, which glibc reserves room
+// for even if the library is loaded with dlopen.
+#define VFU_TLS thread_local __attribute__((tls_model("initial-exec")))
+VFU_TLS bool t_on_loop = false;
+VFU_TLS caf::actor_system* t_loop_system = nullptr;  // the system whose loop this thread runs
+VFU_TLS std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
+VFU_TLS std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
 // A polling loop's own set (watch()): every pollable socket, level-triggered, registered
 // once. One epoll_wait(0) finds all the ready ones, and none needs an Asio wait of its own,
 // which Asio re-arms with an epoll_ctl each time. Loop thread only.
@@ -38,7 +43,7 @@ struct watch_table {
   size_t sweep_at = 64;
   std::atomic<size_t> size{0};  ///< watched.size(), for stats()
 };
-thread_local watch_table* t_watch = nullptr;
+VFU_TLS watch_table* t_watch = nullptr;
 
 // Sockets read directly while the loop polls: the most recently active ones.
 constexpr size_t max_hot = 4;
@@ -48,7 +53,7 @@ constexpr int epoll_every = 4;
 
 // Swaps with a spare that keeps its capacity: no allocation per flush.
 void run_deferred(std::vector<std::shared_ptr<deferred_writer>>& v) {
-  static thread_local std::vector<std::shared_ptr<deferred_writer>> batch;
+  static VFU_TLS std::vector<std::shared_ptr<deferred_writer>> batch;
   while (!v.empty()) {
     batch.swap(v);
     for (auto& w : batch) w->flush_deferred();
@@ -125,8 +130,13 @@ class loop_policy : public caf::policy::unprofiled {
     t_watch = st.wt.ep >= 0 ? &st.wt : nullptr;
     for (;;) {
       bool idle;
+      // Nothing to flush: an empty queue found below means the loop may sleep, and one look
+      // under the lock decides both (one lock a request on an idle loop, not three).
+      bool flushed = st.deferred.empty();
       {
         std::lock_guard<std::mutex> g(st.lock);
+        st.sleeping = false;  // (awake: since the last sleep, or all along)
+        st.wake_posted = false;
         if (!st.queue.empty() && st.budget > 0) {
           --st.budget;
           auto* job = st.queue.front();
@@ -134,9 +144,10 @@ class loop_policy : public caf::policy::unprofiled {
           return job;
         }
         idle = st.queue.empty();
+        if (idle && flushed) st.sleeping = true;  // from here on, an enqueue from another thread wakes us
       }
       st.budget = poll_every;
-      run_deferred(st.deferred);  // the replies of the jobs just run, one sendmsg per socket
+      if (!flushed) run_deferred(st.deferred);  // the replies of the jobs just run, one sendmsg per socket
       if (!idle) {
         // Actors are busy: let ready sockets in, without blocking. The sockets read directly
         // while polling have no wait armed (arm_later), so they are read here too.
@@ -145,10 +156,10 @@ class loop_policy : public caf::policy::unprofiled {
         st.io->poll();
         continue;
       }
-      {
+      if (!flushed) {  // (a flush may have queued work: an error for a socket actor)
         std::lock_guard<std::mutex> g(st.lock);
         if (!st.queue.empty()) continue;
-        st.sleeping = true;  // from here on, an enqueue from another thread wakes us
+        st.sleeping = true;
       }
       if (st.io->stopped()) {
         std::unique_lock<std::mutex> g(st.lock);
@@ -156,9 +167,6 @@ class loop_policy : public caf::policy::unprofiled {
       } else {
         wait_for_io(st);
       }
-      std::lock_guard<std::mutex> g(st.lock);
-      st.sleeping = false;
-      st.wake_posted = false;
     }
   }
 
