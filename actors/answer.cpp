@@ -46,7 +46,7 @@ outbound_ptr answer(inbound& in, proto::frame f) {
   if (!in.claim()) return outbound::already_sent();
   f.set_msg_id(in.hdr.msg_id);
   CAF_LOG_DEBUG("send " << proto::describe(f.hdr(), f.fds.size()));
-  if (auto sent = in.writer->send_now(make_frame_ptr(std::move(f))); !sent)
+  if (auto sent = in.writer->send_now(std::move(f)); !sent)
     CAF_LOG_DEBUG("reply not sent: " << sent.err().message());
   return outbound::already_sent();
 }

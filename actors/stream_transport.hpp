@@ -86,6 +86,7 @@ class stream_transport : public deferred_writer,
   /// Sends `f` after what is queued, gathered with it into as few sendmsg calls as the fd
   /// rule allows, now: not at the loop's deferred flush (connection).
   proto::status send_now(frame_ptr f) override;
+  proto::status send_now(proto::frame&& f) override;
   /// Counters of send_gathered: frames sent, and how many of them had to be copied (in part).
   std::atomic<uint64_t> gathered{0}, gathered_copied{0};
   /// Frames given to send_now, and sendmsg calls that wrote bytes (frames_out / writes is
@@ -227,7 +228,7 @@ class stream_transport : public deferred_writer,
   std::deque<frame_ptr> outq_;
   size_t out_off_ = 0;
   size_t queued_ = 0;
-  bool write_armed_ = false;
+  std::atomic<bool> write_armed_{false};  ///< wm_ (read without it only to skip taking it: on_writable)
   bool flush_pending_ = false;  ///< registered with the event loop's deferred flush
   bool closed_ = false;
 

@@ -69,6 +69,39 @@ proto::status stream_transport::send_now(frame_ptr f) {
   return {};
 }
 
+proto::status stream_transport::send_now(proto::frame&& f) {
+  if (auto st = check_fds(f); !st) return st;
+  std::lock_guard<std::mutex> g(wm_);
+  if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
+  if (!outq_.empty() || write_armed_) {  // after those, in order
+    ++sent_now;
+    if (auto st = enqueue_locked(make_frame_ptr(std::move(f))); !st) return st;
+    if (!write_armed_ && !flush_locked()) return proto::error(proto::errc::peer_gone, "sendmsg failed");
+    return {};
+  }
+  ++sent_now;
+  count_request_out(f.hdr());
+  iovec iov{f.bytes.data(), f.bytes.size()};
+  ssize_t r = send_iov(fd_, &iov, 1, f.fds.empty() ? nullptr : &f.fds);
+  if (r < 0) {
+    write_failed(int(-r));
+    return proto::error(proto::errc::peer_gone, "sendmsg failed");
+  }
+  if (r > 0) ++writes;
+  if (size_t(r) == f.bytes.size()) {
+    ++frames_out;
+    bytes_out += f.bytes.size();
+    return {};
+  }
+  // The socket is full: the rest waits at the queue's head (its fds left with its first
+  // byte, if that did; otherwise they go with it later).
+  queued_ += f.bytes.size();
+  outq_.push_back(make_frame_ptr(std::move(f)));
+  out_off_ = size_t(r);
+  arm_writable();
+  return {};
+}
+
 proto::status stream_transport::send_gathered(const uint8_t* head, size_t head_len, const uint8_t* data, size_t len) {
   std::lock_guard<std::mutex> g(wm_);
   if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
@@ -207,6 +240,7 @@ void stream_transport::arm_writable() {
 }
 
 void stream_transport::on_writable() {
+  if (!write_armed_.load(std::memory_order_relaxed)) return;  // (the usual case: no lock)
   std::lock_guard<std::mutex> g(wm_);
   if (!write_armed_) return;
   write_armed_ = false;

@@ -249,6 +249,60 @@ TEST_F(ServerTest, LargeReadsLeaveStraightFromDeviceMemoryWithTheBytesOfTheirTur
   EXPECT_GE(test::stat_value(stats, "gathered_copied"), 1) << stats;  // the socket cannot hold three replies
 }
 
+// A reply built in place that nothing waits behind is written from the device actor at
+// once (reply_writer::send_now): here five of 1,000,000 bytes from a model (not plain
+// memory), each handled alone while the peer does not read: more than the socket holds,
+// so one leaves in part and waits with the rest in the queue. Each reply arrives intact,
+// in order, and the next request's reply after them.
+TEST_F(ServerTest, LargeRepliesBuiltInPlaceLeaveInPiecesIntactAndInOrder) {
+  struct pattern_model : dev::device_model {
+    dev::device_spec spec_;
+    pattern_model() {
+      spec_.ids.vendor = 0x1234;
+      spec_.bars[0] = dev::bar_spec{1u << 20, false, false, false};
+      spec_.regions[0].size = 1u << 20;
+    }
+    const dev::device_spec& spec() const override { return spec_; }
+    int region_read(uint32_t, uint64_t off, uint8_t* buf, uint32_t n) override {
+      for (uint32_t i = 0; i < n; ++i) buf[i] = uint8_t((off + i) * 7 + 1);
+      return 0;
+    }
+    int region_write(uint32_t, uint64_t, const uint8_t*, uint32_t) override { return 0; }
+  };
+  auto dev = dev::spawn_device(rt_->system(), std::make_shared<pattern_model>());
+  auto ep = endpoint::listen(*rt_, path_, {}, dev);
+  ASSERT_TRUE(ep.ok()) << ep.err().message();
+  server_ = std::move(ep.value());
+  test::raw_peer peer(test::dial_unix(path_));
+  ASSERT_TRUE(peer.version());
+  auto sent_now = [&] { return test::stat_value(server_->stats(), "sent_now"); };
+  std::vector<region_read_request> reqs;
+  for (uint16_t k = 0; k < 5; ++k) {
+    reqs.push_back(region_read_request{{uint64_t(k) * 1000, 0, 1000000}});
+    int64_t before = sent_now();
+    ASSERT_TRUE(peer.send(reqs.back(), uint16_t(k + 1)));
+    // (Handled alone: the next request comes once this one is answered.)
+    for (auto until = std::chrono::steady_clock::now() + 10s; sent_now() == before;) {
+      ASSERT_LT(std::chrono::steady_clock::now(), until) << "request " << k + 1 << " not answered";
+      std::this_thread::sleep_for(1ms);
+    }
+  }
+  reqs.push_back(region_read_request{{5, 0, 16}});
+  ASSERT_TRUE(peer.send(reqs.back(), 6));
+  for (uint16_t id = 1; id <= 6; ++id) {
+    auto& want = reqs[id - 1];
+    auto r = peer.recv();
+    ASSERT_TRUE(r) << "reply " << id;
+    ASSERT_EQ(r->hdr().msg_id, id);
+    const uint8_t* got = region_read_reply_data(*r, want);
+    ASSERT_NE(got, nullptr) << "reply " << id;
+    for (uint32_t i = 0; i < want.count; ++i)
+      ASSERT_EQ(got[i], uint8_t((want.offset + i) * 7 + 1)) << "reply " << id << ", byte " << i;
+  }
+  server_.reset();
+  caf::anon_send_exit(dev, caf::exit_reason::user_shutdown);
+}
+
 // The reply to a request that nothing waits behind leaves at once, written by the device
 // actor (reply_writer::send_now), errors included; a pipelined batch is still answered in
 // order and gathered into one sendmsg, with only its last reply written that way.
