@@ -122,9 +122,43 @@ void on_deadline(self_t self, int64_t at) {
   finish(self, st.seq, nullptr, ETIMEDOUT);
 }
 
-// Hands the queue's head to its handler. A handler that can be called in place
-// (direct_handler) answers at once, and the next request follows in the same run; the others
-// get it as a message, and the rest of the queue waits for their answer (finish).
+// Hands a request to its handler. One that can be called in place (direct_handler) answers
+// at once: true. The others get it as a message, and the dispatcher is busy until they
+// answer (finish).
+bool hand_over(self_t self, const caf::actor& sock, const connection_ptr& tr, const proto::header& hdr,
+               inbound_ptr& in, const dispatcher_state::handler_ref& target, request_ticket& ticket) {
+  auto& st = self->state;
+  if (target.direct && event_loop::on_loop_of(self->home_system())) {
+    if (auto out = target.direct->serve_now(in)) {
+      ++st.in_place;
+      reply(self, conn_route{sock, tr}, hdr, *out);
+      if (out->close_after) self->send(sock, close_atom::value);
+      ticket.done();
+      return true;
+    }
+  }
+  st.busy = true;
+  uint64_t seq = ++st.seq;
+  st.current = hdr;
+  st.current_sock = sock;
+  st.current_tr = tr;
+  st.current_target = target.actor;
+  st.current_ticket = std::move(ticket);
+  st.current_in = in;
+  st.deadline = st.cfg.now() + (classify(hdr.command) == timeout_class::long_op ? st.cfg.handler_timeout_long
+                                                                                 : st.cfg.handler_timeout);
+  arm_deadline(self);
+  self->request(target.actor, caf::infinite, inbound_atom::value, std::move(in))
+      .then([=](outbound_ptr& out) { finish(self, seq, out ? out : outbound::error(EIO), 0); },
+            [=](caf::error& e) {
+              CAF_LOG_WARNING("handler failed: " << render(e));
+              finish(self, seq, nullptr, EIO);
+            });
+  return false;
+}
+
+// Hands the queue's requests to their handlers, in order, while they answer in place; the
+// rest waits for the answer of the one that went as a message (finish).
 void dispatch_next(self_t self) {
   auto& st = self->state;
   for (;;) {
@@ -143,40 +177,15 @@ void dispatch_next(self_t self) {
     auto it = std::move(st.queue.front());
     st.queue.pop_front();
     it.in->alone = st.queue.empty();
-    if (it.target.direct && event_loop::on_loop_of(self->home_system())) {
-      if (auto out = it.target.direct->serve_now(it.in)) {
-        ++st.in_place;
-        conn_route r{it.sock, it.tr};
-        reply(self, r, it.hdr, *out);
-        if (out->close_after) self->send(it.sock, close_atom::value);
-        continue;  // (its ticket goes with `it`: answered)
-      }
-    }
-    st.busy = true;
-    uint64_t seq = ++st.seq;
-    st.current = it.hdr;
-    st.current_sock = it.sock;
-    st.current_tr = it.tr;
-    st.current_target = it.target.actor;
-    st.current_ticket = std::move(it.ticket);
-    st.current_in = it.in;
-    st.deadline = st.cfg.now() + (classify(it.hdr.command) == timeout_class::long_op ? st.cfg.handler_timeout_long
-                                                                                      : st.cfg.handler_timeout);
-    arm_deadline(self);
-    self->request(it.target.actor, caf::infinite, inbound_atom::value, std::move(it.in))
-        .then([=](outbound_ptr& out) { finish(self, seq, out ? out : outbound::error(EIO), 0); },
-              [=](caf::error& e) {
-                CAF_LOG_WARNING("handler failed: " << render(e));
-                finish(self, seq, nullptr, EIO);
-              });
-    return;
+    if (!hand_over(self, it.sock, it.tr, it.hdr, it.in, it.target, it.ticket)) return;
   }
 }
 
 // One request from the peer: decoded, answered here (errors, VERSION) or queued for its
-// device (dispatch_next hands it over). `tr`: the transport it came from, which the answer
-// goes to.
-void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, proto::frame& f, request_ticket ticket) {
+// device (dispatch_next hands it over); the last of a batch that finds the dispatcher idle
+// goes to its device at once. `tr`: the transport it came from, which the answer goes to.
+void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, proto::frame& f, request_ticket ticket,
+                bool last) {
   auto& st = self->state;
   conn_route r{sock, tr};
   auto h = f.hdr();
@@ -187,8 +196,9 @@ void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, p
     return;
   }
   CAF_LOG_DEBUG("recv " << proto::describe(h, f.fds.size()));
-  auto target = st.device;
-  if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = it->second;
+  const dispatcher_state::handler_ref* target = &st.device;
+  if (!st.by_command.empty())
+    if (auto it = st.by_command.find(h.command); it != st.by_command.end()) target = &it->second;
   // A REGION_WRITE's data stays in its frame, which the message shares (proto::shared_bytes):
   // no copy of up to max_data_xfer_size bytes, and no handler can outlive the bytes.
   std::shared_ptr<proto::frame> shared;
@@ -216,7 +226,7 @@ void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, p
       return;
     }
   }
-  if (!target.actor) {
+  if (!target->actor) {
     error_in_turn(self, r, h, ENOTSUP, std::move(ticket));
     return;
   }
@@ -227,7 +237,12 @@ void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, p
   in->correlation = st.correlation;
   in->writer = tr;
   ++st.served;
-  st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), target, nullptr, std::move(ticket)});
+  if (last && !st.busy && st.queue.empty()) {  // (nothing before it to wait for, nothing behind it)
+    in->alone = true;
+    hand_over(self, sock, tr, h, in, *target, ticket);
+    return;
+  }
+  st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), *target, nullptr, std::move(ticket)});
 }
 
 // A transport's batch of requests. The whole batch is queued before the first request goes
@@ -236,7 +251,7 @@ void on_batch(self_t self, event_batch& reqs, const caf::actor& sock, const conn
   for (auto& ev : *reqs) {
     request_ticket ticket(tr, request_bytes(ev));
     if (ev.kind == proto::frame_assembler::event::frame_ready) {
-      on_request(self, sock, tr, ev.f, std::move(ticket));
+      on_request(self, sock, tr, ev.f, std::move(ticket), &ev == &reqs->back());
     } else if (!tr->closing()) {  // rejected by the transport (too large): drained
       CAF_LOG_WARNING("rejected " << proto::describe(ev.hdr, 0) << ": " << ev.err.message());
       error_in_turn(self, conn_route{sock, tr}, ev.hdr, proto::to_wire_errno(ev.err), std::move(ticket));
