@@ -42,9 +42,10 @@ trap cleanup EXIT
 append_base="console=ttyS0 ${VFU_GUEST_QUIET-quiet} panic=-1 memmap=16M\$0x10000000"
 
 # start_serve ARGS...: vfu-serve in the background, logging at info level; waits for its
-# sockets. Sets serve_pid.
+# sockets. Sets serve_pid. VFU_SERVE_ARGS: more words for vfu-serve (--poll-max-ns=0).
 start_serve() {
-  "$serve" "$@" --logger.console=uncolored --logger.console-verbosity=info >"$work/serve.log" 2>&1 &
+  # shellcheck disable=SC2086
+  "$serve" "$@" ${VFU_SERVE_ARGS:-} --logger.console=uncolored --logger.console-verbosity=info >"$work/serve.log" 2>&1 &
   serve_pid=$!
   local s
   for s in "$@"; do
