@@ -1,8 +1,5 @@
 #include "actors/syscalls.hpp"
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <cerrno>
 
 namespace vfu::sys {
@@ -25,15 +22,12 @@ int injected_errno() noexcept {
 }
 }  // namespace
 
-// The system calls themselves, not libc's recvmsg/sendmsg: those are cancellation points,
-// and a thread cancelled inside one would leave the reader's or writer's lock held (and each
-// call paid for switching asynchronous cancellation on and off).
 ssize_t recvmsg(int fd, msghdr* m, int flags) noexcept {
   if (int e = injected_errno()) {
     errno = e;
     return -1;
   }
-  return ::syscall(SYS_recvmsg, fd, m, flags);
+  return ::recvmsg(fd, m, flags);
 }
 
 ssize_t sendmsg(int fd, const msghdr* m, int flags) noexcept {
@@ -41,7 +35,7 @@ ssize_t sendmsg(int fd, const msghdr* m, int flags) noexcept {
     errno = e;
     return -1;
   }
-  return ::syscall(SYS_sendmsg, fd, m, flags);
+  return ::sendmsg(fd, m, flags);
 }
 
 }  // namespace vfu::sys
