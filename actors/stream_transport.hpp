@@ -1,6 +1,7 @@
 // stream_transport.hpp: the byte level of one vfio-user connection, on an AF_UNIX stream
 // socket. Its parts, a file each:
-//  - stream_transport.cpp: set-up, readiness (Asio on a private epoll set), leaders, close;
+//  - stream_transport.cpp: set-up, readiness (the polling loop's set, Asio on a private
+//    epoll set, or Asio on the socket itself), leaders, close;
 //  - frame_reader.cpp: read passes (recvmsg, fds, large bodies read in place, landings);
 //  - frame_router.hpp: what the frames become (replies, requests, fatal events) and the
 //    flow control of the peer's requests; pure;
@@ -21,7 +22,8 @@
 //    caller). One reader at a time (rm_). For the io thread not to be woken as well, Asio
 //    does not watch the socket itself but a private epoll instance holding it (level-
 //    triggered); a leader takes EPOLLIN out of it while it reads and puts it back after,
-//    when anything that arrived meanwhile wakes the io thread at once. The socket's file is
+//    when anything that arrived meanwhile wakes the io thread at once. (A connection no
+//    leader is expected on waits in Asio's reactor itself until one comes: leave_direct.) The socket's file is
 //    blocking for the leader's sake (with SO_RCVTIMEO slices); every other read and every
 //    write passes MSG_DONTWAIT.
 //  - Writes go through send(), from any thread (the dispatcher, the correlation actor, a
