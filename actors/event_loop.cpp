@@ -22,15 +22,10 @@ namespace vfu::event_loop {
 
 namespace {
 
-// The loop's thread-locals are read several times a request: in the initial-exec model at
-// an offset from the thread pointer, not through a __tls_get_addr call each (the default
-// for a shared library). They take a few words of static TLS, which glibc reserves room
-// for even if the library is loaded with dlopen.
-#define VFU_TLS thread_local __attribute__((tls_model("initial-exec")))
-VFU_TLS bool t_on_loop = false;
-VFU_TLS caf::actor_system* t_loop_system = nullptr;  // the system whose loop this thread runs
-VFU_TLS std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
-VFU_TLS std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
+VFU_HOT_TLS bool t_on_loop = false;
+VFU_HOT_TLS caf::actor_system* t_loop_system = nullptr;  // the system whose loop this thread runs
+VFU_HOT_TLS std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
+VFU_HOT_TLS std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
 // A polling loop's own set (watch()): every pollable socket, level-triggered, registered
 // once. One epoll_wait(0) finds all the ready ones, and none needs an Asio wait of its own,
 // which Asio re-arms with an epoll_ctl each time. Loop thread only.
@@ -43,7 +38,7 @@ struct watch_table {
   size_t sweep_at = 64;
   std::atomic<size_t> size{0};  ///< watched.size(), for stats()
 };
-VFU_TLS watch_table* t_watch = nullptr;
+VFU_HOT_TLS watch_table* t_watch = nullptr;
 
 // Sockets read directly while the loop polls: the most recently active ones.
 constexpr size_t max_hot = 4;
@@ -53,7 +48,7 @@ constexpr int epoll_every = 4;
 
 // Swaps with a spare that keeps its capacity: no allocation per flush.
 void run_deferred(std::vector<std::shared_ptr<deferred_writer>>& v) {
-  static VFU_TLS std::vector<std::shared_ptr<deferred_writer>> batch;
+  static VFU_HOT_TLS std::vector<std::shared_ptr<deferred_writer>> batch;
   while (!v.empty()) {
     batch.swap(v);
     for (auto& w : batch) w->flush_deferred();

@@ -85,8 +85,7 @@ bool stream_transport::read_pass() {
 bool stream_transport::read_pass_locked(bool block) {
   // What the reads assemble, in a vector per reading thread that keeps its capacity: most
   // reads by a leader end in its own reply, which needs no batch for an actor at all.
-  // (initial-exec: event_loop.cpp)
-  static thread_local __attribute__((tls_model("initial-exec"))) std::vector<proto::frame_assembler::event> evs;
+  static VFU_HOT_TLS std::vector<proto::frame_assembler::event> evs;
   evs.clear();
   read_outcome out;
   for (int i = 0; i < reads_per_wakeup; ++i) {
@@ -108,7 +107,7 @@ bool stream_transport::read_pass_locked(bool block) {
 bool stream_transport::read_once(bool wait, std::vector<proto::frame_assembler::event>& evs, read_outcome& out) {
   // One buffer per reading thread serves every connection (one per connection would cost
   // 64 KiB of RSS per idle client). Not zeroed: only bytes a read wrote are used.
-  static thread_local __attribute__((tls_model("initial-exec"))) std::unique_ptr<uint8_t[]> bounce(new uint8_t[read_chunk]);
+  static VFU_HOT_TLS std::unique_ptr<uint8_t[]> bounce(new uint8_t[read_chunk]);
   alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * proto::limits::scm_max_fd)];
   asm_.set_max_frame(max_frame_.load(std::memory_order_relaxed));
   auto p = plan(asm_, landing_, bounce.get());

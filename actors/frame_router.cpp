@@ -29,6 +29,7 @@ void flow_control::reply_in() noexcept {
 routed route(std::vector<proto::frame_assembler::event>& evs, flow_control& flow, event_batch* spare) {
   using ev_t = proto::frame_assembler::event;
   routed r;
+  auto new_batch = [&] { return spare && *spare ? std::move(*spare) : std::make_shared<std::vector<ev_t>>(); };
   // The usual pass reads requests only: the batch takes the whole vector (and `evs` the
   // spare's empty one), no event moved.
   if (!evs.empty() && std::all_of(evs.begin(), evs.end(), [](const ev_t& ev) {
@@ -36,14 +37,14 @@ routed route(std::vector<proto::frame_assembler::event>& evs, flow_control& flow
       })) {
     for (auto& ev : evs) r.request_bytes += request_bytes(ev);
     r.frames = uint32_t(evs.size());
-    r.requests = spare && *spare ? std::move(*spare) : std::make_shared<std::vector<ev_t>>();
+    r.requests = new_batch();
     r.requests->swap(evs);
     evs.clear();  // (empty already, unless a spare came back with its events)
     flow.requests_in(uint32_t(r.requests->size()), r.request_bytes);
     return r;
   }
   auto request = [&](ev_t& ev) {
-    if (!r.requests) r.requests = spare && *spare ? std::move(*spare) : std::make_shared<std::vector<ev_t>>();
+    if (!r.requests) r.requests = new_batch();
     r.request_bytes += request_bytes(ev);
     r.requests->push_back(std::move(ev));
   };

@@ -23,9 +23,9 @@
 //    does not watch the socket itself but a private epoll instance holding it (level-
 //    triggered); a leader takes EPOLLIN out of it while it reads and puts it back after,
 //    when anything that arrived meanwhile wakes the io thread at once. (A connection no
-//    leader is expected on waits in Asio's reactor itself until one comes: leave_direct.) The socket's file is
-//    blocking for the leader's sake (with SO_RCVTIMEO slices); every other read and every
-//    write passes MSG_DONTWAIT.
+//    leader is expected on waits in Asio's reactor itself until one comes: leave_direct.)
+//    The socket's file is blocking for the leader's sake (with SO_RCVTIMEO slices); every
+//    other read and every write passes MSG_DONTWAIT.
 //  - Writes go through send(), from any thread (the dispatcher, the correlation actor, a
 //    device answering itself, or a calling thread): whole frames, in the order send() was called, under one mutex. What
 //    the socket does not take at once is queued and written by the io thread when the
@@ -221,6 +221,11 @@ class stream_transport : public deferred_writer,
   bool flush_locked();
   /// Queues `f` behind the others (wm_ held); an error, and the connection failed, when the
   /// peer has left more than max_send_queue unread.
+  /// send_now's part under wm_: queued, then written unless a write waits for room.
+  proto::status send_now_locked(frame_ptr f);
+  /// One sendmsg of `iov` (`total` bytes) now, under wm_, with the queue empty: the bytes
+  /// written, counted (a frame written whole counts as sent), or -1 after write_failed().
+  ssize_t write_now_locked(const iovec* iov, size_t n, size_t total, const proto::fd_list* fds);
   proto::status enqueue_locked(frame_ptr f);
   void write_failed(int err);
 

@@ -63,36 +63,41 @@ proto::status stream_transport::send_now(frame_ptr f) {
   std::lock_guard<std::mutex> g(wm_);
   if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
   ++sent_now;
+  return send_now_locked(std::move(f));
+}
+
+proto::status stream_transport::send_now_locked(frame_ptr f) {
   if (auto st = enqueue_locked(std::move(f)); !st) return st;
   if (write_armed_) return {};  // the io thread will write it, in order
   if (!flush_locked()) return proto::error(proto::errc::peer_gone, "sendmsg failed");
   return {};
 }
 
+ssize_t stream_transport::write_now_locked(const iovec* iov, size_t n, size_t total, const proto::fd_list* fds) {
+  ssize_t r = send_iov(fd_, iov, n, fds);
+  if (r < 0) {
+    write_failed(int(-r));
+    return -1;
+  }
+  if (r > 0) ++writes;
+  if (size_t(r) == total) {
+    ++frames_out;
+    bytes_out += total;
+  }
+  return r;
+}
+
 proto::status stream_transport::send_now(proto::frame&& f) {
   if (auto st = check_fds(f); !st) return st;
   std::lock_guard<std::mutex> g(wm_);
   if (closed_) return proto::error(proto::errc::not_connected, "connection closed");
-  if (!outq_.empty() || write_armed_) {  // after those, in order
-    ++sent_now;
-    if (auto st = enqueue_locked(make_frame_ptr(std::move(f))); !st) return st;
-    if (!write_armed_ && !flush_locked()) return proto::error(proto::errc::peer_gone, "sendmsg failed");
-    return {};
-  }
   ++sent_now;
+  if (!outq_.empty() || write_armed_) return send_now_locked(make_frame_ptr(std::move(f)));  // after those, in order
   count_request_out(f.hdr());
   iovec iov{f.bytes.data(), f.bytes.size()};
-  ssize_t r = send_iov(fd_, &iov, 1, f.fds.empty() ? nullptr : &f.fds);
-  if (r < 0) {
-    write_failed(int(-r));
-    return proto::error(proto::errc::peer_gone, "sendmsg failed");
-  }
-  if (r > 0) ++writes;
-  if (size_t(r) == f.bytes.size()) {
-    ++frames_out;
-    bytes_out += f.bytes.size();
-    return {};
-  }
+  ssize_t r = write_now_locked(&iov, 1, f.bytes.size(), f.fds.empty() ? nullptr : &f.fds);
+  if (r < 0) return proto::error(proto::errc::peer_gone, "sendmsg failed");
+  if (size_t(r) == f.bytes.size()) return {};
   // The socket is full: the rest waits at the queue's head (its fds left with its first
   // byte, if that did; otherwise they go with it later).
   queued_ += f.bytes.size();
@@ -114,18 +119,10 @@ proto::status stream_transport::send_gathered(const uint8_t* head, size_t head_l
   size_t done = 0;
   if (outq_.empty() && !write_armed_) {
     iovec iov[2] = {{const_cast<uint8_t*>(head), head_len}, {const_cast<uint8_t*>(data), len}};
-    ssize_t r = send_iov(fd_, iov, 2, nullptr);
-    if (r < 0) {
-      write_failed(int(-r));
-      return proto::error(proto::errc::peer_gone, "sendmsg failed");
-    }
+    ssize_t r = write_now_locked(iov, 2, total, nullptr);
+    if (r < 0) return proto::error(proto::errc::peer_gone, "sendmsg failed");
     done = size_t(r);
-    if (done) ++writes;
-    if (done == total) {
-      ++frames_out;
-      bytes_out += total;
-      return {};
-    }
+    if (done == total) return {};
   }
   // The socket is full (or others wait for room): the rest is copied into the queue, which
   // the io thread writes when there is room (out_off_ is 0 when the queue is empty).
