@@ -7,10 +7,12 @@
 // The floor is a two-process UNIX-socket ping-pong exchanging the same byte sizes as the
 // vfio-user messages it stands for, with one read and one write per message on each side
 // (the server reads one request, writes its reply; the client writes each request and
-// reads each reply). Every other row runs against vfu-serve (gpio, dma-test and ram
-// devices in one process) and is reported as a ratio to the floor row it names. Server CPU
-// per op is the serving process's on-CPU time (all threads, /proc/PID/task/*/schedstat)
-// divided by the operations of the row.
+// reads each reply). A second floor of the sync group has its server wait in epoll_wait
+// before each read: what waiting for readiness costs any event-driven server, the
+// reference for a vfu-serve that does not poll. Every other row runs against vfu-serve
+// (gpio, dma-test and ram devices in one process) and is reported as a ratio to the floor
+// row it names. Server CPU per op is the serving process's on-CPU time (all threads,
+// /proc/PID/task/*/schedstat) divided by the operations of the row.
 //
 // Groups (--only): sync, pipelined, posted, bandwidth, client, dma, migration, nvme, trace, devices.
 // A benchmark, not a test: nothing here asserts a time. docs/performance.md has the method.
@@ -18,6 +20,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -224,16 +227,28 @@ struct floor_proc {
 
 /// The floor: two processes, one socketpair: `inflight` requests of `req` bytes (one write
 /// each), a reply of `rep` bytes to every `reply_every`-th (one read each). The server reads
-/// one request and writes its reply: no batching anywhere.
-meter floor_meter(const std::string& name, size_t req, size_t rep, int inflight, int reply_every = 1) {
+/// one request and writes its reply: no batching anywhere. `in_epoll`: the server waits in
+/// epoll_wait before each read (the socket registered once, level-triggered), as the
+/// cheapest event-driven server would, instead of blocking in the read.
+meter floor_meter(const std::string& name, size_t req, size_t rep, int inflight, int reply_every = 1,
+                  bool in_epoll = false) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::exit(1);
   pid_t pid = ::fork();
   if (pid == 0) {
     ::close(sv[0]);
     close_inherited(sv[1]);
+    int ep = -1;
+    if (in_epoll) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ep = ::epoll_create1(EPOLL_CLOEXEC);
+      if (ep < 0 || ::epoll_ctl(ep, EPOLL_CTL_ADD, sv[1], &ev) != 0) _exit(1);
+    }
     std::vector<uint8_t> in(req), out(rep, 0x5a);
     for (uint64_t n = 1;; ++n) {
+      epoll_event ev;
+      if (ep >= 0 && ::epoll_wait(ep, &ev, 1, -1) < 0) _exit(1);
       if (!read_all(sv[1], in.data(), req)) _exit(0);
       if (n % uint64_t(reply_every) == 0 && !write_all(sv[1], out.data(), rep)) _exit(0);
     }
@@ -992,7 +1007,10 @@ int main(int argc, char** argv) {
     }
     auto q = raw_meter("raw client: BAR2 read 4 B, 1 in flight, no polling", qpid, quiet, reads(2, 1, 1),
                        rd_rep, 1);
-    std::vector<meter*> ms{&f, &c, &b, &q};
+    // What waiting in epoll instead of in the read costs by itself: the best a server that
+    // does not poll can do (docs/performance.md, issue 23).
+    auto fe = floor_meter("floor: the same, the server waiting in epoll_wait", rd_req, rd_rep, 1, 1, true);
+    std::vector<meter*> ms{&f, &fe, &c, &b, &q};
     meter l;
     if (lpid) {
       l = raw_meter("raw client: BAR2 read 4 B, 1 in flight, libvfio-user", lpid, lvu, reads(2, 1, 1), rd_rep, 1);
@@ -1000,10 +1018,19 @@ int main(int argc, char** argv) {
     }
     interleave(ms);
     rows.push_back(f.result());
+    rows.push_back(against(fe, f));
     rows.push_back(against(c, f));
     rows.push_back(against(b, f));
     rows.push_back(against(q, f));
     if (lpid) rows.push_back(against(l, f));
+    char line[200];
+    std::snprintf(line, sizeof line, "without polling, 1 in flight: %.2fx the rate of the echo that waits in epoll_wait%s",
+                  median_ratio(q, fe), lpid ? "" : " (--lvu=PATH adds libvfio-user's gpio sample)");
+    notes.push_back(line);
+    if (lpid) {
+      std::snprintf(line, sizeof line, "... and libvfio-user's gpio sample: %.2fx", median_ratio(l, fe));
+      notes.push_back(line);
+    }
     q = meter{};
     l = meter{};
     stop_child(qpid);
