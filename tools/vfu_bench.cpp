@@ -115,6 +115,9 @@ struct meter {
   pid_t server = 0;
   uint64_t per_batch = 1;
   std::function<bool()> batch;
+  /// Instead of batch: runs for the given seconds and returns the operations done (-1: one
+  /// failed); no latencies.
+  std::function<int64_t(double)> run;
   std::shared_ptr<void> keep;  ///< what the batch needs alive (a connection, a floor process)
   std::vector<double> lat, round_rate;
   uint64_t ops = 0, cpu = 0;
@@ -127,7 +130,15 @@ struct meter {
     auto t0 = clk::now();
     auto end = t0 + std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(s));
     uint64_t o = 0;
-    while (clk::now() < end) {
+    if (run) {
+      int64_t k = run(s);
+      if (k < 0) {
+        std::fprintf(stderr, "vfu-bench: %s: a request failed\n", name.c_str());
+        failed = true;
+      }
+      o = uint64_t(std::max<int64_t>(k, 0));
+    }
+    while (!run && clk::now() < end) {
       auto st = clk::now();
       if (!batch()) {
         std::fprintf(stderr, "vfu-bench: %s: a request failed\n", name.c_str());
@@ -276,37 +287,40 @@ meter floor_meter(const std::string& name, size_t req, size_t rep, int inflight,
   return m;
 }
 
-/// Drives each fd from its own thread for g_secs: write `req`, read a `rep_size` reply, 1 in
-/// flight per fd. Total ops/s and the server's CPU per op.
-row drive_each(const std::string& name, pid_t server, const std::vector<int>& fds, proto::byte_view req,
-               size_t rep_size) {
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> ops{0};
-  uint64_t c0 = cpu_ns(server);
-  auto t0 = clk::now();
-  std::vector<std::thread> ts;
-  for (int fd : fds)
-    ts.emplace_back([&, fd] {
-      std::vector<uint8_t> in(rep_size);
-      while (!stop) {
-        if (!write_all(fd, req.data, req.size) || !read_all(fd, in.data(), in.size())) return;
-        ++ops;
-      }
-    });
-  std::this_thread::sleep_for(std::chrono::duration<double>(g_secs));
-  stop = true;
-  for (auto& t : ts) t.join();
-  double el = std::chrono::duration<double>(clk::now() - t0).count();
-  row r;
-  r.name = name;
-  r.rate = double(ops) / el;
-  r.srv_us = double(cpu_ns(server) - c0) / 1000.0 / double(std::max<uint64_t>(1, ops));
-  return r;
+/// A meter whose slice drives each of `fds` from its own thread: write `req`, read a
+/// `rep_size` reply, 1 in flight per fd (no latencies: many threads share two cores).
+meter multi_meter(const std::string& name, pid_t server, std::vector<int> fds, std::vector<uint8_t> req,
+                  size_t rep_size, std::shared_ptr<void> keep) {
+  meter m;
+  m.name = name;
+  m.server = server;
+  m.keep = std::move(keep);
+  m.run = [fds = std::move(fds), req = std::move(req), rep_size](double secs) -> int64_t {
+    std::atomic<bool> stop{false}, failed{false};
+    std::atomic<uint64_t> ops{0};
+    std::vector<std::thread> ts;
+    for (int fd : fds)
+      ts.emplace_back([&, fd] {
+        std::vector<uint8_t> in(rep_size);
+        while (!stop) {
+          if (!write_all(fd, req.data(), req.size()) || !read_all(fd, in.data(), in.size())) {
+            failed = true;
+            return;
+          }
+          ++ops;
+        }
+      });
+    std::this_thread::sleep_for(std::chrono::duration<double>(secs));
+    stop = true;
+    for (auto& t : ts) t.join();
+    return failed ? -1 : int64_t(ops.load());
+  };
+  return m;
 }
 
 /// N socketpairs served by one process with poll(), one read and one write per message;
 /// N client threads with 1 request in flight each.
-row floor_multi(const std::string& name, int n) {
+meter floor_multi(const std::string& name, int n) {
   std::vector<int> cl(static_cast<size_t>(n)), sv(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
     int p[2];
@@ -329,11 +343,18 @@ row floor_multi(const std::string& name, int n) {
     }
   }
   for (int s : sv) ::close(s);
-  const std::vector<uint8_t> req(32);
-  auto r = drive_each(name, pid, cl, {req.data(), req.size()}, 36);
-  for (int c : cl) ::close(c);
-  ::waitpid(pid, nullptr, 0);
-  return r;
+  struct procs {  // the client ends, then the server (which exits at their EOF)
+    std::vector<int> fds;
+    pid_t pid = 0;
+    ~procs() {
+      for (int c : fds) ::close(c);
+      if (pid > 0) ::waitpid(pid, nullptr, 0);
+    }
+  };
+  auto keep = std::make_shared<procs>();
+  keep->fds = cl;
+  keep->pid = pid;
+  return multi_meter(name, pid, cl, std::vector<uint8_t>(32), 36, keep);
 }
 
 // ---- a raw vfio-user client ----------------------------------------------------------------
@@ -581,16 +602,17 @@ meter dma_meter(runtime& rt, const std::string& sock, pid_t pid, uint32_t len, b
 }
 
 /// N gpio devices in one vfu-serve, each driven at once by a raw client with 1 in flight.
-row many_devices(const servers& s) {
+meter many_devices(const servers& s) {
   int n = int(s.gpios.size());
-  std::vector<proto::unique_fd> conns;
+  auto conns = std::make_shared<std::vector<proto::unique_fd>>();
   std::vector<int> fds;
   for (auto& p : s.gpios) {
-    conns.push_back(raw_connect(p));
-    fds.push_back(conns.back().get());
+    conns->push_back(raw_connect(p));
+    fds.push_back(conns->back().get());
   }
   auto req = proto::make_frame(2, proto::region_read_request{{0, 2, 4}});
-  return drive_each(std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each", s.pid, fds, {req.bytes.data(), req.bytes.size()}, 36);
+  return multi_meter(std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each", s.pid, fds,
+                     std::vector<uint8_t>(req.bytes.begin(), req.bytes.end()), 36, conns);
 }
 
 // ---- migration --------------------------------------------------------------------------------
@@ -1162,11 +1184,10 @@ int main(int argc, char** argv) {
   if (want("trace")) trace_rows(bindir, s, rows, notes);
   if (want("devices") && devices > 0) {
     auto fm = floor_multi("floor: " + std::to_string(devices) + " socketpairs, one poll() server", devices);
-    auto r = many_devices(s);
-    r.floor = fm.name;
-    r.ratio = r.rate / fm.rate;
-    rows.push_back(fm);
-    rows.push_back(r);
+    auto md = many_devices(s);
+    interleave({&fm, &md});
+    rows.push_back(fm.result());
+    rows.push_back(against(md, fm));
   }
   stop_servers(s);
   if (!json)
