@@ -16,6 +16,7 @@
 #include <deque>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace vfu::event_loop {
@@ -26,11 +27,16 @@ VFU_HOT_TLS bool t_on_loop = false;
 VFU_HOT_TLS caf::actor_system* t_loop_system = nullptr;  // the system whose loop this thread runs
 VFU_HOT_TLS std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
 VFU_HOT_TLS std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
-// A polling loop's own set (watch()): every pollable socket, level-triggered, registered
-// once. One epoll_wait(0) finds all the ready ones, and none needs an Asio wait of its own,
-// which Asio re-arms with an epoll_ctl each time. Loop thread only.
+// The loop's own set (watch()): sockets registered once, level-triggered. One epoll_wait(0)
+// finds all the ready ones, and none needs an Asio wait of its own, which Asio re-arms with
+// an epoll_ctl each time. A polling loop puts every socket there; one that does not, only
+// while it reads more than one. Loop thread only.
 struct watch_table {
-  int ep = -1;  ///< -1: the loop does not poll
+  int ep = -1;  ///< -1: no set (epoll_create1 failed)
+  bool polls = false;
+  /// A loop that does not poll: the sockets waiting in Asio's reactor by themselves, which
+  /// join the set when another socket comes (at most one is live).
+  std::vector<std::weak_ptr<pollable>> alone;
   std::unordered_map<uint64_t, std::weak_ptr<pollable>> watched;
   uint64_t next = 0;
   /// A socket that closed left the set but not the table: the expired entries go when the
@@ -207,7 +213,7 @@ class loop_policy : public caf::policy::unprofiled {
     if (st.poll.max_ns == 0) {
       st.idle.fetch_add(1, std::memory_order_relaxed);
       st.blocked.fetch_add(1, std::memory_order_relaxed);
-      st.io->run_one();
+      block(st);
       return;
     }
     auto start = clock::now();
@@ -245,22 +251,27 @@ class loop_policy : public caf::policy::unprofiled {
       // wakes the loop is hot next.
       for (auto& h : st.hot) h->arm_wait();
       st.hot.clear();
-      // The loop's own set wakes the io_context through one Asio wait (its epoll_ctl once a
-      // sleep, not once a request); its handler only marks it fired.
-      bool waits_ep = false;
-      if (st.wt.ep >= 0 && !st.wt.watched.empty()) {
-        if (!*st.ep_armed) {
-          *st.ep_armed = true;
-          st.ep_asio->async_wait(boost::asio::posix::descriptor_base::wait_read,
-                                 [armed = st.ep_armed](const boost::system::error_code&) { *armed = false; });
-        }
-        waits_ep = true;
-      }
-      st.io->run_one();
-      if (waits_ep && !*st.ep_armed) read_watched(st);
+      block(st);
     }
     st.poll.adjust(std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count());
     st.window.store(st.poll.ns, std::memory_order_relaxed);
+  }
+
+  // Blocks in the io_context. The loop's own set wakes it through one Asio wait (its
+  // epoll_ctl once a sleep, not once a request), whose handler only marks it fired.
+  template <class Data>
+  static void block(Data& st) {
+    bool waits_ep = false;
+    if (st.wt.ep >= 0 && !st.wt.watched.empty()) {
+      if (!*st.ep_armed) {
+        *st.ep_armed = true;
+        st.ep_asio->async_wait(boost::asio::posix::descriptor_base::wait_read,
+                               [armed = st.ep_armed](const boost::system::error_code&) { *armed = false; });
+      }
+      waits_ep = true;
+    }
+    st.io->run_one();
+    if (waits_ep && !*st.ep_armed) read_watched(st);
   }
 
   template <class Worker>
@@ -268,6 +279,7 @@ class loop_policy : public caf::policy::unprofiled {
     run_deferred(d(w->parent()).deferred);
     d(w->parent()).hot.clear();  // (the io_context is stopping: nothing to arm for)
     d(w->parent()).wt.watched.clear();
+    d(w->parent()).wt.alone.clear();
     t_hot = nullptr;
     t_watch = nullptr;
     t_deferred = nullptr;
@@ -350,12 +362,11 @@ class loop_coordinator : public caf::scheduler::coordinator<loop_policy> {
   loop_coordinator(caf::actor_system& sys, boost::asio::io_context& io, int64_t poll_max_ns) : coordinator(sys) {
     data().io = &io;
     data().poll.max_ns = poll_max_ns > 0 ? poll_max_ns : 0;
-    if (poll_max_ns > 0) {
-      int ep = ::epoll_create1(EPOLL_CLOEXEC);
-      if (ep >= 0) {  // (without it, sockets keep Asio waits of their own)
-        data().wt.ep = ep;
-        data().ep_asio = std::make_unique<boost::asio::posix::stream_descriptor>(io, ep);  // (owns it)
-      }
+    data().wt.polls = poll_max_ns > 0;
+    int ep = ::epoll_create1(EPOLL_CLOEXEC);
+    if (ep >= 0) {  // (without it, sockets keep Asio waits of their own)
+      data().wt.ep = ep;
+      data().ep_asio = std::make_unique<boost::asio::posix::stream_descriptor>(io, ep);  // (owns it)
     }
   }
   void init(caf::actor_system_config& cfg) override {
@@ -388,7 +399,27 @@ void note_active(pollable& p) {
   hot->push_back(p.pollable_ref());
 }
 
-int watch(pollable& p, int fd, uint32_t events, uint64_t& id) {
+int watch(pollable& p, int fd, uint32_t events, uint64_t& id, bool alone_ok) {
+  auto* wt = t_watch;
+  if (!wt) return -1;
+  if (!wt->polls) {
+    if (!alone_ok) return -1;
+    auto& a = wt->alone;
+    a.erase(std::remove_if(a.begin(), a.end(), [](const std::weak_ptr<pollable>& w) { return w.expired(); }), a.end());
+    bool set_reads = std::any_of(wt->watched.begin(), wt->watched.end(), [](const auto& e) { return !e.second.expired(); });
+    if (a.empty() && !set_reads) {  // the only one: it waits in Asio's reactor
+      a.push_back(p.pollable_ref());
+      return -1;
+    }
+  }
+  int ep = add_to_watch(p, fd, events, id);
+  if (ep >= 0 && !wt->polls)
+    for (auto& w : std::exchange(wt->alone, {}))
+      if (auto q = w.lock()) q->join_watch();
+  return ep;
+}
+
+int add_to_watch(pollable& p, int fd, uint32_t events, uint64_t& id) {
   auto* wt = t_watch;
   if (!wt) return -1;
   id = ++wt->next;

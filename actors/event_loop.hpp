@@ -58,6 +58,9 @@ class pollable {
   /// Loop thread: the loop's own set (watch()) reports it ready: what a readiness wait's
   /// event does (a write waiting for room, then a read pass). True if it received anything.
   virtual bool on_ready() = 0;
+  /// Loop thread: a loop that does not poll takes this socket, which waits in Asio's
+  /// reactor by itself, into its own set (with add_to_watch()): another socket came (watch()).
+  virtual void join_watch() {}
 };
 
 namespace event_loop {
@@ -102,13 +105,19 @@ void note_active(pollable& p);
 /// False: the loop does not poll; arm now.
 bool arm_later(pollable& p);
 
-/// Loop thread: a polling loop watches `p` itself from now on, in a level-triggered epoll
-/// set of its own where `fd` stays registered with `events`: `p` then needs no readiness
-/// wait of its own, ever, and the loop finds every ready socket with one epoll_wait. Returns
-/// that set's fd, with `id` the data its events for `fd` must carry (for `p` to change them
-/// with EPOLL_CTL_MOD, and to take `fd` out with EPOLL_CTL_DEL when it stops reading, before
-/// `fd` closes), or -1: the loop does not poll; use waits.
-int watch(pollable& p, int fd, uint32_t events, uint64_t& id);
+/// Loop thread: the loop watches `p` itself from now on, in a level-triggered epoll set of
+/// its own where `fd` stays registered with `events`: `p` then needs no readiness wait of
+/// its own, ever, and the loop finds every ready socket with one epoll_wait. Returns that
+/// set's fd, with `id` the data its events for `fd` must carry (for `p` to change them with
+/// EPOLL_CTL_MOD, and to take `fd` out with EPOLL_CTL_DEL when it stops reading, before
+/// `fd` closes), or -1: use a wait of its own.
+/// A polling loop takes every socket. One that does not poll takes only sockets that could
+/// wait in Asio's reactor by themselves (`alone_ok`), and only while it reads more than one:
+/// a lone socket waits in the reactor (one readiness layer, not two), and the loop moves it
+/// into the set (pollable::join_watch) when a second one comes (docs/architecture.md).
+int watch(pollable& p, int fd, uint32_t events, uint64_t& id, bool alone_ok);
+/// Loop thread: what watch() does once it has decided to take `p` (join_watch() calls it).
+int add_to_watch(pollable& p, int fd, uint32_t events, uint64_t& id);
 
 /// What the loop did when it ran out of work (inspection).
 struct loop_stats {
@@ -117,7 +126,7 @@ struct loop_stats {
   uint64_t direct_reads = 0; ///< ... of those, by reading a recently active socket directly
   uint64_t blocked = 0;      ///< ... and blocked in epoll
   int64_t poll_ns = 0;       ///< the current adaptive window
-  uint64_t watched = 0;      ///< sockets in the polling loop's own set (watch()), closed ones not yet swept
+  uint64_t watched = 0;      ///< sockets in the loop's own set (watch()), closed ones not yet swept
 };
 /// The loop's counters, or nullopt if `sys` does not run on an event loop (single_loop off).
 std::optional<loop_stats> stats(caf::actor_system& sys);

@@ -123,12 +123,13 @@ bool stream_transport::on_ready() {
 }
 
 void stream_transport::begin_watching() {
-  // A polling loop watches the socket itself, in its own level-triggered set, once and for
-  // all (event_loop::watch): no wait to arm, now or later, and no private set in between
-  // (the socket leaves it; its events, which leaders and writes change, go to the loop's).
+  // The loop may watch the socket itself, in its own level-triggered set, once and for all
+  // (event_loop::watch: a polling loop, or one that reads other sockets too): no wait to
+  // arm, now or later, and no private set in between (the socket leaves it; its events,
+  // which leaders and writes change, go to the loop's).
   std::lock_guard<std::mutex> g(em_);
   if (stopped()) return;
-  int ep = event_loop::watch(*this, fd_, events_, watch_id_);
+  int ep = event_loop::watch(*this, fd_, events_, watch_id_, !expect_leaders_);
   if (ep >= 0) {
     ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_DEL, fd_, nullptr);
     watch_ep_ = ep;
@@ -137,9 +138,10 @@ void stream_transport::begin_watching() {
   }
   if (expect_leaders_) return;
   // Otherwise the socket waits in Asio's reactor itself until something needs the private
-  // set: one readiness layer, not two (the peer's write wakes us through one callback, and
-  // our epoll_wait polls the socket, not a set that polls it). A duplicate, since Asio
-  // closes what it holds; Asio also makes the file non-blocking, which only a leader minds.
+  // set, or the loop's (join_watch): one readiness layer, not two (the peer's write wakes us
+  // through one callback, and our epoll_wait polls the socket, not a set that polls it). A
+  // duplicate, since Asio closes what it holds; Asio also makes the file non-blocking,
+  // which only a leader minds.
   proto::unique_fd dup(::fcntl(fd_, F_DUPFD_CLOEXEC, 0));
   if (!dup) return;  // (the private set, then)
   auto d = std::make_unique<asio::posix::stream_descriptor>(io_);
@@ -152,28 +154,49 @@ void stream_transport::begin_watching() {
   direct_on_.store(true, std::memory_order_release);
 }
 
+int stream_transport::leave_reactor_locked(int to_ep) {
+  boost::system::error_code ec;
+  direct_->close(ec);  // a pending wait ends with operation_aborted, and arms again (arm(): not once watched)
+  direct_.reset();
+  int fl = ::fcntl(fd_, F_GETFL);
+  if (fl < 0 || ::fcntl(fd_, F_SETFL, fl & ~O_NONBLOCK) != 0) return errno;
+  if (to_ep >= 0) return 0;
+  epoll_event ev{};
+  ev.events = events_;
+  return ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_ADD, fd_, &ev) != 0 ? errno : 0;
+}
+
+void stream_transport::join_watch() {
+  if (!direct_ || stopped()) return;
+  int err = 0;
+  {
+    std::lock_guard<std::mutex> g(em_);
+    int ep = event_loop::add_to_watch(*this, fd_, events_, watch_id_);
+    if (ep < 0) return;  // (it stays in Asio's reactor)
+    watch_ep_ = ep;  // (the private set let it go when it entered the reactor)
+    watched_ = true;
+    err = leave_reactor_locked(ep);
+  }
+  if (err) return watch_failed(err);
+  direct_on_.store(false, std::memory_order_release);
+}
+
 void stream_transport::leave_direct() {
   if (!direct_ || stopped()) return;
   int err = 0;
   {
     std::lock_guard<std::mutex> g(em_);
-    boost::system::error_code ec;
-    direct_->close(ec);  // a pending wait ends with operation_aborted, and arms again (arm())
-    direct_.reset();
-    int fl = ::fcntl(fd_, F_GETFL);
-    epoll_event ev{};
-    ev.events = events_;
-    if (fl < 0 || ::fcntl(fd_, F_SETFL, fl & ~O_NONBLOCK) != 0 ||
-        ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_ADD, fd_, &ev) != 0)
-      err = errno;
+    err = leave_reactor_locked(-1);
   }
-  if (err) {  // leaders keep out (direct_on_ stays), and the connection ends with the cause
-    stop();
-    caf::anon_send(owner_, ioerr_atom::value,
-                   proto::error(proto::errc::io_error, err, std::string("watching the socket: ") + std::strerror(err)));
-    return;
-  }
+  if (err) return watch_failed(err);
   direct_on_.store(false, std::memory_order_release);
+}
+
+void stream_transport::watch_failed(int err) {
+  // Leaders keep out (direct_on_ stays), and the connection ends with the cause.
+  stop();
+  caf::anon_send(owner_, ioerr_atom::value,
+                 proto::error(proto::errc::io_error, err, std::string("watching the socket: ") + std::strerror(err)));
 }
 
 void stream_transport::arm() {

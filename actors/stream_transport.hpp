@@ -1,7 +1,7 @@
 // stream_transport.hpp: the byte level of one vfio-user connection, on an AF_UNIX stream
 // socket. Its parts, a file each:
-//  - stream_transport.cpp: set-up, readiness (the polling loop's set, Asio on a private
-//    epoll set, or Asio on the socket itself), leaders, close;
+//  - stream_transport.cpp: set-up, readiness (the loop's own set, Asio on a private epoll
+//    set, or Asio on the socket itself), leaders, close;
 //  - frame_reader.cpp: read passes (recvmsg, fds, large bodies read in place, landings);
 //  - frame_router.hpp: what the frames become (replies, requests, fatal events) and the
 //    flow control of the peer's requests; pure;
@@ -23,7 +23,8 @@
 //    does not watch the socket itself but a private epoll instance holding it (level-
 //    triggered); a leader takes EPOLLIN out of it while it reads and puts it back after,
 //    when anything that arrived meanwhile wakes the io thread at once. (A connection no
-//    leader is expected on waits in Asio's reactor itself until one comes: leave_direct.)
+//    leader is expected on waits in Asio's reactor itself until one comes, leave_direct,
+//    or until a loop that does not poll has another socket to read: join_watch.)
 //    The socket's file is blocking for the leader's sake (with SO_RCVTIMEO slices); every
 //    other read and every write passes MSG_DONTWAIT.
 //  - Writes go through send(), from any thread (the dispatcher, the correlation actor, a
@@ -111,6 +112,7 @@ class stream_transport : public deferred_writer,
   bool poll_read() override;
   std::shared_ptr<pollable> pollable_ref() override { return shared_from_this(); }
   void arm_wait() override { arm(); }
+  void join_watch() override;
   bool on_ready() override;
 
   /// A calling thread becomes the reader until lead_end(), if nobody else reads now (false:
@@ -184,6 +186,11 @@ class stream_transport : public deferred_writer,
   /// Io thread: the private set watches the socket from now on, for good (the first
   /// leader or write waiting for room needs it); the socket's file is blocking again.
   void leave_direct();
+  /// Io thread, em_ held: the socket leaves Asio's reactor (direct_) for the loop's set
+  /// `to_ep` (it is there already) or, with -1, for the private set; blocking again. 0 or errno.
+  int leave_reactor_locked(int to_ep);
+  /// Io thread: the socket could not be watched: the connection ends (err: the errno).
+  void watch_failed(int err);
   /// Io thread, once, at start: the polling loop's own set takes the socket if the loop
   /// polls, and Asio's reactor otherwise (direct_).
   void begin_watching();

@@ -590,6 +590,53 @@ TEST_F(BrokerTest, ALoopThatDoesNotPollWaitsOnTheSocketItselfUntilACallerLeads) 
   EXPECT_GE(counter("leader_caught") + counter("leader_slept"), calls / 2) << server_->stats();
 }
 
+// A loop that does not poll waits on a lone socket in Asio's reactor, and takes it into its
+// own level-triggered set when a second socket comes (one wait for both from then on, no
+// wait armed per request); both are served throughout, and a third joins the set at once.
+TEST_F(BrokerTest, ALoopThatDoesNotPollWatchesItsSocketsInItsOwnSetOnceItReadsMoreThanOne) {
+  restart_runtime(polling(0));
+  auto counter = [](endpoint& e, const char* key) { return test::stat_value(e.stats(), key); };
+  auto read_some = [](test::raw_peer& p, uint16_t from) {
+    for (uint16_t i = from; i < from + 50; ++i) {
+      ASSERT_TRUE(p.send(rr(i, 2), i));
+      auto r = p.recv();
+      ASSERT_TRUE(r);
+      ASSERT_EQ(r->hdr().msg_id, i);
+      auto rep = proto::decode(*r);
+      ASSERT_TRUE(rep.ok());
+      EXPECT_EQ(std::get<proto::region_read_reply>(*rep).data, (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1)}));
+    }
+  };
+  test::raw_peer p1(start_server(pattern_device));
+  auto first = std::move(server_);
+  ASSERT_TRUE(p1.version());
+  read_some(p1, 1);
+  EXPECT_EQ(counter(*first, "direct"), 1) << first->stats();
+  EXPECT_EQ(event_loop::stats(rt_->system())->watched, 0u);
+
+  test::raw_peer p2(start_server(pattern_device));
+  auto second = std::move(server_);
+  ASSERT_TRUE(p2.version());
+  EXPECT_EQ(counter(*first, "direct"), 0) << first->stats();
+  EXPECT_EQ(counter(*second, "direct"), 0) << second->stats();
+  EXPECT_EQ(event_loop::stats(rt_->system())->watched, 2u);
+  int64_t armed1 = counter(*first, "waits_armed"), armed2 = counter(*second, "waits_armed");
+  for (uint16_t k = 0; k < 4; ++k) {
+    read_some(p1, uint16_t(100 + 50 * k));
+    read_some(p2, uint16_t(100 + 50 * k));
+  }
+  EXPECT_EQ(counter(*first, "waits_armed"), armed1) << first->stats();
+  EXPECT_EQ(counter(*second, "waits_armed"), armed2) << second->stats();
+
+  first.reset();  // (its socket leaves the set before it closes)
+  read_some(p2, 400);
+  test::raw_peer p3(start_server(pattern_device));
+  ASSERT_TRUE(p3.version());
+  EXPECT_EQ(counter(*server_, "direct"), 0) << server_->stats();
+  read_some(p3, 1);
+  read_some(p2, 500);
+}
+
 // runtime_options::poll_max_ns = -1 (the default) takes VFU_POLL_MAX_NS; a value that is
 // not a number of nanoseconds in range is ignored (with a warning), not half-parsed.
 TEST_F(BrokerTest, PollingDefaultComesFromTheEnvironmentAndBadValuesAreIgnored) {
