@@ -601,18 +601,17 @@ meter dma_meter(runtime& rt, const std::string& sock, pid_t pid, uint32_t len, b
   return m;
 }
 
-/// N gpio devices in one vfu-serve, each driven at once by a raw client with 1 in flight.
-meter many_devices(const servers& s) {
-  int n = int(s.gpios.size());
+/// The gpio devices at `socks`, served by `pid`, each driven at once by a raw client with 1
+/// in flight.
+meter many_devices(const std::string& name, pid_t pid, const std::vector<std::string>& socks) {
   auto conns = std::make_shared<std::vector<proto::unique_fd>>();
   std::vector<int> fds;
-  for (auto& p : s.gpios) {
+  for (auto& p : socks) {
     conns->push_back(raw_connect(p));
     fds.push_back(conns->back().get());
   }
   auto req = proto::make_frame(2, proto::region_read_request{{0, 2, 4}});
-  return multi_meter(std::to_string(n) + " gpio devices in one vfu-serve, 1 in flight each", s.pid, fds,
-                     std::vector<uint8_t>(req.bytes.begin(), req.bytes.end()), 36, conns);
+  return multi_meter(name, pid, fds, std::vector<uint8_t>(req.bytes.begin(), req.bytes.end()), 36, conns);
 }
 
 // ---- migration --------------------------------------------------------------------------------
@@ -1184,10 +1183,29 @@ int main(int argc, char** argv) {
   if (want("trace")) trace_rows(bindir, s, rows, notes);
   if (want("devices") && devices > 0) {
     auto fm = floor_multi("floor: " + std::to_string(devices) + " socketpairs, one poll() server", devices);
-    auto md = many_devices(s);
-    interleave({&fm, &md});
+    // The same devices in a vfu-serve that does not poll, as a host serving many devices
+    // from one process would run them.
+    std::vector<std::string> args{bindir + "/vfu-serve", "--poll-max-ns=0"}, quiet;
+    for (int i = 0; i < devices; ++i) {
+      quiet.push_back(s.dir + "/q" + std::to_string(i) + ".sock");
+      args.push_back("--device=gpio");
+      args.push_back("--socket-path=" + quiet.back());
+    }
+    pid_t qpid = start_server(args, quiet.back());
+    if (!qpid) {
+      std::fprintf(stderr, "vfu-bench: vfu-serve --poll-max-ns=0 did not start\n");
+      std::exit(1);
+    }
+    std::string n = std::to_string(devices);
+    auto md = many_devices(n + " gpio devices in one vfu-serve, 1 in flight each", s.pid, s.gpios);
+    auto mq = many_devices(n + " gpio devices in one vfu-serve, 1 in flight each, no polling", qpid, quiet);
+    interleave({&fm, &md, &mq});
     rows.push_back(fm.result());
     rows.push_back(against(md, fm));
+    rows.push_back(against(mq, fm));
+    mq = meter{};
+    stop_child(qpid);
+    for (auto& q : quiet) ::unlink(q.c_str());
   }
   stop_servers(s);
   if (!json)
