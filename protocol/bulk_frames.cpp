@@ -2,24 +2,26 @@
 
 #include "protocol/wire.hpp"
 
+#include <cstring>
+
 namespace vfu::proto {
 
 namespace {
 using wire::reader;
-using wire::writer;
-void write_access(writer& w, const region_access& a) { w.put(a.offset); w.put(a.region); w.put(a.count); }
 void read_access(reader& r, region_access& a) { r.get(a.offset); r.get(a.region); r.get(a.count); }
 }  // namespace
 
 frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_access& a, const uint8_t* data,
                         uint32_t extra_flags) {
+  // One resize, then the fields in place: this builds every REGION_READ reply.
   frame f;
-  f.bytes.reserve(header_size + region_access_size + a.count);
-  f.bytes.resize(header_size);
-  writer w(f.bytes);
-  write_access(w, a);
-  if (data) w.bytes(data, a.count);
-  else if (reply) w.grow(a.count);  // uninitialised: the caller fills every byte in place
+  size_t with = (data || reply) ? size_t(a.count) : 0;  // (a reply without data: the caller fills it in place)
+  f.bytes.resize(header_size + region_access_size + with);
+  uint8_t* p = f.bytes.data() + header_size;
+  std::memcpy(p, &a.offset, sizeof a.offset);
+  std::memcpy(p + 8, &a.region, sizeof a.region);
+  std::memcpy(p + 12, &a.count, sizeof a.count);
+  if (data) std::memcpy(p + region_access_size, data, a.count);
   header h;
   h.msg_id = msg_id;
   h.command = uint16_t(cmd);

@@ -37,25 +37,37 @@ struct dctx {
   error short_payload(size_t need) const {
     return fail(errc::truncated, "payload " + std::to_string(p.size) + " < " + std::to_string(need));
   }
+  // Each check: the test inline, its error (strings) out of line: they run for every message.
   // Exact payload size rule: one short -> truncated, one over -> trailing_bytes.
   std::optional<error> exact(size_t n) const {
-    if (p.size < n) return short_payload(n);
-    if (p.size > n) return fail(errc::trailing_bytes, "payload " + std::to_string(p.size) + " > " + std::to_string(n));
-    return std::nullopt;
+    if (p.size == n) return std::nullopt;
+    return not_exact(n);
   }
   std::optional<error> no_fds() const {
-    if (nfds != 0) return fail(errc::bad_fds, std::to_string(nfds) + " unexpected fds");
-    return std::nullopt;
+    if (nfds == 0) return std::nullopt;
+    return unexpected_fds();
   }
   std::optional<error> max_fds(size_t n) const {
-    if (nfds > n) return fail(errc::bad_fds, std::to_string(nfds) + " fds, at most " + std::to_string(n));
-    return std::nullopt;
+    if (nfds <= n) return std::nullopt;
+    return too_many_fds(n);
   }
   std::optional<error> data_count(uint64_t count) const {
-    if (count > lim.max_data_xfer)
-      return fail(errc::too_large, "count " + std::to_string(count) + " > max_data_xfer_size " +
-                                       std::to_string(lim.max_data_xfer));
-    return std::nullopt;
+    if (count <= lim.max_data_xfer) return std::nullopt;
+    return too_large(count);
+  }
+  [[gnu::noinline, gnu::cold]] error not_exact(size_t n) const {
+    if (p.size < n) return short_payload(n);
+    return fail(errc::trailing_bytes, "payload " + std::to_string(p.size) + " > " + std::to_string(n));
+  }
+  [[gnu::noinline, gnu::cold]] error unexpected_fds() const {
+    return fail(errc::bad_fds, std::to_string(nfds) + " unexpected fds");
+  }
+  [[gnu::noinline, gnu::cold]] error too_many_fds(size_t n) const {
+    return fail(errc::bad_fds, std::to_string(nfds) + " fds, at most " + std::to_string(n));
+  }
+  [[gnu::noinline, gnu::cold]] error too_large(uint64_t count) const {
+    return fail(errc::too_large,
+                "count " + std::to_string(count) + " > max_data_xfer_size " + std::to_string(lim.max_data_xfer));
   }
 };
 
