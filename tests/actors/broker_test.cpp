@@ -65,6 +65,19 @@ class BrokerTest : public test::pair_fixture<> {
                 (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1), uint8_t(i + 2), uint8_t(i + 3)}));
     }
   }
+  // `n` 2-byte reads of a pattern_device through a raw peer, ids and offsets from `from`;
+  // each reply's id and bytes checked.
+  static void raw_reads(test::raw_peer& p, uint16_t from, uint16_t n) {
+    for (uint16_t i = from; i < from + n; ++i) {
+      ASSERT_TRUE(p.send(rr(i, 2), i));
+      auto r = p.recv();
+      ASSERT_TRUE(r);
+      ASSERT_EQ(r->hdr().msg_id, i);
+      auto m = proto::decode(*r);
+      ASSERT_TRUE(m.ok());
+      EXPECT_EQ(std::get<proto::region_read_reply>(*m).data, (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1)}));
+    }
+  }
   // Server endpoint on one end of a socketpair; returns the other end.
   proto::unique_fd start_server(handler_fn fn, endpoint_config cfg = {}) {
     auto [a, b] = test::socket_pair();
@@ -414,15 +427,7 @@ TEST_F(BrokerTest, PollingLoopReadsDirectlyAndStillSeesEveryByteAndTheClose) {
   auto fd = start_server(pattern_device);
   test::raw_peer peer(std::move(fd));
   ASSERT_TRUE(peer.version());
-  for (uint16_t i = 0; i < 2000; ++i) {
-    ASSERT_TRUE(peer.send(rr(i, 2), i));
-    auto r = peer.recv();
-    ASSERT_TRUE(r);
-    ASSERT_EQ(r->hdr().msg_id, i);
-    auto m = proto::decode(*r);
-    ASSERT_TRUE(m.ok());
-    EXPECT_EQ(std::get<proto::region_read_reply>(*m).data, (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1)}));
-  }
+  ASSERT_NO_FATAL_FAILURE(raw_reads(peer, 0, 2000));
   auto st = event_loop::stats(rt_->system());
   ASSERT_TRUE(st);
   EXPECT_GT(st->caught, 0u) << "no request was caught while polling";
@@ -596,21 +601,10 @@ TEST_F(BrokerTest, ALoopThatDoesNotPollWaitsOnTheSocketItselfUntilACallerLeads) 
 TEST_F(BrokerTest, ALoopThatDoesNotPollWatchesItsSocketsInItsOwnSetOnceItReadsMoreThanOne) {
   restart_runtime(polling(0));
   auto counter = [](endpoint& e, const char* key) { return test::stat_value(e.stats(), key); };
-  auto read_some = [](test::raw_peer& p, uint16_t from) {
-    for (uint16_t i = from; i < from + 50; ++i) {
-      ASSERT_TRUE(p.send(rr(i, 2), i));
-      auto r = p.recv();
-      ASSERT_TRUE(r);
-      ASSERT_EQ(r->hdr().msg_id, i);
-      auto rep = proto::decode(*r);
-      ASSERT_TRUE(rep.ok());
-      EXPECT_EQ(std::get<proto::region_read_reply>(*rep).data, (std::vector<uint8_t>{uint8_t(i), uint8_t(i + 1)}));
-    }
-  };
   test::raw_peer p1(start_server(pattern_device));
   auto first = std::move(server_);
   ASSERT_TRUE(p1.version());
-  read_some(p1, 1);
+  ASSERT_NO_FATAL_FAILURE(raw_reads(p1, 1, 50));
   EXPECT_EQ(counter(*first, "direct"), 1) << first->stats();
   EXPECT_EQ(event_loop::stats(rt_->system())->watched, 0u);
 
@@ -622,19 +616,19 @@ TEST_F(BrokerTest, ALoopThatDoesNotPollWatchesItsSocketsInItsOwnSetOnceItReadsMo
   EXPECT_EQ(event_loop::stats(rt_->system())->watched, 2u);
   int64_t armed1 = counter(*first, "waits_armed"), armed2 = counter(*second, "waits_armed");
   for (uint16_t k = 0; k < 4; ++k) {
-    read_some(p1, uint16_t(100 + 50 * k));
-    read_some(p2, uint16_t(100 + 50 * k));
+    ASSERT_NO_FATAL_FAILURE(raw_reads(p1, uint16_t(100 + 50 * k), 50));
+    ASSERT_NO_FATAL_FAILURE(raw_reads(p2, uint16_t(100 + 50 * k), 50));
   }
   EXPECT_EQ(counter(*first, "waits_armed"), armed1) << first->stats();
   EXPECT_EQ(counter(*second, "waits_armed"), armed2) << second->stats();
 
   first.reset();  // (its socket leaves the set before it closes)
-  read_some(p2, 400);
+  ASSERT_NO_FATAL_FAILURE(raw_reads(p2, 400, 50));
   test::raw_peer p3(start_server(pattern_device));
   ASSERT_TRUE(p3.version());
   EXPECT_EQ(counter(*server_, "direct"), 0) << server_->stats();
-  read_some(p3, 1);
-  read_some(p2, 500);
+  ASSERT_NO_FATAL_FAILURE(raw_reads(p3, 1, 50));
+  ASSERT_NO_FATAL_FAILURE(raw_reads(p2, 500, 50));
 }
 
 // runtime_options::poll_max_ns = -1 (the default) takes VFU_POLL_MAX_NS; a value that is
