@@ -29,8 +29,8 @@ VFU_HOT_TLS std::vector<std::shared_ptr<deferred_writer>>* t_deferred = nullptr;
 VFU_HOT_TLS std::vector<std::shared_ptr<pollable>>* t_hot = nullptr;  // null: the loop never polls
 // The loop's own set (watch()): sockets registered once, level-triggered. One epoll_wait(0)
 // finds all the ready ones, and none needs an Asio wait of its own, which Asio re-arms with
-// an epoll_ctl each time. A polling loop puts every socket there; one that does not, only
-// while it reads more than one. Loop thread only.
+// an epoll_ctl each time. A polling loop puts every socket there; one that does not, every
+// socket from the second on (the first joins then). Loop thread only.
 struct watch_table {
   int ep = -1;  ///< -1: no set (epoll_create1 failed)
   bool polls = false;
@@ -413,9 +413,13 @@ int watch(pollable& p, int fd, uint32_t events, uint64_t& id, bool alone_ok) {
     }
   }
   int ep = add_to_watch(p, fd, events, id);
-  if (ep >= 0 && !wt->polls)
-    for (auto& w : std::exchange(wt->alone, {}))
-      if (auto q = w.lock()) q->join_watch();
+  if (wt->polls) return ep;
+  if (ep < 0) {  // (it waits in the reactor; the next socket tries again for both)
+    wt->alone.push_back(p.pollable_ref());
+    return -1;
+  }
+  for (auto& w : std::exchange(wt->alone, {}))
+    if (auto q = w.lock()) q->join_watch();
   return ep;
 }
 
@@ -426,7 +430,8 @@ int add_to_watch(pollable& p, int fd, uint32_t events, uint64_t& id) {
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = id;
-  if (::epoll_ctl(wt->ep, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
+  // (Without events it stays out: its owner adds it with EPOLL_CTL_ADD when it has some.)
+  if (events && ::epoll_ctl(wt->ep, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
   if (wt->watched.size() >= wt->sweep_at) {
     for (auto it = wt->watched.begin(); it != wt->watched.end();)
       it = it->second.expired() ? wt->watched.erase(it) : std::next(it);

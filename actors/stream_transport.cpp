@@ -76,8 +76,11 @@ bool stream_transport::set_events_locked(uint32_t add, uint32_t remove) {
   epoll_event ev{};
   ev.events = want;
   ev.data.u64 = watch_id_;
-  // The set that watches the socket: the polling loop's own, or the private one.
-  if (::epoll_ctl(watch_ep_ >= 0 ? watch_ep_ : epd_.native_handle(), EPOLL_CTL_MOD, fd_, &ev) != 0) return false;
+  // The set that watches the socket: the loop's own, or the private one. It holds the
+  // socket only while it waits for something: epoll reports a hang-up or an error whatever
+  // the events, and a paused socket whose peer has gone would be ready at every look.
+  int op = want == 0 ? EPOLL_CTL_DEL : events_ == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+  if (::epoll_ctl(watch_ep_ >= 0 ? watch_ep_ : epd_.native_handle(), op, fd_, &ev) != 0) return false;
   events_ = want;
   return true;
 }
@@ -160,17 +163,17 @@ int stream_transport::leave_reactor_locked(int to_ep) {
   direct_.reset();
   int fl = ::fcntl(fd_, F_GETFL);
   if (fl < 0 || ::fcntl(fd_, F_SETFL, fl & ~O_NONBLOCK) != 0) return errno;
-  if (to_ep >= 0) return 0;
+  if (to_ep >= 0 || events_ == 0) return 0;  // (no events: set_events adds it when it has some)
   epoll_event ev{};
   ev.events = events_;
   return ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_ADD, fd_, &ev) != 0 ? errno : 0;
 }
 
 void stream_transport::join_watch() {
-  if (!direct_ || stopped()) return;
   int err = 0;
   {
     std::lock_guard<std::mutex> g(em_);
+    if (!direct_ || stopped()) return;
     int ep = event_loop::add_to_watch(*this, fd_, events_, watch_id_);
     if (ep < 0) return;  // (it stays in Asio's reactor)
     watch_ep_ = ep;  // (the private set let it go when it entered the reactor)
@@ -212,7 +215,9 @@ void stream_transport::arm() {
   (direct_ ? *direct_ : epd_).async_wait(asio::posix::descriptor_base::wait_read, [self](const boost::system::error_code& ec) {
     self->wait_armed_ = false;
     if (self->stopped()) return;
-    if (ec == asio::error::operation_aborted) {  // close() (stopped), or leave_direct(): wait on the private set now
+    // close() (stopped), leave_direct() (wait on the private set now) or join_watch() (the
+    // loop's set watches it: arm() does nothing).
+    if (ec == asio::error::operation_aborted) {
       self->arm();
       return;
     }

@@ -191,8 +191,8 @@ class stream_transport : public deferred_writer,
   int leave_reactor_locked(int to_ep);
   /// Io thread: the socket could not be watched: the connection ends (err: the errno).
   void watch_failed(int err);
-  /// Io thread, once, at start: the polling loop's own set takes the socket if the loop
-  /// polls, and Asio's reactor otherwise (direct_).
+  /// Io thread, once, at start: the loop's own set takes the socket (event_loop::watch),
+  /// or else Asio's reactor (direct_) or the private set.
   void begin_watching();
   void on_event();
   /// One read pass and the delivery of what it read, if nobody else is reading. True if it
@@ -217,8 +217,8 @@ class stream_transport : public deferred_writer,
   void count_request_out(const proto::header& h);
   /// The peer's requests on a socket that carries none: each answered EINVAL, none kept.
   void refuse_requests(const event_batch& reqs);
-  /// Stops reading for good (on an error or the end of the stream); leaves the polling
-  /// loop's own set (event_loop::watch).
+  /// Stops reading for good (on an error or the end of the stream); leaves the loop's own
+  /// set (event_loop::watch).
   void stop();
   bool stopped() const noexcept { return gate_.has(read_gate::stopped); }
   // write_queue.cpp
@@ -252,7 +252,7 @@ class stream_transport : public deferred_writer,
   int fd_;
   bool fd_open_ = true;                          ///< wm_: sock_ not closed yet
   std::mutex em_;
-  uint32_t events_ = 0;                          ///< em_: the socket's events in epd_
+  uint32_t events_ = 0;                          ///< em_: the socket's events in its set (in it only while not 0)
   std::atomic<uint32_t> max_frame_;
   std::mutex rm_;                                ///< one reader at a time: asm_, owner_
   proto::frame_assembler asm_;
@@ -267,7 +267,7 @@ class stream_transport : public deferred_writer,
   read_gate gate_;                               ///< why the connection does not read now
   flow_control flow_;                            ///< the peer's requests unanswered, ours awaited
   bool wait_armed_ = false;                      ///< a readiness wait is pending (io thread)
-  bool watched_ = false;                         ///< em_: the polling loop's set took the socket (for good)
+  bool watched_ = false;                         ///< em_: the loop's own set took the socket (for good)
   int watch_ep_ = -1;                            ///< em_: that set, until stop() takes the socket out
   uint64_t watch_id_ = 0;                        ///< em_: the socket's id there (its events' data)
   std::atomic<uint8_t> lanes_{both_lanes};

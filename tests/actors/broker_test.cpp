@@ -606,14 +606,18 @@ TEST_F(BrokerTest, ALoopThatDoesNotPollWatchesItsSocketsInItsOwnSetOnceItReadsMo
   ASSERT_TRUE(p1.version());
   ASSERT_NO_FATAL_FAILURE(raw_reads(p1, 1, 50));
   EXPECT_EQ(counter(*first, "direct"), 1) << first->stats();
-  EXPECT_EQ(event_loop::stats(rt_->system())->watched, 0u);
+  auto st = event_loop::stats(rt_->system());
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->watched, 0u);
 
   test::raw_peer p2(start_server(pattern_device));
   auto second = std::move(server_);
   ASSERT_TRUE(p2.version());
   EXPECT_EQ(counter(*first, "direct"), 0) << first->stats();
   EXPECT_EQ(counter(*second, "direct"), 0) << second->stats();
-  EXPECT_EQ(event_loop::stats(rt_->system())->watched, 2u);
+  st = event_loop::stats(rt_->system());
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->watched, 2u);
   int64_t armed1 = counter(*first, "waits_armed"), armed2 = counter(*second, "waits_armed");
   for (uint16_t k = 0; k < 4; ++k) {
     ASSERT_NO_FATAL_FAILURE(raw_reads(p1, uint16_t(100 + 50 * k), 50));
@@ -1029,6 +1033,50 @@ TEST_F(BrokerTest, APeerThatOutrunsItsDeviceIsStoppedNotBuffered) {
   sender.join();
   EXPECT_TRUE(all_sent);
   EXPECT_EQ(counter("unanswered"), 0);
+}
+
+// A connection paused by flow control whose peer then closes lets the loop sleep: in a
+// level-triggered set (a polling loop's, or the set of a loop that does not poll and reads
+// two sockets) a hang-up is reported whatever the events, so the paused socket leaves the
+// set until it reads again. Once the device answers, the connection ends.
+TEST_F(BrokerTest, APausedConnectionWhosePeerHangsUpLetsTheLoopSleep) {
+  for (bool polls : {true, false}) {
+    SCOPED_TRACE(polls ? "polling loop" : "loop without polling, two sockets");
+    server_.reset();
+    restart_runtime(polling(polls ? 200000 : 0));
+    auto [a, b] = test::socket_pair();
+    auto dev = rt_->system().spawn(stalling_device, handler_fn(pattern_device));
+    auto ep = endpoint::serve_fd(*rt_, std::move(a), {}, dev);
+    ASSERT_TRUE(ep.ok());
+    auto paused = std::move(ep.value());
+    test::raw_peer peer(std::move(b));
+    ASSERT_TRUE(peer.version());
+    test::raw_peer other(start_server(pattern_device));  // (a second socket on the loop)
+    ASSERT_TRUE(other.version());
+    auto counter = [&](const char* key) { return test::stat_value(paused->stats(), key); };
+    if (!polls) {
+      ASSERT_EQ(counter("direct"), 0) << paused->stats();
+    }
+    std::vector<uint8_t> bytes;  // past the bound of 4096 unanswered, and small enough to fit
+    for (uint16_t i = 0; i < 4200; ++i) {
+      auto f = proto::make_frame(uint16_t(i + 2), rr(i, 4));
+      bytes.insert(bytes.end(), f.bytes.begin(), f.bytes.end());
+    }
+    ASSERT_TRUE(peer.send_bytes(bytes.data(), bytes.size()));
+    for (auto until = std::chrono::steady_clock::now() + 10s; counter("pauses") == 0 && std::chrono::steady_clock::now() < until;)
+      std::this_thread::sleep_for(5ms);
+    ASSERT_GE(counter("pauses"), 1);
+    peer.close();
+    std::this_thread::sleep_for(20ms);
+    auto st0 = event_loop::stats(rt_->system());
+    ASSERT_TRUE(st0);
+    std::this_thread::sleep_for(200ms);
+    auto st1 = event_loop::stats(rt_->system());
+    EXPECT_LT(st1->blocked - st0->blocked, 30u) << "the idle loop woke " << st1->blocked - st0->blocked << " times in 200 ms";
+    ASSERT_NO_FATAL_FAILURE(raw_reads(other, 1, 10));  // (the other connection is served)
+    caf::anon_send(dev, release_atom::value);
+    EXPECT_TRUE(paused->wait_state(conn_state::closed, 5s)) << paused->stats();
+  }
 }
 
 // Commands are answered strictly in arrival order, also those that never reach the device:
