@@ -295,6 +295,8 @@ meter multi_meter(const std::string& name, pid_t server, std::vector<int> fds, s
   m.name = name;
   m.server = server;
   m.keep = std::move(keep);
+  timeval limit{10, 0};  // a reply that never comes fails the row instead of hanging the run
+  for (int fd : fds) ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
   m.run = [fds = std::move(fds), req = std::move(req), rep_size](double secs) -> int64_t {
     std::atomic<bool> stop{false}, failed{false};
     std::atomic<uint64_t> ops{0};
@@ -330,7 +332,16 @@ meter floor_multi(const std::string& name, int n) {
   }
   pid_t pid = ::fork();
   if (pid == 0) {
-    for (int c : cl) ::close(c);
+    // Only the server ends stay open (they are the lowest free numbers, but not always
+    // consecutive): no copy of another meter's socket or of a connection to vfu-serve.
+    std::vector<int> keep = sv;
+    std::sort(keep.begin(), keep.end());
+    int from = 3;
+    for (int k : keep) {
+      if (k > from) ::close_range(unsigned(from), unsigned(k) - 1, 0);
+      from = k + 1;
+    }
+    ::close_range(unsigned(from), ~0u, 0);
     std::vector<pollfd> pf;
     for (int s : sv) pf.push_back(pollfd{s, POLLIN, 0});
     uint8_t in[32], out[36] = {};
@@ -608,6 +619,10 @@ meter many_devices(const std::string& name, pid_t pid, const std::vector<std::st
   std::vector<int> fds;
   for (auto& p : socks) {
     conns->push_back(raw_connect(p));
+    if (!conns->back()) {
+      std::fprintf(stderr, "vfu-bench: cannot reach %s\n", p.c_str());
+      std::exit(1);
+    }
     fds.push_back(conns->back().get());
   }
   auto req = proto::make_frame(2, proto::region_read_request{{0, 2, 4}});
