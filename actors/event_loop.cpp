@@ -430,8 +430,7 @@ int add_to_watch(pollable& p, int fd, uint32_t events, uint64_t& id) {
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = id;
-  // (Without events it stays out: its owner adds it with EPOLL_CTL_ADD when it has some.)
-  if (events && ::epoll_ctl(wt->ep, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
+  if (::epoll_ctl(wt->ep, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
   if (wt->watched.size() >= wt->sweep_at) {
     for (auto it = wt->watched.begin(); it != wt->watched.end();)
       it = it->second.expired() ? wt->watched.erase(it) : std::next(it);

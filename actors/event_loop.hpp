@@ -106,12 +106,12 @@ void note_active(pollable& p);
 bool arm_later(pollable& p);
 
 /// Loop thread: the loop watches `p` itself from now on, in a level-triggered epoll set of
-/// its own where `fd` is registered with `events` (only while they are not 0: epoll reports
-/// a hang-up whatever the events): `p` then needs no readiness wait of its own, ever, and
-/// the loop finds every ready socket with one epoll_wait. Returns that set's fd, with `id`
-/// the data its events for `fd` must carry (for `p` to change them with EPOLL_CTL_MOD, or
-/// EPOLL_CTL_DEL and EPOLL_CTL_ADD as they become 0 and come back, and to take `fd` out when
-/// it stops reading, before `fd` closes), or -1: use a wait of its own.
+/// its own where `fd` is registered with `events`: `p` then needs no readiness wait of its
+/// own, ever, and the loop finds every ready socket with one epoll_wait. Returns that set's
+/// fd, with `id` the data its events for `fd` must carry (for `p` to change them with
+/// EPOLL_CTL_MOD, to take `fd` out while it waits for nothing, since epoll reports a
+/// hang-up whatever the events, and out for good when it stops reading, before `fd`
+/// closes), or -1: use a wait of its own.
 /// A polling loop takes every socket. One that does not poll takes only sockets that could
 /// wait in Asio's reactor by themselves (`alone_ok`), and only once it reads more than one:
 /// a lone socket waits in the reactor (one readiness layer, not two), and the loop moves it

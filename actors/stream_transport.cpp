@@ -50,6 +50,7 @@ stream_transport::stream_transport(asio::io_context& io, proto::unique_fd fd, ui
   ev.events = EPOLLIN;
   if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd_, &ev) != 0) { fail_errno("epoll_ctl"); return; }
   events_ = EPOLLIN;
+  in_set_ = true;
   boost::system::error_code ec;
   epd_.assign(ep.get(), ec);
   if (ec) {
@@ -66,7 +67,12 @@ bool stream_transport::set_events(uint32_t add, uint32_t remove) {
 
 bool stream_transport::set_events_locked(uint32_t add, uint32_t remove) {
   uint32_t want = (events_ | add) & ~remove;
-  if (want == events_) return true;
+  // Paused by flow control with nothing else to wait for, the socket leaves its set: epoll
+  // reports a hang-up whatever the events, and a paused socket whose peer has gone would be
+  // ready at every look until its device answers. (A leader's read keeps it in: a DEL and an
+  // ADD per call cost more than two MODs.)
+  bool in = want != 0 || !gate_.has(read_gate::flow);
+  if (want == events_ && in == in_set_) return true;
   // Stopped after the loop's set watched it (no set holds it now), or in Asio's reactor
   // (the private set takes these events when it takes the socket back: leave_direct).
   if ((watched_ && watch_ep_ < 0) || direct_) {
@@ -76,12 +82,11 @@ bool stream_transport::set_events_locked(uint32_t add, uint32_t remove) {
   epoll_event ev{};
   ev.events = want;
   ev.data.u64 = watch_id_;
-  // The set that watches the socket: the loop's own, or the private one. It holds the
-  // socket only while it waits for something: epoll reports a hang-up or an error whatever
-  // the events, and a paused socket whose peer has gone would be ready at every look.
-  int op = want == 0 ? EPOLL_CTL_DEL : events_ == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
-  if (::epoll_ctl(watch_ep_ >= 0 ? watch_ep_ : epd_.native_handle(), op, fd_, &ev) != 0) return false;
+  // The set that watches the socket: the loop's own, or the private one.
+  int op = !in ? EPOLL_CTL_DEL : in_set_ ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  if ((in || in_set_) && ::epoll_ctl(watch_ep_ >= 0 ? watch_ep_ : epd_.native_handle(), op, fd_, &ev) != 0) return false;
   events_ = want;
+  in_set_ = in;
   return true;
 }
 
@@ -118,6 +123,7 @@ void stream_transport::stop() {
   if (watch_ep_ < 0) return;
   ::epoll_ctl(watch_ep_, EPOLL_CTL_DEL, fd_, nullptr);
   watch_ep_ = -1;
+  in_set_ = false;
 }
 
 bool stream_transport::on_ready() {
@@ -153,6 +159,7 @@ void stream_transport::begin_watching() {
   if (ec) return;
   dup.release();
   ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_DEL, fd_, nullptr);
+  in_set_ = false;
   direct_ = std::move(d);
   direct_on_.store(true, std::memory_order_release);
 }
@@ -163,10 +170,13 @@ int stream_transport::leave_reactor_locked(int to_ep) {
   direct_.reset();
   int fl = ::fcntl(fd_, F_GETFL);
   if (fl < 0 || ::fcntl(fd_, F_SETFL, fl & ~O_NONBLOCK) != 0) return errno;
-  if (to_ep >= 0 || events_ == 0) return 0;  // (no events: set_events adds it when it has some)
-  epoll_event ev{};
-  ev.events = events_;
-  return ::epoll_ctl(epd_.native_handle(), EPOLL_CTL_ADD, fd_, &ev) != 0 ? errno : 0;
+  if (to_ep < 0) {
+    epoll_event ev{};
+    ev.events = events_;
+    if (::epoll_ctl(epd_.native_handle(), EPOLL_CTL_ADD, fd_, &ev) != 0) return errno;
+  }
+  in_set_ = true;
+  return set_events_locked(0, 0) ? 0 : errno;  // (out again if reading is paused)
 }
 
 void stream_transport::join_watch() {

@@ -252,7 +252,8 @@ class stream_transport : public deferred_writer,
   int fd_;
   bool fd_open_ = true;                          ///< wm_: sock_ not closed yet
   std::mutex em_;
-  uint32_t events_ = 0;                          ///< em_: the socket's events in its set (in it only while not 0)
+  uint32_t events_ = 0;                          ///< em_: the socket's events in its set
+  bool in_set_ = false;                          ///< em_: the set watching it holds it (set_events_locked)
   std::atomic<uint32_t> max_frame_;
   std::mutex rm_;                                ///< one reader at a time: asm_, owner_
   proto::frame_assembler asm_;
