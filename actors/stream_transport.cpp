@@ -79,12 +79,14 @@ bool stream_transport::set_events_locked(uint32_t add, uint32_t remove) {
     events_ = want;
     return true;
   }
-  epoll_event ev{};
-  ev.events = want;
-  ev.data.u64 = watch_id_;
-  // The set that watches the socket: the loop's own, or the private one.
-  int op = !in ? EPOLL_CTL_DEL : in_set_ ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-  if ((in || in_set_) && ::epoll_ctl(watch_ep_ >= 0 ? watch_ep_ : epd_.native_handle(), op, fd_, &ev) != 0) return false;
+  if (in || in_set_) {  // (out and staying out: nothing to tell epoll)
+    epoll_event ev{};
+    ev.events = want;
+    ev.data.u64 = watch_id_;
+    int op = !in ? EPOLL_CTL_DEL : in_set_ ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    // The set that watches the socket: the loop's own, or the private one.
+    if (::epoll_ctl(watch_ep_ >= 0 ? watch_ep_ : epd_.native_handle(), op, fd_, &ev) != 0) return false;
+  }
   events_ = want;
   in_set_ = in;
   return true;

@@ -2,13 +2,20 @@
 
 #include "protocol/wire.hpp"
 
+#include <cstddef>
 #include <cstring>
+#include <type_traits>
 
 namespace vfu::proto {
 
 namespace {
 using wire::reader;
 void read_access(reader& r, region_access& a) { r.get(a.offset); r.get(a.region); r.get(a.count); }
+// region_access is its wire layout, as header is (header.hpp): one copy writes it.
+static_assert(sizeof(region_access) == region_access_size && std::is_trivially_copyable_v<region_access> &&
+              offsetof(region_access, offset) == 0 && offsetof(region_access, region) == 8 &&
+              offsetof(region_access, count) == 12);
+void write_access(uint8_t* p, const region_access& a) noexcept { std::memcpy(p, &a, sizeof a); }
 }  // namespace
 
 frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_access& a, const uint8_t* data,
@@ -17,11 +24,8 @@ frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_a
   frame f;
   size_t with = (data || reply) ? size_t(a.count) : 0;  // (a reply without data: the caller fills it in place)
   f.bytes.resize(header_size + region_access_size + with);
-  uint8_t* p = f.bytes.data() + header_size;
-  std::memcpy(p, &a.offset, sizeof a.offset);
-  std::memcpy(p + 8, &a.region, sizeof a.region);
-  std::memcpy(p + 12, &a.count, sizeof a.count);
-  if (data) std::memcpy(p + region_access_size, data, a.count);
+  write_access(f.bytes.data() + header_size, a);
+  if (data) std::memcpy(region_frame_data(f), data, a.count);
   header h;
   h.msg_id = msg_id;
   h.command = uint16_t(cmd);

@@ -221,17 +221,23 @@ bool read_all(int fd, void* p, size_t n) {
 /// In a forked child: closes every inherited fd but stdio and `keep`, so that the child
 /// holds no copy of another floor's socket or of a connection to vfu-serve (which serves one
 /// client per socket: a stray copy would keep a finished client connected).
-void close_inherited(int keep) {
-  if (keep > 3) ::close_range(3, unsigned(keep) - 1, 0);
-  ::close_range(unsigned(keep) + 1, ~0u, 0);
+void close_inherited(std::vector<int> keep) {
+  std::sort(keep.begin(), keep.end());
+  int from = 3;
+  for (int k : keep) {
+    if (k > from) ::close_range(unsigned(from), unsigned(k) - 1, 0);
+    from = std::max(from, k + 1);
+  }
+  ::close_range(unsigned(from), ~0u, 0);
 }
 
-/// The floor's server process and its socket, alive as long as the meter that drives it.
+/// A floor's server process and its client sockets, alive as long as the meter that drives
+/// them: the sockets close first, then the server, which exits at their EOF, is reaped.
 struct floor_proc {
   pid_t pid = 0;
-  int fd = -1;
+  std::vector<int> fds;
   ~floor_proc() {
-    if (fd >= 0) ::close(fd);
+    for (int fd : fds) ::close(fd);
     if (pid > 0) ::waitpid(pid, nullptr, 0);
   }
 };
@@ -248,7 +254,7 @@ meter floor_meter(const std::string& name, size_t req, size_t rep, int inflight,
   pid_t pid = ::fork();
   if (pid == 0) {
     ::close(sv[0]);
-    close_inherited(sv[1]);
+    close_inherited({sv[1]});
     int ep = -1;
     if (in_epoll) {
       epoll_event ev{};
@@ -267,7 +273,7 @@ meter floor_meter(const std::string& name, size_t req, size_t rep, int inflight,
   ::close(sv[1]);
   auto p = std::make_shared<floor_proc>();
   p->pid = pid;
-  p->fd = sv[0];
+  p->fds = {sv[0]};
   meter m;
   m.name = name;
   m.server = pid;
@@ -332,16 +338,7 @@ meter floor_multi(const std::string& name, int n) {
   }
   pid_t pid = ::fork();
   if (pid == 0) {
-    // Only the server ends stay open (they are the lowest free numbers, but not always
-    // consecutive): no copy of another meter's socket or of a connection to vfu-serve.
-    std::vector<int> keep = sv;
-    std::sort(keep.begin(), keep.end());
-    int from = 3;
-    for (int k : keep) {
-      if (k > from) ::close_range(unsigned(from), unsigned(k) - 1, 0);
-      from = k + 1;
-    }
-    ::close_range(unsigned(from), ~0u, 0);
+    close_inherited(sv);
     std::vector<pollfd> pf;
     for (int s : sv) pf.push_back(pollfd{s, POLLIN, 0});
     uint8_t in[32], out[36] = {};
@@ -354,15 +351,7 @@ meter floor_multi(const std::string& name, int n) {
     }
   }
   for (int s : sv) ::close(s);
-  struct procs {  // the client ends, then the server (which exits at their EOF)
-    std::vector<int> fds;
-    pid_t pid = 0;
-    ~procs() {
-      for (int c : fds) ::close(c);
-      if (pid > 0) ::waitpid(pid, nullptr, 0);
-    }
-  };
-  auto keep = std::make_shared<procs>();
+  auto keep = std::make_shared<floor_proc>();
   keep->fds = cl;
   keep->pid = pid;
   return multi_meter(name, pid, cl, std::vector<uint8_t>(32), 36, keep);
