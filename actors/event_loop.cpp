@@ -1,5 +1,6 @@
 #include "actors/event_loop.hpp"
 
+#include <sched.h>
 #include <sys/epoll.h>
 
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -236,6 +237,10 @@ class loop_policy : public caf::policy::unprofiled {
           if (read_watched(st)) got = true;  // another socket (one epoll_wait for all)
           if (st.io->poll() > 0) got = true;  // a timer, a posted handler (epoll_wait, timeout 0)
         }
+        // Nothing yet: the core goes to any other thread that wants it (sched_yield returns
+        // at once when none does). One woken on this core would otherwise wait for this
+        // spinner's time slice to end: milliseconds, not microseconds (docs/performance.md).
+        if (!got) ::sched_yield();
         std::lock_guard<std::mutex> g(st.lock);
         if (!st.queue.empty()) got = true;  // a message from another thread
         if (!got && clock::now() >= deadline) st.sleeping = true;  // under the lock: see enqueue
