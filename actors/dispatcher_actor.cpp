@@ -84,6 +84,14 @@ void serve_version(self_t self, const conn_route& r, const proto::header& h, con
 
 void dispatch_next(self_t self);
 
+// A request answered in place whose inbound nobody else holds: emptied now (its fds close,
+// its connection is not kept), it carries the next request.
+void keep_spare(dispatcher_state& st, inbound_ptr& in) {
+  if (st.spare_in || in.use_count() != 1) return;
+  in->recycle();
+  st.spare_in = std::move(in);
+}
+
 void finish(self_t self, uint64_t seq, outbound_ptr out, int err) {
   auto& st = self->state;
   if (!st.busy || seq != st.seq) return;  // answered already (timed out, its device died)
@@ -178,6 +186,7 @@ void dispatch_next(self_t self) {
     st.queue.pop_front();
     it.in->alone = st.queue.empty();
     if (!hand_over(self, it.sock, it.tr, it.hdr, it.in, it.target, it.ticket)) return;
+    keep_spare(st, it.in);
   }
 }
 
@@ -230,16 +239,16 @@ void on_request(self_t self, const caf::actor& sock, const connection_ptr& tr, p
     error_in_turn(self, r, h, ENOTSUP, std::move(ticket));
     return;
   }
-  auto in = std::make_shared<inbound>();
+  auto in = st.spare_in ? std::move(st.spare_in) : std::make_shared<inbound>();
   in->hdr = h;
   in->msg = std::move(*m);
   in->fds = std::move(fr.fds);
-  in->correlation = st.correlation;
+  if (in->correlation != st.correlation) in->correlation = st.correlation;
   in->writer = tr;
   ++st.served;
   if (last && !st.busy && st.queue.empty()) {  // (nothing before it to wait for, nothing behind it)
     in->alone = true;
-    hand_over(self, sock, tr, h, in, *target, ticket);
+    if (hand_over(self, sock, tr, h, in, *target, ticket)) keep_spare(st, in);
     return;
   }
   st.queue.push_back(dispatcher_state::item{sock, tr, h, std::move(in), *target, nullptr, std::move(ticket)});

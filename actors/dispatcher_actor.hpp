@@ -112,6 +112,7 @@ struct dispatcher_state {
   bool negotiated = false;
   uint64_t served = 0, decode_errors = 0, timed_out = 0;
   uint64_t in_place = 0;  ///< of `served`: answered by a handler called in place (direct_handler)
+  inbound_ptr spare_in;   ///< an answered request's inbound, emptied, for the next (inbound::recycle)
   std::vector<caf::response_promise> drains;  ///< (drain_atom) requests: answered when idle
   static inline const char* name = "vfu.dispatcher";
 };

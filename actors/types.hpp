@@ -126,6 +126,15 @@ struct inbound {
   /// dispatcher when the handler's deadline passes (ETIMEDOUT). The loser stays silent, so
   /// the peer never gets two answers to one request.
   bool claim() noexcept { return !answered_.exchange(true, std::memory_order_acq_rel); }
+  /// The dispatcher's: a request answered, its inbound held by nobody else, is emptied to
+  /// carry the next one (no allocation per request).
+  void recycle() noexcept {
+    msg = proto::message{};
+    fds.clear();
+    writer = nullptr;
+    alone = false;
+    answered_.store(false, std::memory_order_relaxed);
+  }
 
  private:
   std::atomic<bool> answered_{false};
