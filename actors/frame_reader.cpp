@@ -208,6 +208,7 @@ void stream_transport::deliver(std::vector<proto::frame_assembler::event>& evs, 
         requests_direct_->take_now(r.requests, owner_, shared_from_this())) {
       handed.fetch_add(1, std::memory_order_relaxed);
       if (r.requests.use_count() == 1) {  // (the dispatcher kept nothing of it) for the next batch
+        for (auto& ev : *r.requests) asm_.give_back(std::move(ev.f.bytes));
         r.requests->clear();
         spare_batch_ = std::move(r.requests);
       }

@@ -56,6 +56,7 @@ void frame_assembler::feed(const uint8_t* data, size_t n, fd_list fds, std::vect
         drain_left_ = h.msg_size - header_size;
         continue;
       }
+      if (spare_.capacity() >= h.msg_size) cur_.bytes = std::move(spare_);
       cur_.bytes.resize(h.msg_size);  // checked against max_frame_ above
       std::memcpy(cur_.bytes.data(), hdr_buf_, header_size);
       body_have_ = header_size;

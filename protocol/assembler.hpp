@@ -61,11 +61,18 @@ class frame_assembler {
   /// Bytes of the current frame received so far (header included; 0 between frames).
   size_t frame_have() const noexcept { return in_body_ ? body_have_ : hdr_have_; }
   bool failed() const noexcept { return failed_; }
+  /// A buffer of a frame this assembler made, done with: the next frame that fits in it is
+  /// read into it, without an allocation. One is kept, and only a small one.
+  void give_back(frame_bytes&& b) noexcept {
+    if (b.capacity() <= spare_max && b.capacity() > spare_.capacity()) spare_ = std::move(b);
+  }
 
  private:
+  static constexpr size_t spare_max = 4096;
   void fail(std::vector<event>& out, error e);
 
   uint32_t max_frame_;
+  frame_bytes spare_;  ///< give_back()
   uint8_t hdr_buf_[header_size]{};
   size_t hdr_have_ = 0;
   bool in_body_ = false;

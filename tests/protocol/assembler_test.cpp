@@ -124,6 +124,41 @@ TEST_F(Assembler, ByteByByte) {
   EXPECT_EQ(out[0].f.hdr().msg_id, 7);
 }
 
+// A buffer given back is read into again: the frames that follow are exactly their own
+// bytes (none of the old frame's), whatever their size and wherever the reads split them,
+// and the fds still go with the frame holding a read's last byte.
+TEST_F(Assembler, FramesReadIntoAGivenBackBufferHoldOnlyTheirOwnBytes) {
+  frame_assembler a(1 << 20);
+  std::vector<ev> out;
+  auto big = raw_frame(1, 200);
+  feed(a, big, 0, big.size(), out);
+  ASSERT_EQ(out.size(), 1u);
+  for (auto& b : out[0].f.bytes) b = 0xee;  // what a stale byte would look like
+  a.give_back(std::move(out[0].f.bytes));
+  out.clear();
+  auto small = raw_frame(2, 40), header_only = raw_frame(3, 16, 1), larger = raw_frame(4, 300);
+  auto stream = cat({small, header_only, larger});
+  std::vector<int> raw;
+  feed(a, stream, 0, 7, out);
+  feed(a, stream, 7, small.size() + 3, out, eventfds(1, &raw));  // ends inside the second frame
+  feed(a, stream, small.size() + 3, stream.size(), out);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].f.bytes, small);
+  EXPECT_EQ(out[1].f.bytes, header_only);
+  EXPECT_EQ(out[2].f.bytes, larger);
+  EXPECT_TRUE(out[0].f.fds.empty());
+  ASSERT_EQ(out[1].f.fds.size(), 1u);
+  EXPECT_EQ(out[1].f.fds[0].get(), raw[0]);
+  // A buffer over the size kept, or none at all, changes nothing either.
+  frame_bytes huge(64 << 10);
+  a.give_back(std::move(huge));
+  a.give_back(frame_bytes{});
+  out.clear();
+  feed(a, small, 0, small.size(), out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].f.bytes, small);
+}
+
 TEST_F(Assembler, ManyFramesInOneFeed) {
   std::vector<uint8_t> stream;
   std::vector<std::vector<uint8_t>> frames;
