@@ -416,7 +416,7 @@ std::vector<proto::frame> reads(uint32_t region, uint64_t off, int n) {
 
 std::string g_serve_poll;     ///< --poll-max-ns for vfu-serve (empty: its default)
 std::string g_lvu;            ///< --lvu: libvfio-user's samples/gpio-pci-idio-16, for a sync row
-int64_t g_client_poll = -1;   ///< runtime_options::poll_max_ns of our client's runtime (-1: its default)
+int64_t g_client_poll = 0;    ///< runtime_options::poll_max_ns of our client's runtime
 bool g_caller_reads = true;   ///< endpoint_config::caller_reads of our client
 int64_t g_caller_poll = -1;   ///< endpoint_config::caller_poll_max_ns of our client (-1: its default)
 
@@ -987,7 +987,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: vfu-bench [--seconds=S] [--json] [--only=sync,pipelined,posted,bandwidth,client,dma,migration,nvme,trace,devices]\n"
-                   "                 [--devices=N] [--poll-max-ns=N (vfu-serve's)] [--client-poll-max-ns=N (our client's loop)]\n"
+                   "                 [--devices=N] [--poll-max-ns=N (vfu-serve's)] [--client-poll-max-ns=N]\n"
                    "                 [--caller-poll-max-ns=N (our client's callers; default: the library's)]\n"
                    "                 [--loop-reads (our client's loop reads every reply: caller_reads off)]\n"
                    "                 [--lvu=PATH (libvfio-user's samples/gpio-pci-idio-16: a row in sync)]\n"
