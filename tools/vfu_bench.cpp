@@ -422,7 +422,7 @@ int64_t g_caller_poll = -1;   ///< endpoint_config::caller_poll_max_ns of our cl
 
 struct servers {
   pid_t pid = 0;
-  std::string dir, gpio, gpio2, gpio3, dma, dma2, ram;  ///< gpio2, gpio3: our client's, while a raw client has gpio
+  std::string dir, gpio, gpio2, gpio3, dma, dma2, dma3, dma4, ram;  ///< gpio2, gpio3: our client's, while a raw client has gpio
   std::vector<std::string> gpios;  ///< --devices gpio sockets
 };
 
@@ -473,10 +473,13 @@ servers start_servers(const std::string& bindir, int devices) {
   s.gpio3 = s.dir + "/gpio3.sock";
   s.dma = s.dir + "/dma.sock";
   s.dma2 = s.dir + "/dma2.sock";
+  s.dma3 = s.dir + "/dma3.sock";
+  s.dma4 = s.dir + "/dma4.sock";
   s.ram = s.dir + "/ram.sock";
   std::vector<std::string> args{bindir + "/vfu-serve", "--device=gpio", "--socket-path=" + s.gpio, "--device=gpio",
                                 "--socket-path=" + s.gpio2, "--device=gpio", "--socket-path=" + s.gpio3, "--device=dma-test", "--socket-path=" + s.dma,
-                                "--device=dma-test", "--socket-path=" + s.dma2, "--device=ram", "--socket-path=" + s.ram};
+                                "--device=dma-test", "--socket-path=" + s.dma2, "--device=dma-test", "--socket-path=" + s.dma3,
+                                "--device=dma-test", "--socket-path=" + s.dma4, "--device=ram", "--socket-path=" + s.ram};
   if (!g_serve_poll.empty()) args.push_back("--poll-max-ns=" + g_serve_poll);
   for (int i = 0; i < devices; ++i) {
     s.gpios.push_back(s.dir + "/g" + std::to_string(i) + ".sock");
@@ -566,7 +569,8 @@ bool program_copy(dev::remote_device& d, uint64_t src, uint64_t dst, uint32_t le
 /// dma-test copying `len` bytes through a window without an fd: every copy is a DMA_READ
 /// and a DMA_WRITE from the server to our client, then an MSI-X interrupt. With `twin`
 /// (our client's default) they come on the twin socket, without it on the one socket.
-meter dma_meter(runtime& rt, const std::string& sock, pid_t pid, uint32_t len, bool twin) {
+/// `note` ends the row's name (which then leaves out "(2 per copy)", for its width).
+meter dma_meter(runtime& rt, const std::string& sock, pid_t pid, uint32_t len, bool twin, const std::string& note = "") {
   struct state {
     std::shared_ptr<dev::guest_memory> mem = std::make_shared<dev::guest_memory>();
     std::vector<uint8_t> guest;
@@ -588,7 +592,8 @@ meter dma_meter(runtime& rt, const std::string& sock, pid_t pid, uint32_t len, b
     std::fprintf(stderr, "vfu-bench: setting up dma-test failed\n");
     std::exit(1);
   }
-  auto m = fn_meter("dma-test copy of " + std::to_string(len) + " B: DMA msgs (2 per copy), " + (twin ? "twin socket" : "one socket"),
+  auto m = fn_meter("dma-test copy of " + std::to_string(len) + " B: DMA msgs" + (note.empty() ? " (2 per copy)" : "") + ", " +
+                        (twin ? "twin socket" : "one socket") + note,
                     pid, 2, [st] {
     uint32_t one = 1;
     if (!st->d->write(0, dev::dmatest::doorbell, &one, 4)) return false;
@@ -1174,13 +1179,20 @@ int main(int argc, char** argv) {
     rows.push_back(mbs(against(w, fw)));
   }
   if (want("dma")) {
+    // Our client's loop answers the DMA requests. A client runtime does not poll by default
+    // (the first two rows, unless --client-poll-max-ns says otherwise); in the last two its
+    // loop polls as vfu-serve's does.
+    runtime_options popts;
+    popts.poll_max_ns = runtime_options::default_poll_max_ns;
+    runtime prt({}, popts);
     auto f = floor1();
     auto one = dma_meter(rt, s.dma2, s.pid, 4096, false);
     auto twin = dma_meter(rt, s.dma, s.pid, 4096, true);
-    interleave({&f, &one, &twin});
+    auto pone = dma_meter(prt, s.dma4, s.pid, 4096, false, ", client loop polls");
+    auto ptwin = dma_meter(prt, s.dma3, s.pid, 4096, true, ", client loop polls");
+    interleave({&f, &one, &twin, &pone, &ptwin});
     rows.push_back(f.result());
-    rows.push_back(against(one, f));
-    rows.push_back(against(twin, f));
+    for (auto* m : {&one, &twin, &pone, &ptwin}) rows.push_back(against(*m, f));
   }
   if (want("migration")) migration_rows(rt, bindir, s, rows, notes);
   if (want("nvme")) nvme_rows(rt, bindir, s, rows, notes);
