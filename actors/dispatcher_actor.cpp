@@ -1,6 +1,7 @@
 #define CAF_LOG_COMPONENT "vfu"
 #include "actors/dispatcher_actor.hpp"
 
+#include <atomic>
 #include <cstring>
 
 #include "actors/answer.hpp"
@@ -88,6 +89,9 @@ void dispatch_next(self_t self);
 // its connection is not kept), it carries the next request.
 void keep_spare(dispatcher_state& st, inbound_ptr& in) {
   if (st.spare_in || in.use_count() != 1) return;
+  // (use_count reads relaxed: whatever a handler's thread did with it before letting go
+  // happens before what follows.)
+  std::atomic_thread_fence(std::memory_order_acquire);
   in->recycle();
   st.spare_in = std::move(in);
 }
