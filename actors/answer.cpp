@@ -41,7 +41,7 @@ outbound_ptr answer(inbound& in, outbound_ptr out) {
   return outbound::already_sent();
 }
 
-outbound_ptr answer(inbound& in, proto::frame f) {
+outbound_ptr answer(inbound& in, proto::frame&& f) {
   if (!in.writer || !in.alone || in.hdr.no_reply()) return answer(in, outbound::of_frame(std::move(f)));
   if (!in.claim()) return outbound::already_sent();
   f.set_msg_id(in.hdr.msg_id);

@@ -18,8 +18,9 @@ namespace vfu {
 /// dispatcher (`out` comes back).
 outbound_ptr answer(inbound& in, outbound_ptr out);
 /// The same for a reply frame built in place (its msg_id is set here): written now, where it
-/// can be, without an outbound.
-outbound_ptr answer(inbound& in, proto::frame f);
+/// can be, without an outbound. `f` is left as it was when it was written at once (so its
+/// buffer can carry the next reply), and moved from otherwise.
+outbound_ptr answer(inbound& in, proto::frame&& f);
 /// The dispatcher's write of an answer to `req` on `w`, at the loop's flush.
 void write_answer(reply_writer& w, const proto::header& req, outbound& out);
 /// The reply frame to `req` that `out` stands for (an error reply for an errno, or for an

@@ -155,6 +155,8 @@ int region_access(device_state& st, uint32_t region, uint64_t off, uint8_t* buf,
 // REGION_READs at least this large are sent straight from device memory when the device
 // has it (smaller ones are copied into a reply, which then leaves batched with others).
 constexpr uint32_t gather_min = 64 * 1024;
+// REGION_READ replies of at most this many data bytes are built in the device's spare frame.
+constexpr uint32_t reply_spare_max = 4096;
 
 // Where a read's bytes already are, if the region is plain memory (framework-owned shared
 // memory). Not config space or the MSI-X BAR, which are computed.
@@ -358,7 +360,11 @@ outbound_ptr read_now(device_state& st, inbound& in, const region_read_request& 
   if (r.count >= gather_min)
     if (const uint8_t* src = read_memory(st, r))
       return answer(in, outbound::gathered(make_region_head(0, command::region_read, true, r), src, r.count));
-  auto f = make_region_frame(0, command::region_read, true, r);
+  // A small reply is built in the buffer of the last one, which a reply written at once
+  // leaves behind (answer()).
+  frame big;
+  frame& f = r.count <= reply_spare_max ? st.reply_spare : big;
+  build_region_frame(f, 0, command::region_read, true, r);
   if (int e = region_access(st, r.region, r.offset, region_frame_data(f), r.count, false))
     return answer(in, outbound::error(e));
   return answer(in, std::move(f));

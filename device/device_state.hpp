@@ -83,6 +83,8 @@ struct device_state : device_context {
   dirty_log dirty;
   /// Message DMA in progress (a stop waits until it is 0), and what waits for that.
   int msg_dma = 0;
+  /// The buffer of the last small REGION_READ reply written at once, for the next (read_now).
+  frame reply_spare;
   std::vector<std::function<void()>> quiesce_waiters;
   mig_state migration_state() const override { return mstate; }
 

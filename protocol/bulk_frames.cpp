@@ -20,8 +20,15 @@ void write_access(uint8_t* p, const region_access& a) noexcept { std::memcpy(p, 
 
 frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_access& a, const uint8_t* data,
                         uint32_t extra_flags) {
-  // One resize, then the fields in place: this builds every REGION_READ reply.
   frame f;
+  build_region_frame(f, msg_id, cmd, reply, a, data, extra_flags);
+  return f;
+}
+
+void build_region_frame(frame& f, uint16_t msg_id, command cmd, bool reply, const region_access& a, const uint8_t* data,
+                        uint32_t extra_flags) {
+  // One resize, then the fields in place: this builds every REGION_READ reply.
+  f.fds.clear();
   size_t with = (data || reply) ? size_t(a.count) : 0;  // (a reply without data: the caller fills it in place)
   f.bytes.resize(header_size + region_access_size + with);
   write_access(f.bytes.data() + header_size, a);
@@ -32,7 +39,6 @@ frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_a
   h.msg_size = uint32_t(f.bytes.size());
   h.flags = (reply ? hflags::type_reply : hflags::type_command) | extra_flags;
   f.set_hdr(h);
-  return f;
 }
 
 uint8_t* region_frame_data(frame& f) noexcept { return f.bytes.data() + header_size + region_access_size; }

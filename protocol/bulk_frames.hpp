@@ -22,6 +22,10 @@ namespace vfu::proto {
 inline constexpr size_t region_access_size = 16;
 frame make_region_frame(uint16_t msg_id, command cmd, bool reply, const region_access& a,
                         const uint8_t* data = nullptr, uint32_t extra_flags = 0);
+/// The same frame built in `f`, in the buffer it has where that is large enough (a reply
+/// built for each request, without an allocation each); its fds go.
+void build_region_frame(frame& f, uint16_t msg_id, command cmd, bool reply, const region_access& a,
+                        const uint8_t* data = nullptr, uint32_t extra_flags = 0);
 /// Where the data of a frame from make_region_frame starts.
 uint8_t* region_frame_data(frame& f) noexcept;
 /// The head of a REGION_READ reply or REGION_WRITE request for `a` (header and access

@@ -4,6 +4,8 @@
 // the same field values.
 //
 // Header reminder: msg_id u16 | command u16 | msg_size u32 | flags u32 | error_no u32.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <tuple>
@@ -489,6 +491,28 @@ TEST(Codec, RegionWriteSharesItsDataWithTheFrame) {
   ASSERT_TRUE(copied.ok());
   EXPECT_FALSE(std::get<region_write_request>(*copied).data.shared());
   EXPECT_EQ(std::get<region_write_request>(*copied).data, m.data);
+}
+
+// A REGION_READ reply built in the frame of an earlier, larger one (a device's spare reply
+// frame) is exactly its own bytes (those of RegionRead above), without the old frame's
+// tail or fds.
+TEST(Codec, ARegionFrameBuiltInAnEarlierFrameIsExactlyTheNewOne) {
+  region_read_reply big;
+  static_cast<region_access&>(big) = region_access{0x40, 2, 64};
+  big.data.assign(64, 0xee);
+  frame f = make_frame(0x31, big);
+  f.fds.emplace_back(::dup(0));
+  region_read_reply small;
+  static_cast<region_access&>(small) = region_access{0x10, 7, 4};
+  small.data = {0x86, 0x80, 0x1a, 0x10};
+  build_region_frame(f, 0x0009, command::region_read, true, small, small.data.data());
+  EXPECT_EQ(f.bytes, hex("0900 0900 24000000 01000000 00000000"
+                         "1000000000000000 07000000 04000000"
+                         "86801a10"));
+  EXPECT_TRUE(f.fds.empty());
+  auto d = decode(f);
+  ASSERT_TRUE(d.ok()) << d.err().message();
+  EXPECT_EQ(std::get<region_read_reply>(*d).data, small.data);
 }
 
 // ---- 11 DMA_READ / 12 DMA_WRITE --------------------------------------------------------
