@@ -84,8 +84,9 @@ class reply_writer {
   /// An error means the connection is broken.
   virtual proto::status send_now(frame_ptr f) = 0;
   /// The same for a frame the caller gives up: written from where it is if it can leave at
-  /// once (the usual case; `f` is then left as it was, its buffer the caller's again),
-  /// queued otherwise (moved from).
+  /// once (the usual case), queued otherwise. A writer that wrote it from where it was
+  /// leaves `f` as it was, its buffer the caller's again (stream_transport does); this
+  /// default moves from it.
   virtual proto::status send_now(proto::frame&& f) { return send_now(make_frame_ptr(std::move(f))); }
   /// Writes one frame made of `head` followed by `data`, gathered from where they are (a
   /// device's memory): by the time it returns, the frame is in the socket or, where the
